@@ -1,0 +1,318 @@
+"""Runs the hidden tests of a notebook question inside the grading kernel.
+
+The hidden part of every test cell is one line::
+
+    import grading.hidden as _hidden; _hidden.run("01_forward_process", "q_sample", globals())
+
+``run`` imports ``grading/checks/<name>.py`` afresh, calls the check for the question with the
+student's notebook globals and turns every failure into a :class:`CheckFailed` whose message says
+what was expected, what came back and the likely cause.
+
+Student code runs in the same kernel before the tests, so this module also does what it can against
+tampering: it refuses to grade when the student's code imported the grading code itself, loads the
+checks fresh on every call (so a patched copy from an earlier cell is never reused), accepts only
+plain tensors and arrays (no subclasses or objects that claim to equal anything), and restores the
+global random state afterwards so the rest of the notebook is unaffected. The autograder adds a
+static scan of the submitted code (``grading.tamper``) in the trusted process.
+
+The rest of the module is the toolbox the checks share: conversions, comparisons and stub models
+whose exact noise prediction is known (the oracles of ``notes/algorithms.md``).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckFailed", "expect", "as_array", "as_scalar", "close", "max_abs_diff", "call", "student",
+    "generator", "describe_diff", "ConstantModel", "DeltaDataModel", "GaussianDataModel",
+    "RecordingModel", "run",
+]
+
+_OWN_MODULES = ("grading", "grading.hidden")
+
+
+class CheckFailed(AssertionError):
+    """A hidden test failed; the message is written for the student."""
+
+
+def expect(condition: bool, message: str, hint: str | None = None) -> None:
+    """Raise :class:`CheckFailed` with ``message`` (and ``Likely cause: hint``) unless ``condition``."""
+    if not bool(condition):
+        raise CheckFailed(message + (f"\nLikely cause: {hint}" if hint else ""))
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversions: only genuine tensors and arrays are trusted
+# ----------------------------------------------------------------------------------------------
+_DTYPE_NAMES = {
+    "long": (torch.int64, np.int64),
+    "float32": (torch.float32, np.float32),
+    "float": (None, None),  # any floating dtype
+}
+
+
+def as_array(x: Any, name: str, shape: tuple | None = None, dtype: str | None = None,
+             finite: bool = True) -> np.ndarray:
+    """Convert a student's output to a fresh NumPy array (float64, or int64 for ``dtype='long'``).
+
+    Accepts exactly ``torch.Tensor`` or ``np.ndarray`` (no subclasses, no look-alikes), checks the
+    shape (``None`` entries match any size) and the dtype family, and rejects NaN and infinity.
+    """
+    if type(x) is torch.Tensor:
+        if x.is_complex():
+            raise CheckFailed(f"{name} is a complex tensor; expected real values.")
+        torch_dtype = x.dtype
+        arr = np.array(x.detach().to("cpu").numpy(), copy=True)
+    elif type(x) is np.ndarray:
+        torch_dtype = None
+        arr = np.array(x, copy=True)
+    else:
+        raise CheckFailed(
+            f"{name} should be a torch.Tensor, got {type(x).__module__}.{type(x).__qualname__}."
+        )
+    if shape is not None:
+        ok = len(arr.shape) == len(shape) and all(
+            want is None or got == want for got, want in zip(arr.shape, shape))
+        if not ok:
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise CheckFailed(f"{name} has shape {tuple(arr.shape)}, expected {want}.")
+    if dtype == "long":
+        if torch_dtype is not None and torch_dtype != torch.int64:
+            raise CheckFailed(f"{name} has dtype {torch_dtype}, expected torch.long (int64).")
+        if torch_dtype is None and arr.dtype != np.int64:
+            raise CheckFailed(f"{name} has dtype {arr.dtype}, expected int64 (torch.long).")
+        return arr.astype(np.int64)
+    if dtype in ("float", "float32"):
+        is_float = (torch_dtype.is_floating_point if torch_dtype is not None
+                    else np.issubdtype(arr.dtype, np.floating))
+        if not is_float:
+            raise CheckFailed(f"{name} has dtype {torch_dtype or arr.dtype}, expected a floating dtype.")
+        if dtype == "float32" and (torch_dtype or arr.dtype) not in (torch.float32, np.float32):
+            raise CheckFailed(f"{name} has dtype {torch_dtype or arr.dtype}, expected float32.")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.int64)
+    out = arr.astype(np.float64)
+    if finite and not np.all(np.isfinite(out)):
+        raise CheckFailed(f"{name} contains NaN or infinite values.")
+    return out
+
+
+def as_scalar(x: Any, name: str) -> float:
+    """A Python float from a 0-d tensor/array or a genuine int/float (no look-alikes)."""
+    if type(x) in (float, int) or type(x) in (np.float64, np.float32, np.int64, np.int32):
+        value = float(x)
+    else:
+        arr = as_array(x, name)
+        if arr.size != 1:
+            raise CheckFailed(f"{name} should be a single number, got shape {arr.shape}.")
+        value = float(arr.reshape(-1)[0])
+    if not math.isfinite(value):
+        raise CheckFailed(f"{name} is {value}, expected a finite number.")
+    return value
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return math.inf
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def close(a: np.ndarray, b: np.ndarray, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
+    """True when the arrays have one shape and agree within ``atol + rtol * |b|`` everywhere."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= atol + rtol * np.abs(b)))
+
+
+def describe_diff(got: np.ndarray, want: np.ndarray) -> str:
+    """A short 'expected ..., got ...' phrase for two arrays."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return f"expected shape {want.shape}, got {got.shape}"
+    flat_g, flat_w = got.reshape(-1), want.reshape(-1)
+    i = int(np.argmax(np.abs(flat_g - flat_w))) if flat_g.size else 0
+    return (f"largest difference {max_abs_diff(got, want):.3g} "
+            f"(expected {flat_w[i]:.6g}, got {flat_g[i]:.6g} at flat index {i})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Calling student code
+# ----------------------------------------------------------------------------------------------
+def student(ns: dict, name: str) -> Any:
+    """The function or class ``name`` from the student's notebook globals."""
+    if name not in ns:
+        raise CheckFailed(f"`{name}` is not defined. Run its answer cell first (and keep its name).")
+    obj = ns[name]
+    if not callable(obj):
+        raise CheckFailed(f"`{name}` should be a function or class, got {type(obj).__name__}.")
+    return obj
+
+
+def call(fn: Callable, *args, what: str | None = None, **kwargs) -> Any:
+    """Call student code; its exceptions become a :class:`CheckFailed` that names the call."""
+    label = what or getattr(fn, "__name__", "your function")
+    try:
+        return fn(*args, **kwargs)
+    except CheckFailed:
+        raise
+    except NotImplementedError:
+        raise CheckFailed(f"{label} is not implemented yet (it raises NotImplementedError).") from None
+    except Exception as exc:  # noqa: BLE001 - any student error becomes a message
+        raise CheckFailed(f"{label} raised {type(exc).__name__}: {exc}") from None
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator with a fixed seed."""
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stub models: noise predictors whose truth is known
+# ----------------------------------------------------------------------------------------------
+def _time_batch(t: Any, batch: int) -> torch.Tensor:
+    """Accept t as a long (B,) tensor (the convention), a 0-d tensor or an int; return (B,) long."""
+    t = torch.as_tensor(t)
+    if t.is_floating_point():
+        t = t.round()
+    t = t.long().reshape(-1).cpu()
+    if t.numel() == 1:
+        t = t.expand(batch)
+    if t.numel() != batch:
+        raise ValueError(f"the model expects t of shape ({batch},), got {tuple(t.shape)}")
+    return t
+
+
+class _StubModel(nn.Module):
+    """Base of the stub models: a module (so .eval()/.to() work) with one dummy parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def _coef(self, values: torch.Tensor, t: Any, x: torch.Tensor) -> torch.Tensor:
+        idx = _time_batch(t, x.shape[0])
+        out = values.to(torch.float64)[idx]  # (B,)
+        return out.reshape(-1, *([1] * (x.dim() - 1))).to(dtype=x.dtype, device=x.device)
+
+
+class ConstantModel(_StubModel):
+    """Predicts the same noise value everywhere: ``model(x, t[, y]) = value``."""
+
+    def __init__(self, value: float = 0.0):
+        super().__init__()
+        self.value = float(value)
+
+    def forward(self, x, t, *rest):
+        return torch.full_like(x, self.value) + 0.0 * self.dummy
+
+
+class DeltaDataModel(_StubModel):
+    """The exact noise predictor when every training image equals ``c``.
+
+    ``eps*(x_t, t) = (x_t - sqrt(alpha_bar[t]) c) / sqrt(1 - alpha_bar[t])``; a correct DDPM sampler
+    driven by it returns ``c`` exactly.
+    """
+
+    def __init__(self, c: torch.Tensor | float, alpha_bar: torch.Tensor):
+        super().__init__()
+        self.c = torch.as_tensor(c, dtype=torch.float64)
+        self.alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).cpu()
+
+    def forward(self, x, t, *rest):
+        sqrt_ab = self._coef(self.alpha_bar.sqrt(), t, x)
+        sqrt_1m = self._coef((1 - self.alpha_bar).sqrt(), t, x)
+        return (x - sqrt_ab * self.c.to(x.dtype).to(x.device)) / sqrt_1m
+
+
+class GaussianDataModel(_StubModel):
+    """The exact noise predictor when x_0 ~ N(0, I): ``eps*(x_t, t) = sqrt(1 - alpha_bar[t]) x_t``."""
+
+    def __init__(self, alpha_bar: torch.Tensor):
+        super().__init__()
+        self.alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).cpu()
+
+    def forward(self, x, t, *rest):
+        return self._coef((1 - self.alpha_bar).sqrt(), t, x) * x
+
+
+class RecordingModel(_StubModel):
+    """Wraps a model and records every call: ``calls`` is a list of dicts with x, t, rest, training,
+    grad_enabled (CPU clones)."""
+
+    def __init__(self, inner: nn.Module | None = None):
+        super().__init__()
+        self.inner = inner if inner is not None else ConstantModel(0.0)
+        self.calls: list[dict] = []
+
+    def forward(self, x, t, *rest):
+        self.calls.append({
+            "x": x.detach().to("cpu").clone(),
+            "t": torch.as_tensor(t).detach().to("cpu").clone(),
+            "rest": [torch.as_tensor(r).detach().to("cpu").clone() for r in rest],
+            "training": self.training,
+            "grad_enabled": torch.is_grad_enabled(),
+        })
+        return self.inner(x, t, *rest)
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point of the hidden test blocks
+# ----------------------------------------------------------------------------------------------
+def _grading_modules() -> list[str]:
+    return [m for m in list(sys.modules) if m == "grading" or m.startswith("grading.")]
+
+
+def _purge_grading_modules() -> None:
+    for name in _grading_modules():
+        sys.modules.pop(name, None)
+
+
+def _checks_module_name(assignment: str) -> str:
+    parts = assignment.split("_", 1)
+    if len(parts) != 2 or not parts[0].isdigit():
+        raise ValueError(f"assignment ids look like '01_forward_process', got {assignment!r}")
+    return f"grading.checks.{parts[1]}"
+
+
+def run(assignment: str, question: str, namespace: dict) -> None:
+    """Run the hidden check ``question`` of ``assignment`` on the student's globals ``namespace``.
+
+    Raises :class:`CheckFailed` (an AssertionError) when the check fails; returns None when it passes.
+    """
+    try:
+        foreign = [m for m in _grading_modules() if m not in _OWN_MODULES]
+        if foreign:
+            raise CheckFailed(
+                "This notebook imported the course's grading code ("
+                + ", ".join(sorted(foreign)[:3])
+                + "). Submissions must compute their answers themselves; remove that import."
+            )
+        checks = importlib.import_module(_checks_module_name(assignment))
+        try:
+            check = checks.CHECKS[question]
+        except KeyError:
+            raise RuntimeError(f"no hidden check {question!r} for {assignment}") from None
+        torch_state = torch.random.get_rng_state()
+        numpy_state = np.random.get_state()
+        try:
+            with torch.enable_grad():
+                check(namespace)
+        except CheckFailed as exc:
+            raise CheckFailed(f"{question}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the student sees a message, not our internals
+            raise CheckFailed(
+                f"{question}: the hidden tests could not run your code "
+                f"({type(exc).__name__}: {exc})."
+            ) from None
+        finally:
+            torch.random.set_rng_state(torch_state)
+            np.random.set_state(numpy_state)
+    finally:
+        _purge_grading_modules()
