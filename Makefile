@@ -1,0 +1,56 @@
+# Every target creates the virtual environment on first use (about 3 minutes on a fresh machine).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# nbgrader runs `alembic` when it creates a gradebook: the venv's bin must be on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+# Tests and CI run the notebooks in fast mode.
+PYTEST := $(BIN)/python -m pytest
+
+.PHONY: help venv lab demo test test-fast test-notebooks release check-release benchmark clean
+
+help:
+	@echo "make demo            grade the bundled example submissions in a throw-away course"
+	@echo "make lab             JupyterLab on notebooks/ (the student versions)"
+	@echo "make test            every test: helpers, references, grading, mistakes, nbval, release"
+	@echo "make test-fast       the quick inner loop (no notebook execution end to end)"
+	@echo "make release         regenerate notebooks/ from solutions/"
+	@echo "make benchmark       training and sampling speed on this machine"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+demo: $(STAMP)
+	$(BIN)/python -m grading demo
+
+test: $(STAMP)
+	DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile tests
+	DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile --nbval-lax --nbval-current-env -p no:python solutions
+	$(BIN)/python -m grading release --check
+
+test-fast: $(STAMP)
+	DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile -m "not slow" tests
+
+test-notebooks: $(STAMP)
+	DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile --nbval-lax --nbval-current-env -p no:python solutions
+
+release: $(STAMP)
+	$(BIN)/python -m grading release
+
+check-release: $(STAMP)
+	$(BIN)/python -m grading release --check
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/train_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
