@@ -1,0 +1,7 @@
+"""Reference implementations of every graded function of the course, one module per notebook.
+
+``forward_process`` (01), ``ddpm_training`` (02), ``sampling`` (03), ``conditional`` (04),
+``classifier_free_guidance`` (05) and ``score_matching`` (06). The names and signatures follow
+``COURSE_SPEC.md`` exactly; the hidden checks, the tests and the instructor tools import them from
+here (``from grading.reference import sampling as ref``). This package imports nothing by itself.
+"""
