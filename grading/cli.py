@@ -1,0 +1,142 @@
+"""The instructors' command line: ``python -m grading {release,check,autograde,feedback,export,
+rubric,demo}``. Run ``python -m grading COMMAND --help`` for each command's options."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import course
+
+
+def _cmd_release(args) -> int:
+    from .release import ReleaseError, release
+
+    try:
+        out = release(args.assignments or None, root=Path(args.root), check=args.check)
+    except ReleaseError as exc:
+        print(f"release failed: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        for p in out:
+            print(p)
+        if out:
+            print(f"{len(out)} released file(s) out of date: run `python -m grading release`",
+                  file=sys.stderr)
+            return 1
+        print("notebooks/ is up to date")
+        return 0
+    for p in out:
+        print(p)
+    if not out:
+        print("notebooks/ was already up to date")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from .runner import format_table, run_notebook
+
+    path = Path(args.notebook)
+    if not path.is_file():
+        print(f"no such notebook: {path}", file=sys.stderr)
+        return 2
+    res = run_notebook(path, skip_tags=tuple(args.skip_tag), timeout=args.timeout)
+    print(format_table(res))
+    return 0
+
+
+def _cmd_autograde(args) -> int:
+    from .autograde import autograde_cli
+
+    return autograde_cli(args)
+
+
+def _cmd_feedback(args) -> int:
+    from .autograde import feedback_cli
+
+    return feedback_cli(args)
+
+
+def _cmd_export(args) -> int:
+    from .autograde import export_cli
+
+    return export_cli(args)
+
+
+def _cmd_rubric(args) -> int:
+    from .rubric import print_rubric
+
+    return print_rubric(args.assignment, root=Path(args.root))
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(assignments=args.assignments or None, jobs=args.jobs, keep=args.keep,
+                    root=Path(args.root))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m grading", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("release", help="solutions/ -> notebooks/ (student versions)")
+    r.add_argument("assignments", nargs="*", help="assignment ids (default: all in solutions/)")
+    r.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 naming each stale or missing released file")
+    r.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
+    r.set_defaults(func=_cmd_release)
+
+    c = sub.add_parser("check", help="run a notebook's visible tests and print a summary")
+    c.add_argument("notebook")
+    c.add_argument("--timeout", type=int, default=120, help="seconds per cell")
+    c.add_argument("--skip-tag", action="append", default=["slow"], help="cell tag to skip")
+    c.set_defaults(func=_cmd_check)
+
+    a = sub.add_parser("autograde", help="autograde a folder or zip of submissions")
+    a.add_argument("submissions", help="<student>/<assignment>/<nb>.ipynb folders, or an LMS "
+                                       "download (folder or .zip of notebooks named by student)")
+    a.add_argument("--assignment", help="assignment id when the file names do not tell")
+    a.add_argument("--jobs", type=int, default=None, help="parallel students (default: CPUs)")
+    a.add_argument("--db", default=None, help="gradebook SQLAlchemy URL "
+                                              "(default: sqlite:///<out>/gradebook.db)")
+    a.add_argument("--out", default="autograded", help="output folder (default: ./autograded)")
+    a.add_argument("--force", action="store_true", help="regrade unchanged submissions too")
+    a.add_argument("--timeout", type=int, default=None, help="seconds per cell (config: 120)")
+    a.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
+    a.set_defaults(func=_cmd_autograde)
+
+    f = sub.add_parser("feedback", help="(re)write the feedback HTML from the graded notebooks")
+    f.add_argument("--out", default="autograded", help="autograde output folder")
+    f.add_argument("--assignment", default=None)
+    f.add_argument("--student", default=None)
+    f.set_defaults(func=_cmd_feedback)
+
+    e = sub.add_parser("export", help="write grades.csv from a gradebook")
+    e.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///<out>/gradebook.db)")
+    e.add_argument("--out", default="autograded", help="folder of the gradebook")
+    e.add_argument("--to", default=None, help="CSV file (default: <out>/grades.csv)")
+    e.set_defaults(func=_cmd_export)
+
+    ru = sub.add_parser("rubric", help="print the written questions, model answers and rubrics")
+    ru.add_argument("assignment")
+    ru.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
+    ru.set_defaults(func=_cmd_rubric)
+
+    d = sub.add_parser("demo", help="throw-away course: release, 3 submissions each, autograde")
+    d.add_argument("assignments", nargs="*")
+    d.add_argument("--jobs", type=int, default=None)
+    d.add_argument("--keep", action="store_true", help="keep the temporary course folder")
+    d.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    course.ensure_path()
+    return int(args.func(args) or 0)

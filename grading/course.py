@@ -1,0 +1,165 @@
+"""Course-level helpers shared by the grading tools: paths, the nbgrader config, the environment.
+
+The course root for a *release* is the repository (``solutions/`` -> ``notebooks/``); autograding
+always works in throw-away course folders (see ``grading.autograde``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GRADING_DIR = Path(__file__).resolve().parent
+CONFIG_FILE = GRADING_DIR / "nbgrader_config.py"
+SOURCE_DIR = "solutions"
+RELEASE_DIR = "notebooks"
+ASSIGNMENT_RE = re.compile(r"^\d\d_[a-z0-9_]+$")
+
+log = logging.getLogger("grading")
+
+
+def venv_bin() -> Path:
+    """The ``bin`` folder of the Python running the tools (nbgrader shells out to ``alembic``)."""
+    return Path(sys.executable).parent
+
+
+def ensure_path() -> None:
+    """Put the venv's ``bin`` first on PATH: nbgrader runs the ``alembic`` CLI for a new gradebook."""
+    b = str(venv_bin())
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if not parts or parts[0] != b:
+        os.environ["PATH"] = os.pathsep.join([b] + [p for p in parts if p != b])
+
+
+def grading_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of a grading kernel: fast mode on, venv first on PATH, one thread per kernel."""
+    env = dict(os.environ if base is None else base)
+    env["DIFFUSION_FAST"] = "1"
+    env["PATH"] = os.pathsep.join([str(venv_bin()), env.get("PATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    env["PYTHONHASHSEED"] = "0"
+    env.pop("MPLBACKEND", None)
+    env["MPLBACKEND"] = "agg"
+    return env
+
+
+def load_config(root: Path | str, db_url: str | None = None):
+    """The course's nbgrader ``Config`` with ``CourseDirectory.root`` (and ``db_url``) set.
+
+    ``NbGraderAPI`` does not read ``nbgrader_config.py`` by itself, so it is loaded explicitly.
+    """
+    from traitlets.config.loader import PyFileConfigLoader
+
+    cfg = PyFileConfigLoader(CONFIG_FILE.name, path=str(CONFIG_FILE.parent)).load_config()
+    cfg.CourseDirectory.root = str(Path(root).resolve())
+    if db_url:
+        cfg.CourseDirectory.db_url = db_url
+    return cfg
+
+
+def make_api(root: Path | str, db_url: str | None = None, **overrides):
+    """An ``NbGraderAPI`` on course folder ``root``; ``overrides`` are ``{"Section.name": value}``."""
+    ensure_path()
+    from nbgrader.apps import NbGraderAPI
+
+    cfg = load_config(root, db_url)
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    # Without an exchange folder nbgrader logs a CRITICAL line; the API works fine without it.
+    tl = logging.getLogger("traitlets")
+    old = tl.level
+    tl.setLevel(logging.CRITICAL + 1)
+    try:
+        return NbGraderAPI(config=cfg)
+    finally:
+        tl.setLevel(old)
+
+
+def list_assignments(root: Path | str = REPO_ROOT, folder: str = SOURCE_DIR) -> list[str]:
+    """Assignment ids (``NN_name``) that have a notebook ``<root>/<folder>/NN_name/NN_name.ipynb``."""
+    base = Path(root) / folder
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir()
+                  if p.is_dir() and (p / f"{p.name}.ipynb").is_file())
+
+
+def assignment_notebooks(root: Path | str, assignment: str, folder: str = SOURCE_DIR) -> list[Path]:
+    """All notebooks of one assignment folder (normally just ``NN_name.ipynb``)."""
+    d = Path(root) / folder / assignment
+    return sorted(p for p in d.glob("*.ipynb") if not p.name.startswith("."))
+
+
+def resolve_assignments(names: list[str] | None, root: Path | str = REPO_ROOT) -> list[str]:
+    """Expand ``names`` (ids, or ``01``-style prefixes) into existing assignment ids; raise on unknown."""
+    known = list_assignments(root)
+    if not names:
+        return known
+    out = []
+    for name in names:
+        name = Path(name).name
+        hits = [a for a in known if a == name or a.split("_")[0] == name]
+        if not hits:
+            raise SystemExit(f"unknown assignment {name!r}; known: {', '.join(known) or '(none)'}")
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+def file_hash(*paths: Path | str) -> str:
+    """sha256 over the bytes of the given files (missing files count as empty)."""
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        h.update(p.name.encode() + b"\0")
+        if p.is_file():
+            h.update(p.read_bytes())
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def copy_assignment_files(src: Path, dst: Path) -> list[Path]:
+    """Copy the non-notebook files of an assignment folder (data, helper modules) from src to dst."""
+    copied = []
+    for f in sorted(src.rglob("*")):
+        rel = f.relative_to(src)
+        if f.is_dir() or f.suffix == ".ipynb" or any(
+                part in (".ipynb_checkpoints", "__pycache__") for part in rel.parts) or f.suffix == ".pyc":
+            continue
+        out = dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, out)
+        copied.append(out)
+    return copied
+
+
+def read_json(path: Path | str):
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@contextmanager
+def quiet_nbgrader() -> Iterator[None]:
+    """Silence nbgrader's and traitlets' chatty loggers and SQLAlchemy's SAWarnings."""
+    import warnings
+
+    names = ["traitlets", "NbGraderAPI", "nbgrader", "alembic", "sqlalchemy"]
+    old = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.CRITICAL + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            for n, lvl in old.items():
+                logging.getLogger(n).setLevel(lvl)

@@ -1,0 +1,61 @@
+"""nbgrader configuration of the diffusion course (nbgrader 0.9.6).
+
+``NbGraderAPI`` does not read this file by itself: ``grading.course.load_config`` loads it with
+``PyFileConfigLoader`` and then sets ``CourseDirectory.root`` (the repository for a release, a
+temporary course folder for autograding) and ``CourseDirectory.db_url``.
+
+Every name below was checked against the nbgrader 0.9.6 source (note the historical spelling
+"delimeter" of the delimiter options).
+"""
+c = get_config()  # noqa: F821  (injected by traitlets' PyFileConfigLoader)
+
+c.CourseDirectory.course_id = "diffusion"
+c.CourseDirectory.source_directory = "solutions"   # nbgrader's "source"
+c.CourseDirectory.release_directory = "notebooks"  # nbgrader's "release", committed
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.db"]
+
+# Solution and hidden-test delimiters: nbgrader's defaults, matched as substrings of a line.
+c.ClearSolutions.begin_solution_delimeter = "BEGIN SOLUTION"
+c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+c.ClearSolutions.enforce_metadata = True
+c.ClearHiddenTests.begin_test_delimeter = "BEGIN HIDDEN TESTS"
+c.ClearHiddenTests.end_test_delimeter = "END HIDDEN TESTS"
+c.ClearHiddenTests.enforce_metadata = True
+
+# Execution while autograding (fast mode: DIFFUSION_FAST=1 is put in the environment by
+# grading.course.grading_env, and nbgrader itself sets NBGRADER_EXECUTION=autograde).
+c.Execute.timeout = 120               # seconds per cell; a runaway cell gets CellTimeoutError
+c.Execute.interrupt_on_timeout = True  # ... and the rest of the notebook still runs
+c.Execute.startup_timeout = 120
+c.Execute.raise_on_iopub_timeout = False
+# nbclient skips cells tagged "skip-execution" by default; a student could tag a test cell with
+# it and get its points with a blank answer. No cell of this course uses this tag.
+c.Execute.skip_cells_with_tag = "__diffusion_course_never_skip__"
+
+# Warnings on stderr (Python/PyTorch/NumPy) must not cost the points of a passing test cell:
+# nbgrader gives 0 to any test cell with stderr output unless IgnorePattern removes it.
+c.IgnorePattern.enabled = True
+# Removing stderr can only give points back, so a broad pattern is safe: any "...Warning" line
+# (Python warnings module, PyTorch UserWarning, NumPy RuntimeWarning) or PyTorch's NNPACK notice.
+WARNING_PATTERN = r"\w*Warning\b|warnings\.warn|NNPACK"
+c.IgnorePattern.pattern = WARNING_PATTERN
+
+# A million printed lines or a 1000-frame traceback must not blow up the feedback.
+c.LimitOutput.max_lines = 200
+c.LimitOutput.max_traceback = 20
+
+# A deleted test cell is put back (with its hidden tests) and graded instead of zeroing it
+# "for manual grading forever" (nbgrader #1682).
+c.OverwriteCells.add_missing_cells = True
+
+# Feedback never shows hidden tests (nbgrader #917, #1363).
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "nbgrader.preprocessors.ClearHiddenTests",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]
+
+# No late penalties here: the LMS handles due dates.
+c.LateSubmissionPlugin.penalty_method = "none"

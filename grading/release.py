@@ -1,0 +1,130 @@
+"""``python -m grading release``: ``solutions/NN/NN.ipynb`` -> ``notebooks/NN/NN.ipynb``.
+
+nbgrader's ``generate_assignment`` runs in a throw-away course folder with a throw-away gradebook;
+only the student notebooks (normalised so that the same input gives byte-identical output) and the
+assignment's other files are copied back. ``--check`` regenerates in memory and names every stale,
+missing or extra file of ``notebooks/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import course
+
+log = logging.getLogger("grading.release")
+
+#: Text that must never reach a student. A hit in a released notebook is a release error.
+FORBIDDEN = ("BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS", "Rubric", "Model answer",
+             "grading.hidden", "MARK SCHEME")
+
+
+class ReleaseError(RuntimeError):
+    """nbgrader failed, or a released notebook would leak solutions or hidden tests."""
+
+
+def normalise_notebook(nb: dict) -> dict:
+    """Make a released notebook stable: no outputs or execution counts, sorted keys, fixed metadata."""
+    nb = json.loads(json.dumps(nb))
+    keep_meta = {k: nb.get("metadata", {})[k] for k in ("kernelspec", "language_info")
+                 if k in nb.get("metadata", {})}
+    if "language_info" in keep_meta:  # the authoring Python's patch version is noise
+        keep_meta["language_info"] = {k: v for k, v in keep_meta["language_info"].items()
+                                      if k in ("name", "file_extension", "mimetype",
+                                               "pygments_lexer", "codemirror_mode",
+                                               "nbconvert_exporter")}
+    nb["metadata"] = keep_meta
+    nb["nbformat"], nb["nbformat_minor"] = 4, 5
+    for i, cell in enumerate(nb["cells"]):
+        cell.setdefault("id", f"cell-{i}")
+        meta = cell.get("metadata", {})
+        for noisy in ("execution", "collapsed", "scrolled", "ExecuteTime", "jupyter", "vscode",
+                      "colab", "outputId"):
+            meta.pop(noisy, None)
+        cell["metadata"] = meta
+        if cell["cell_type"] == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+        cell.pop("attachments", None) if not cell.get("attachments") else None
+    return nb
+
+
+def dumps_notebook(nb: dict) -> str:
+    """The canonical text of a notebook (what nbformat writes: indent 1, sorted keys, newline)."""
+    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def leaks(text: str) -> list[str]:
+    """The forbidden markers found in a released notebook's text."""
+    return [m for m in FORBIDDEN if m in text]
+
+
+def build_release(assignment: str, root: Path = course.REPO_ROOT) -> dict[str, bytes]:
+    """Generate the student version of one assignment; returns ``{relative path: bytes}``.
+
+    Paths are relative to the assignment's release folder (``notebooks/<assignment>``).
+    """
+    src = Path(root) / course.SOURCE_DIR / assignment
+    if not src.is_dir():
+        raise ReleaseError(f"no source folder {src}")
+    out: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="release-") as tmp:
+        tmp = Path(tmp)
+        shutil.copytree(src, tmp / course.SOURCE_DIR / assignment,
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "*.pyc"))
+        api = course.make_api(tmp, db_url=f"sqlite:///{tmp / 'throwaway.db'}")
+        with course.quiet_nbgrader():
+            res = api.generate_assignment(assignment, force=True, create=True)
+        if not res["success"]:
+            raise ReleaseError(f"nbgrader generate_assignment {assignment} failed:\n"
+                               f"{res.get('error') or res.get('log')}")
+        rel = tmp / course.RELEASE_DIR / assignment
+        for nb_path in sorted(rel.glob("*.ipynb")):
+            nb = normalise_notebook(course.read_json(nb_path))
+            text = dumps_notebook(nb)
+            bad = leaks(text)
+            if bad:
+                raise ReleaseError(f"{assignment}/{nb_path.name}: released text contains "
+                                   f"{', '.join(map(repr, bad))}; put it inside solution or "
+                                   "hidden-test delimiters of a graded cell")
+            out[nb_path.name] = text.encode("utf-8")
+    for f in sorted(src.rglob("*")):
+        rel_path = f.relative_to(src)
+        if (f.is_file() and f.suffix not in (".ipynb", ".pyc", ".db")
+                and not any(p in (".ipynb_checkpoints", "__pycache__") for p in rel_path.parts)):
+            out[rel_path.as_posix()] = f.read_bytes()
+    return out
+
+
+def release(assignments: list[str] | None = None, root: Path = course.REPO_ROOT,
+            check: bool = False) -> list[str]:
+    """Release (or with ``check`` compare) the given assignments; returns the problems found.
+
+    Without ``check`` the files are written and the list names what changed (as ``"updated ..."``).
+    """
+    root = Path(root)
+    problems, changed = [], []
+    for a in course.resolve_assignments(assignments, root):
+        files = build_release(a, root)
+        dest = root / course.RELEASE_DIR / a
+        for name, data in files.items():
+            target = dest / name
+            if check:
+                if not target.is_file():
+                    problems.append(f"missing: {target.relative_to(root)}")
+                elif target.read_bytes() != data:
+                    problems.append(f"stale: {target.relative_to(root)}")
+            elif not target.is_file() or target.read_bytes() != data:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+                changed.append(f"updated {target.relative_to(root)}")
+        if check and dest.is_dir():
+            for f in sorted(dest.rglob("*")):
+                rel = f.relative_to(dest).as_posix()
+                if f.is_file() and rel not in files and not any(
+                        p in (".ipynb_checkpoints", "__pycache__") for p in f.relative_to(dest).parts):
+                    problems.append(f"extra (not in {course.SOURCE_DIR}/): {f.relative_to(root)}")
+    return problems if check else changed
