@@ -1,0 +1,454 @@
+"""Hidden checks of notebook 04 (class-conditional DDPM).
+
+Each check receives the student's notebook globals and raises ``CheckFailed`` with what was
+expected, what came back and the likely cause. Truth comes from mathematics, not from replaying
+random draws:
+
+* ``AdaptiveGroupNorm``: black-box tests of the form ``GroupNorm(h) * (1 + scale) + shift`` with
+  ``(scale, shift)`` affine in ``cond``, one per example and channel. The check sets the layer's
+  parameters itself (all zero: the output must be a plain GroupNorm; seeded random values: the output
+  must be a per-channel affine function of the normalised input whose coefficients are affine in
+  ``cond``), so one linear layer split in two and two linear layers are both accepted.
+* ``conditional_ddpm_loss``: a label-dependent stub model that records its inputs.
+* ``p_sample_loop_conditional``: per-class delta-data oracles (the exact sampler returns each class's
+  image exactly) and per-class Gaussian-data oracles (the output variance is known in closed form).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from grading.hidden import CheckFailed, as_array, call, describe_diff, expect, max_abs_diff, student
+
+# ----------------------------------------------------------------------------------------------
+# Small shared tools
+
+
+def _group_norm(h: torch.Tensor, groups: int, eps: float = 1e-5) -> torch.Tensor:
+    """GroupNorm without affine parameters, in float64. h: (B, C, H, W)."""
+    B, C = h.shape[:2]
+    g = h.to(torch.float64).reshape(B, groups, -1)  # (B, G, C/G * H * W)
+    mean = g.mean(dim=2, keepdim=True)
+    var = g.var(dim=2, unbiased=False, keepdim=True)
+    return ((g - mean) / torch.sqrt(var + eps)).reshape(h.shape)
+
+
+def _fill_parameters(module: nn.Module, value=None, seed: int = 0, std: float = 0.4) -> None:
+    """Set every parameter of ``module`` to ``value`` or to seeded N(0, std^2) draws."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if value is not None:
+                p.fill_(value)
+            else:
+                p.copy_((torch.randn(p.shape, generator=gen, dtype=torch.float64) * std).to(p.dtype))
+
+
+def _linear_schedule(T: int, start: float, end: float) -> torch.Tensor:
+    return torch.linspace(start, end, T, dtype=torch.float64)  # (T,)
+
+
+# ----------------------------------------------------------------------------------------------
+# AdaptiveGroupNorm
+
+_C, _D, _B, _HW = 6, 5, 6, 4
+
+
+def _make_norm(cls, *args, **kwargs) -> nn.Module:
+    norm = call(cls, *args, what=f"AdaptiveGroupNorm{args}", **kwargs)
+    expect(isinstance(norm, nn.Module), "AdaptiveGroupNorm(...) should create an nn.Module, got "
+           f"{type(norm).__name__}.", hint="define `class AdaptiveGroupNorm(nn.Module)` and call "
+           "`super().__init__()` first in `__init__`.")
+    params = list(norm.parameters())
+    expect(len(params) > 0, "AdaptiveGroupNorm has no registered parameters, so it cannot learn how "
+           "the condition scales and shifts the features.",
+           hint="create the linear map in __init__ (e.g. `self.proj = nn.Linear(cond_dim, 2 * num_channels)`), "
+           "not inside forward, so that it is a registered sub-module.")
+    return norm.double()
+
+
+def _forward(norm: nn.Module, h: torch.Tensor, cond: torch.Tensor, what: str) -> np.ndarray:
+    out = call(norm, h, cond, what=what)
+    return as_array(out, what, shape=tuple(h.shape), dtype="float")
+
+
+def _inputs(seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    h = 1.5 * torch.randn(_B, _C, _HW, _HW, generator=gen, dtype=torch.float64) + 0.7  # (B, C, H, W)
+    # per-channel offsets so that the group statistics differ from the channel statistics
+    h = h + torch.arange(_C, dtype=torch.float64).reshape(1, _C, 1, 1) * 0.5
+    c1 = torch.randn(_D, generator=gen, dtype=torch.float64)
+    c2 = torch.randn(_D, generator=gen, dtype=torch.float64)
+    c3 = torch.randn(_D, generator=gen, dtype=torch.float64)
+    # rows: c1, c2, c1 + c2, 0, c3, -c1 : an affine map f has f(c1) + f(c2) = f(c1 + c2) + f(0)
+    cond = torch.stack([c1, c2, c1 + c2, torch.zeros(_D, dtype=torch.float64), c3, -c1])  # (B, D)
+    return h, cond
+
+
+def _fit_per_channel(out: np.ndarray, n: np.ndarray):
+    """Least squares ``out[b, c] = slope[b, c] * n[b, c] + icpt[b, c]`` over the pixels."""
+    B, C = out.shape[:2]
+    o = out.reshape(B, C, -1)
+    x = n.reshape(B, C, -1)
+    xm, om = x.mean(axis=2, keepdims=True), o.mean(axis=2, keepdims=True)
+    var = ((x - xm) ** 2).sum(axis=2)
+    slope = ((x - xm) * (o - om)).sum(axis=2) / np.maximum(var, 1e-300)
+    icpt = om[..., 0] - slope * xm[..., 0]
+    resid = np.abs(o - (slope[..., None] * x + icpt[..., None])).max()
+    return slope, icpt, float(resid)
+
+
+def check_adaptive_group_norm(ns):
+    cls = student(ns, "AdaptiveGroupNorm")
+    h, cond = _inputs()
+
+    # 1. GroupNorm's own affine parameters must be off
+    norm = _make_norm(cls, _C, _D)
+    affine = [name for name, m in norm.named_modules()
+              if isinstance(m, nn.GroupNorm) and (m.affine or m.weight is not None)]
+    expect(not affine, f"The GroupNorm inside AdaptiveGroupNorm ({affine[0] if affine else ''}) has its own "
+           "learnable weight and bias; the scale and shift must come only from the condition.",
+           hint="create it as `nn.GroupNorm(num_groups, num_channels, affine=False)`.")
+
+    # 2. all parameters zero -> scale = shift = 0 -> a plain GroupNorm (default num_groups = 1)
+    _fill_parameters(norm, 0.0)
+    out = _forward(norm, h, cond, "AdaptiveGroupNorm(6, 5)(h, cond)")
+    want = _group_norm(h, 1).numpy()
+    if max_abs_diff(out, want) > 1e-4:
+        hint = None
+        if np.abs(out).max() < 1e-6:
+            hint = ("the output is zero when scale = shift = 0: did you write `norm(h) * scale + shift` "
+                    "without the `1 +`? (or multiply by a per-channel weight of your own)")
+        elif max_abs_diff(out, h.numpy()) < 1e-4:
+            hint = "the output equals h: the GroupNorm (normalisation) step is missing."
+        elif max_abs_diff(out, _group_norm(h, _C).numpy()) < 1e-4:
+            hint = "this is a GroupNorm with one group per channel; the default is num_groups=1."
+        elif max_abs_diff(out, _group_norm(h, 1, eps=0.0).numpy()) > 1e-3 and \
+                max_abs_diff(out, ((h - h.mean()) / h.std()).numpy()) < 1e-4:
+            hint = "the statistics are taken over the whole batch; GroupNorm normalises each example separately."
+        else:
+            hint = ("with every parameter set to zero (so scale = shift = 0) the layer must reduce to "
+                    "nn.GroupNorm(num_groups, num_channels, affine=False); check that the linear map is a "
+                    "registered sub-module and that nothing else changes h.")
+        raise CheckFailed("With all parameters of AdaptiveGroupNorm(6, 5) set to zero, the output should be "
+                          f"GroupNorm(h) with 1 group and no affine parameters: {describe_diff(out, want)}."
+                          f"\nLikely cause: {hint}")
+
+    # 3. num_groups is honoured
+    norm3 = _make_norm(cls, _C, _D, num_groups=3)
+    _fill_parameters(norm3, 0.0)
+    out3 = _forward(norm3, h, cond, "AdaptiveGroupNorm(6, 5, num_groups=3)(h, cond)")
+    want3 = _group_norm(h, 3).numpy()
+    expect(max_abs_diff(out3, want3) < 1e-4,
+           "AdaptiveGroupNorm(6, 5, num_groups=3) with zero parameters should equal a GroupNorm with 3 "
+           f"groups: {describe_diff(out3, want3)}.",
+           hint="pass num_groups on to nn.GroupNorm(num_groups, num_channels, affine=False)."
+           if max_abs_diff(out3, want) < 1e-4 else None)
+
+    # 4. seeded random parameters: out = n * (1 + scale(cond)) + shift(cond), affine in cond
+    _fill_parameters(norm, seed=3)
+    out = _forward(norm, h, cond, "AdaptiveGroupNorm(6, 5)(h, cond)")
+    n = _group_norm(h, 1).numpy()
+    slope, icpt, resid = _fit_per_channel(out, n)
+    expect(resid < 1e-4 * max(1.0, np.abs(out).max()),
+           "With random parameters, each channel of the output should be GroupNorm(h) times a scale plus a "
+           f"shift (one pair per example and channel); the best such fit is off by {resid:.3g}.",
+           hint="apply scale and shift per channel: reshape the (B, C) scale and shift to (B, C, 1, 1) and "
+                "compute `norm(h) * (1 + scale) + shift` (no activation after it).")
+    scale, shift = slope - 1.0, icpt  # (B, C) each
+    # each example uses its own condition: batch rows must equal single-example calls
+    singles = np.concatenate([_forward(norm, h[i:i + 1], cond[i:i + 1], "AdaptiveGroupNorm on one example")
+                              for i in range(_B)])
+    if max_abs_diff(out, singles) > 1e-6:
+        same = np.abs(scale - scale[:1]).max() < 1e-6 and np.abs(shift - shift[:1]).max() < 1e-6
+        raise CheckFailed(
+            "The output for an example in a batch differs from its output alone "
+            f"({describe_diff(out, singles)}): one example's result depends on the others' conditions."
+            + ("\nLikely cause: every example got the same scale and shift: is one condition (e.g. cond[0] "
+               "or cond.mean(0)) shared by the whole batch? Each row of cond belongs to one example."
+               if same else "\nLikely cause: the scale and shift are not computed row by row from cond."))
+    for name, f in (("scale", scale), ("shift", shift)):
+        expect(np.abs(f[0] + f[1] - f[2] - f[3]).max() < 1e-6,
+               f"The {name} should be an affine function of cond (a linear layer): {name}(c1) + {name}(c2) "
+               f"should equal {name}(c1 + c2) + {name}(0), off by {np.abs(f[0] + f[1] - f[2] - f[3]).max():.3g}.",
+               hint="compute scale and shift with nn.Linear(cond_dim, 2 * num_channels) (or two "
+                    "nn.Linear(cond_dim, num_channels)), with no activation in between.")
+    expect(np.abs(scale[0] - scale[1]).max() > 1e-6 or np.abs(shift[0] - shift[1]).max() > 1e-6,
+           "Two different conditions gave the same scale and shift: the condition has no effect.",
+           hint="compute scale and shift from cond (the second argument of forward).")
+    # every parameter must matter through the linear map of cond (and not elsewhere)
+    _fill_parameters(norm, seed=4)
+    out_b = _forward(norm, h, cond, "AdaptiveGroupNorm(6, 5)(h, cond)")
+    _, _, resid_b = _fit_per_channel(out_b, n)
+    expect(resid_b < 1e-4 * max(1.0, np.abs(out_b).max()),
+           "With other random parameters the output is no longer GroupNorm(h) * (1 + scale) + shift "
+           f"(off by {resid_b:.3g}).")
+    # the input tensors are left alone
+    h2, cond2 = _inputs()
+    expect(torch.equal(h, h2) and torch.equal(cond, cond2),
+           "AdaptiveGroupNorm changed its inputs h or cond in place.",
+           hint="avoid in-place operations (add_, mul_, ...) on h and cond.")
+
+
+# ----------------------------------------------------------------------------------------------
+# conditional_ddpm_loss
+
+
+class _LabelModel(nn.Module):
+    """``model(x, t, y) = a * x + 0.3 * y + 0.001 * t``, recording its inputs; y may be missing."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
+        self.calls = []
+
+    def forward(self, x, t, y=None):
+        self.calls.append({"x": x.detach().clone(), "t": torch.as_tensor(t).detach().clone(),
+                           "y": None if y is None else torch.as_tensor(y).detach().clone()})
+        tt = torch.as_tensor(t).to(x.dtype).reshape(-1, 1, 1, 1)
+        out = self.a * x + 0.001 * tt
+        if y is not None:
+            out = out + 0.3 * torch.as_tensor(y).to(x.dtype).reshape(-1, 1, 1, 1)
+        return out
+
+    @staticmethod
+    def expected(a, x, t, y):
+        out = a * x + 0.001 * t.to(x.dtype).reshape(-1, 1, 1, 1)
+        if y is not None:
+            out = out + 0.3 * y.to(x.dtype).reshape(-1, 1, 1, 1)
+        return out
+
+
+def check_conditional_ddpm_loss(ns):
+    fn = student(ns, "conditional_ddpm_loss")
+    gen = torch.Generator().manual_seed(11)
+    T, B = 1000, 6
+    alpha_bar = torch.cumprod(1 - _linear_schedule(T, 1e-4, 0.02), dim=0)  # (T,)
+    x_0 = torch.rand(B, 1, 4, 4, generator=gen, dtype=torch.float64) * 2 - 1  # (B, 1, 4, 4)
+    noise = torch.randn(B, 1, 4, 4, generator=gen, dtype=torch.float64)
+    y = torch.tensor([3, 1, 4, 1, 5, 9])
+    t = torch.tensor([0, 17, 250, 499, 800, 999])
+    args = [x.clone() for x in (x_0, y, t, noise, alpha_bar)]
+    model = _LabelModel()
+    loss = call(fn, model, *args, what="conditional_ddpm_loss(model, x_0, y, t, noise, alpha_bar)")
+    value = as_array(loss, "the loss", shape=(), dtype="float")
+
+    sa = alpha_bar[t].sqrt().reshape(-1, 1, 1, 1)
+    s1 = (1 - alpha_bar[t]).sqrt().reshape(-1, 1, 1, 1)
+    x_t = sa * x_0 + s1 * noise  # (B, 1, 4, 4)
+    a = float(model.a.detach())
+    want = float(((noise - _LabelModel.expected(a, x_t, t, y)) ** 2).mean())
+
+    expect(len(model.calls) >= 1, "conditional_ddpm_loss never called the model.")
+    got_y = model.calls[-1]["y"]
+    expect(got_y is not None,
+           "The model was called without the labels, as model(x_t, t): the loss ignores the class.",
+           hint="call model(x_t, t, y): the conditional model needs the labels.")
+    expect(got_y.shape == y.shape and got_y.dtype == torch.long,
+           f"The model got labels of shape {tuple(got_y.shape)} and dtype {got_y.dtype}; expected the long "
+           f"tensor y of shape {tuple(y.shape)}.", hint="pass y unchanged to the model.")
+    expect(torch.equal(got_y, y),
+           f"The model got labels {got_y.tolist()} instead of y = {y.tolist()}.",
+           hint="pass the labels y you were given to the model; do not replace or drop them here "
+                "(classifier-free guidance's label dropout comes in notebook 05).")
+    got_t = model.calls[-1]["t"]
+    expect(got_t.shape == t.shape and torch.equal(got_t.long(), t),
+           f"The model got times {got_t.tolist()} instead of t = {t.tolist()}.", hint="pass t unchanged.")
+    got_x = as_array(model.calls[-1]["x"], "x_t given to the model", shape=tuple(x_0.shape))
+    expect(max_abs_diff(got_x, x_t.numpy()) < 1e-5,
+           f"The model should get x_t = sqrt(alpha_bar[t]) x_0 + sqrt(1 - alpha_bar[t]) noise (eq. 4): "
+           f"{describe_diff(got_x, x_t.numpy())}.",
+           hint="index alpha_bar with t (one value per example) and take square roots.")
+    if abs(float(value) - want) > 1e-6 * max(1.0, abs(want)):
+        hint = None
+        if abs(float(value) - want * x_0.numel()) < 1e-6 * want * x_0.numel():
+            hint = "this is the sum of the squared errors; take the mean over all elements."
+        elif abs(float(value) - want * x_0[0].numel()) < 1e-6 * want * x_0[0].numel():
+            hint = "this is the per-example sum averaged over the batch; take the mean over all elements."
+        elif abs(float(value) - math.sqrt(want)) < 1e-6:
+            hint = "this is the root of the mean squared error; use the mean squared error itself."
+        raise CheckFailed(f"The loss should be mean((noise - model(x_t, t, y))**2) = {want:.6g}, got "
+                          f"{float(value):.6g}." + (f"\nLikely cause: {hint}" if hint else ""))
+    expect(isinstance(loss, torch.Tensor) and loss.requires_grad,
+           "The loss carries no gradient, so training could not update the model.",
+           hint="compute it with torch operations on the model's output (no .item(), .detach() or numpy).")
+    loss.backward()
+    expect(model.a.grad is not None and abs(float(model.a.grad)) > 0,
+           "Back-propagating the loss gave no gradient for the model's parameters.")
+    expect(all(torch.equal(u, v) for u, v in zip(args, (x_0, y, t, noise, alpha_bar))),
+           "conditional_ddpm_loss changed one of its inputs in place.",
+           hint="avoid in-place operations on x_0, y, t, noise and alpha_bar.")
+
+
+# ----------------------------------------------------------------------------------------------
+# p_sample_loop_conditional
+
+
+class _ClassDeltaModel(nn.Module):
+    """Exact noise predictor when every image of class k equals centers[k] (shape (K, C, H, W))."""
+
+    def __init__(self, centers, alpha_bar):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+        self.centers = centers.to(torch.float64)
+        self.alpha_bar = alpha_bar.to(torch.float64)
+        self.calls = []
+
+    def _coefs(self, t, x):
+        t = torch.as_tensor(t).reshape(-1).long()
+        if t.numel() == 1:
+            t = t.expand(x.shape[0])
+        ab = self.alpha_bar[t].reshape(-1, 1, 1, 1)
+        return ab.sqrt().to(x.dtype), (1 - ab).sqrt().to(x.dtype)
+
+    def forward(self, x, t, y=None):
+        self.calls.append({"t": torch.as_tensor(t).detach().clone(),
+                           "y": None if y is None else torch.as_tensor(y).detach().clone()})
+        if y is None:
+            raise TypeError("this conditional model needs labels: model(x, t, y)")
+        sa, s1 = self._coefs(t, x)
+        c = self.centers[torch.as_tensor(y).long()].to(x.dtype)  # (B, C, H, W)
+        return (x - sa * c) / s1
+
+
+class _ClassGaussianModel(_ClassDeltaModel):
+    """Exact noise predictor when images of class k are N(centers[k], I)."""
+
+    def forward(self, x, t, y=None):
+        if y is None:
+            raise TypeError("this conditional model needs labels: model(x, t, y)")
+        sa, s1 = self._coefs(t, x)
+        c = self.centers[torch.as_tensor(y).long()].to(x.dtype)
+        return s1 * (x - sa * c)
+
+
+def _gaussian_output_variance(beta: torch.Tensor, tilde: bool) -> float:
+    """Per-pixel variance of Algorithm 2's output for x_0 ~ N(0, 1) data and the exact model."""
+    beta = beta.to(torch.float64)
+    alpha = 1 - beta
+    ab = torch.cumprod(alpha, dim=0)
+    ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+    v = 1.0
+    for t in reversed(range(len(beta))):
+        k = (1 - beta[t] / torch.sqrt(1 - ab[t]) * torch.sqrt(1 - ab[t])) / torch.sqrt(alpha[t])
+        var_z = 0.0 if t == 0 else float(beta[t] * ((1 - ab_prev[t]) / (1 - ab[t]) if tilde else 1.0))
+        v = float(k) ** 2 * v + var_z
+    return v
+
+
+_CENTERS = None
+
+
+def _centers(K: int = 10, size: int = 3) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(5)
+    return torch.rand(K, 1, size, size, generator=gen, dtype=torch.float64) * 1.6 - 0.8  # (K, 1, s, s)
+
+
+def run_conditional_sampler_checks(sample, label: str, make_model, T: int = 100):
+    """Shared by notebook 04 and 05: ``sample(model, x_T, y, beta, generator)`` -> x_0."""
+    beta = _linear_schedule(T, 1e-3, 0.1)  # (T,): sqrt(beta[0]) ~ 0.03 makes a last-step noise visible
+    alpha_bar = torch.cumprod(1 - beta, dim=0)
+    centers = _centers()
+    y = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    B = len(y)
+    gen = torch.Generator().manual_seed(21)
+    x_T = torch.randn(B, 1, 3, 3, generator=gen, dtype=torch.float64)  # (B, 1, 3, 3)
+    x_T_copy, y_copy = x_T.clone(), y.clone()
+
+    # (a) delta data per class: the exact sampler lands on each class's image
+    model = make_model(_ClassDeltaModel, centers, alpha_bar)
+    out = as_array(call(sample, model, x_T, y, beta, torch.Generator().manual_seed(0), what=label),
+                   f"the output of {label}", shape=tuple(x_T.shape), dtype="float")
+    expect(torch.equal(x_T, x_T_copy) and torch.equal(y, y_copy),
+           f"{label} changed x_T or y in place.",
+           hint="start with `x = x_T` and use out-of-place updates (x = ...), never x_T.sub_(...).")
+    want = centers[y].numpy()
+    err = np.abs(out - want).max()
+    if err > 2e-3:
+        first = centers[y[:1].repeat(B)].numpy()
+        hint = None
+        if np.abs(out - first).max() < 2e-3:
+            hint = ("every sample became the first label's image: is the whole batch sampled with y[0] "
+                    "(or one label)? Pass the (B,) label tensor y to the model at every step.")
+        elif 2e-3 < err < 0.3 and abs(np.std(out - want) - math.sqrt(float(beta[0]))) < 0.5 * math.sqrt(float(beta[0])):
+            hint = (f"the output is the right image plus noise of std about sqrt(beta[0]) = "
+                    f"{math.sqrt(float(beta[0])):.3g}: noise is added at the last step (t = 0); Algorithm 2 uses z = 0 there.")
+        elif model.calls and model.calls[0]["y"] is not None and not torch.equal(model.calls[0]["y"].long(), y):
+            hint = f"the model got labels {model.calls[0]['y'].tolist()} instead of y = {y.tolist()}."
+        raise CheckFailed(
+            f"With a model that is exact for data where every image of class k equals one fixed image c_k, "
+            f"{label} must return c_y for each sample (Algorithm 2 with z = 0 at the last step): "
+            f"{describe_diff(out, want)}." + (f"\nLikely cause: {hint}" if hint else
+                                               "\nLikely cause: check the coefficients of Algorithm 2, line 4."))
+
+    # (b) one model call per step, times T-1 down to 0, the labels y every time
+    calls = [c for c in model.calls]
+    expect(len(calls) == T, f"{label} called the model {len(calls)} times for T = {T} steps; expected one "
+           "call per step.")
+    times = []
+    for i, c in enumerate(calls):
+        tt = c["t"].reshape(-1)
+        expect(tt.numel() in (1, B) and bool((tt == tt[0]).all()),
+               f"Call {i} gave the model times {tt.tolist()}; expected the same step for the whole batch.")
+        times.append(int(tt[0]))
+        expect(c["y"] is not None and torch.equal(c["y"].long().reshape(-1), y),
+               f"At step {times[-1]} the model got labels "
+               f"{None if c['y'] is None else c['y'].tolist()} instead of y = {y.tolist()}.",
+               hint="pass the labels y (one per example) to the model at every step.")
+    expect(times == list(range(T - 1, -1, -1)),
+           f"The model should be called at t = {T - 1}, {T - 2}, ..., 0 in that order; got "
+           f"{times[:4]} ... {times[-3:]}.", hint="loop over `reversed(range(T))` (0-based steps).")
+
+    # (c) Gaussian data per class: the right mean and the right variance (sigma^2 = beta or beta_tilde)
+    N = 4000
+    yy = torch.arange(N) % 10
+    x_T = torch.randn(N, 1, 3, 3, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+    gmodel = make_model(_ClassGaussianModel, centers, alpha_bar)
+    out = as_array(call(sample, gmodel, x_T, yy, beta, torch.Generator().manual_seed(1), what=label),
+                   f"the output of {label}", shape=tuple(x_T.shape), dtype="float")
+    resid = out - centers[yy].numpy()
+    var = float(resid.var())
+    v_beta, v_tilde = _gaussian_output_variance(beta, False), _gaussian_output_variance(beta, True)
+    ok = min(abs(var - v_beta), abs(var - v_tilde)) < 0.05
+    hint = None
+    if var < 0.5 * v_tilde:
+        hint = "no (or too little) noise is added between steps: add sigma_t z with sigma_t = sqrt(beta[t]) for t > 0."
+    elif var > 1.5:
+        hint = "too much noise is added: sigma_t is sqrt(beta[t]), not 1 or beta[t] ** 0.25."
+    expect(ok, f"For Gaussian data N(c_y, I) the samples of {label} should have variance about "
+           f"{v_beta:.3f} (sigma_t^2 = beta_t) around c_y; got {var:.3f}.", hint=hint)
+    expect(abs(float(resid.mean())) < 0.05,
+           f"For Gaussian data N(c_y, I) the samples should be centred on c_y; the mean offset is "
+           f"{float(resid.mean()):.3f}.")
+
+    # (d) the generator drives the randomness
+    x_small = x_T[:16]
+    a = as_array(call(sample, gmodel, x_small, yy[:16], beta, torch.Generator().manual_seed(7), what=label), "output")
+    b = as_array(call(sample, gmodel, x_small, yy[:16], beta, torch.Generator().manual_seed(7), what=label), "output")
+    c = as_array(call(sample, gmodel, x_small, yy[:16], beta, torch.Generator().manual_seed(8), what=label), "output")
+    expect(max_abs_diff(a, b) < 1e-10 and max_abs_diff(a, c) > 1e-6,
+           f"{label} should draw its noise with the `generator` argument: two calls with equally seeded "
+           "generators should agree and differently seeded ones should differ.",
+           hint="draw z with torch.randn(x.shape, generator=generator, dtype=x.dtype) (or randn_like is "
+                "not enough: it ignores the generator).")
+
+
+def check_p_sample_loop_conditional(ns):
+    fn = student(ns, "p_sample_loop_conditional")
+
+    def sample(model, x_T, y, beta, gen):
+        return fn(model, x_T, y, beta, generator=gen)
+
+    run_conditional_sampler_checks(sample, "p_sample_loop_conditional(model, x_T, y, beta)",
+                                   lambda cls, centers, ab: cls(centers, ab))
+
+
+CHECKS = {
+    "AdaptiveGroupNorm": check_adaptive_group_norm,
+    "conditional_ddpm_loss": check_conditional_ddpm_loss,
+    "p_sample_loop_conditional": check_p_sample_loop_conditional,
+}
