@@ -1,0 +1,525 @@
+"""Hidden tests of notebook 01_forward_process (DDPM forward process, Ho et al. 2020).
+
+One check per graded test cell; each takes the student's notebook globals. The checks compare with
+``grading.reference.forward_process`` and with mathematical oracles, on small inputs (a few seconds
+at most on one CPU core). When an output is wrong, it is compared with the outputs of known mistaken
+variants (computed here) so that the message can name the likely cause.
+
+Conventions (COURSE_SPEC.md): code index ``t`` in ``{0, ..., T-1}`` is the paper's step ``t + 1``,
+``alpha_bar[t] = prod(alpha[:t+1])``, a batch of times is a ``torch.long`` tensor ``(B,)``.
+
+Random functions are tested through relations (the returned noise and t reproduce x_t) and
+statistics over many draws, never by replaying a generator, so any order of random draws passes.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from grading.hidden import CheckFailed, as_array, call, close, describe_diff, expect, generator, student
+from grading.reference import forward_process as ref
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers
+# ----------------------------------------------------------------------------------------------
+_F64 = np.float64
+
+
+def _tensor(x, name: str, shape: tuple | None = None) -> np.ndarray:
+    """A student's floating torch.Tensor (exact type) as a float64 array, shape checked."""
+    if type(x) is not torch.Tensor:
+        raise CheckFailed(f"{name} should be a torch.Tensor, got {type(x).__module__}."
+                          f"{type(x).__qualname__}. Convert NumPy results with torch.from_numpy "
+                          f"or torch.as_tensor before returning them.")
+    return as_array(x, name, shape=shape, dtype="float")
+
+
+def _match(got: np.ndarray, want: np.ndarray, variants: list[tuple[str, np.ndarray]], what: str,
+           atol: float = 1e-5, rtol: float = 1e-4, context: str = "") -> None:
+    """Pass when ``got`` is close to ``want``; otherwise fail naming the first matching mistake."""
+    if close(got, want, atol=atol, rtol=rtol):
+        return
+    for hint, value in variants:
+        if value is not None and close(got, value, atol=atol, rtol=rtol):
+            raise CheckFailed(
+                f"{what} is wrong{context}: {describe_diff(got, want)}.\n"
+                f"Your output matches a known mistake.\nLikely cause: {hint}")
+    raise CheckFailed(f"{what} is wrong{context}: {describe_diff(got, want)}.")
+
+
+def _per_example(coef: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """(B,) -> (B, 1, ..., 1) for broadcasting against ``like``."""
+    return coef.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _random_beta(T: int, seed: int, low: float = 0.02, high: float = 0.3) -> torch.Tensor:
+    """A float32 schedule whose neighbouring values differ a lot (so off-by-one errors show)."""
+    g = generator(seed)
+    return (low + (high - low) * torch.rand(T, generator=g, dtype=torch.float64)).float()  # (T,)
+
+
+def _inputs(shape: tuple, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [-1, 1] and standard normal noise, float32, of ``shape``."""
+    g = generator(seed)
+    x = torch.rand(shape, generator=g) * 2 - 1  # (B, C, H, W)
+    noise = torch.randn(shape, generator=g)  # (B, C, H, W)
+    return x, noise
+
+
+def _unchanged(before: list[torch.Tensor], after: list[torch.Tensor], names: list[str], fn: str) -> None:
+    for b, a, n in zip(before, after, names):
+        expect(torch.equal(b, a), f"{fn} changed its input `{n}` in place.",
+               hint="an in-place operation (`+=`, `.mul_()`, `x[...] = ...`) on an argument; "
+                    "compute a new tensor instead.")
+
+
+# ----------------------------------------------------------------------------------------------
+# linear_beta_schedule
+# ----------------------------------------------------------------------------------------------
+def check_linear_beta_schedule(ns: dict) -> None:
+    fn = student(ns, "linear_beta_schedule")
+    for kwargs in ({}, {"T": 10, "beta_start": 1e-3, "beta_end": 0.05}, {"T": 1}):
+        args = dict({"T": 1000, "beta_start": 1e-4, "beta_end": 0.02}, **kwargs)
+        T = args["T"]
+        if T == 1:  # one step: linspace gives beta_start
+            want = np.array([args["beta_start"]], dtype=_F64)
+        else:
+            want = np.linspace(args["beta_start"], args["beta_end"], T, dtype=_F64)
+        label = f"linear_beta_schedule({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+        got = _tensor(call(fn, **kwargs, what=label), label, shape=(T,))
+        if T == 1:
+            continue  # a single step is only checked for its shape
+        step = (args["beta_end"] - args["beta_start"]) / T
+        variants = [
+            ("torch.linspace(beta_start, beta_end, T + 1) with the last value dropped: the "
+             "schedule must reach beta_end at t = T - 1.",
+             np.linspace(args["beta_start"], args["beta_end"], T + 1)[:-1]),
+            ("torch.linspace(beta_start, beta_end, T + 1) with the first value dropped: the "
+             "schedule must start at beta_start at t = 0.",
+             np.linspace(args["beta_start"], args["beta_end"], T + 1)[1:]),
+            ("torch.arange(beta_start, beta_end, step) misses beta_end; use torch.linspace, "
+             "which includes both ends.", args["beta_start"] + step * np.arange(T)),
+        ]
+        if kwargs:
+            variants.append(("the arguments are ignored (the defaults are hard-coded); use T, "
+                             "beta_start and beta_end.", np.linspace(1e-4, 0.02, 1000)))
+        _match(got, want, variants, label, atol=1e-7, rtol=1e-5,
+               context=f" (expected {T} values from {args['beta_start']} to {args['beta_end']})")
+
+
+# ----------------------------------------------------------------------------------------------
+# cosine_beta_schedule
+# ----------------------------------------------------------------------------------------------
+def _cosine_variant(T: int, s: float, max_beta: float | None) -> np.ndarray:
+    steps = np.arange(T + 1, dtype=_F64)
+    f = np.cos(((steps / T) + s) / (1 + s) * math.pi / 2) ** 2  # (T + 1,)
+    beta = 1 - f[1:] / f[:-1]  # (T,)
+    return beta if max_beta is None else np.minimum(beta, max_beta)
+
+
+def check_cosine_beta_schedule(ns: dict) -> None:
+    fn = student(ns, "cosine_beta_schedule")
+    cases = [({}, 1000, 0.008, 0.999), ({"T": 50}, 50, 0.008, 0.999),
+             ({"T": 20, "s": 0.1, "max_beta": 0.5}, 20, 0.1, 0.5)]
+    for kwargs, T, s, max_beta in cases:
+        label = f"cosine_beta_schedule({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+        got = _tensor(call(fn, **kwargs, what=label), label, shape=(T,))
+        want = ref.cosine_beta_schedule(T, s, max_beta).double().numpy()
+        steps = np.arange(T + 1, dtype=_F64)
+        f = np.cos(((steps / T) + s) / (1 + s) * math.pi / 2) ** 2
+        variants = [
+            ("the offset s is missing: f(t) = cos(((t / T) + s) / (1 + s) * pi / 2) ** 2 "
+             "(Nichol & Dhariwal 2021, eq. 17); without s the first betas are far too small.",
+             _cosine_variant(T, 0.0, max_beta)),
+            (f"beta is not clipped at max_beta = {max_beta}: the last step gives beta = 1 "
+             "(f(T) = 0), a singularity; use min(1 - f(i + 1) / f(i), max_beta).",
+             _cosine_variant(T, s, None)),
+            ("the offset s and the clip are both missing.", _cosine_variant(T, 0.0, None)),
+            ("the clip value is hard-coded; use the max_beta argument.",
+             _cosine_variant(T, s, 0.999)),
+            ("the offset is hard-coded; use the s argument.", _cosine_variant(T, 0.008, max_beta)),
+            ("this is alpha_bar = f(t) / f(0) (for t = 1..T), not beta; "
+             "beta[i] = 1 - alpha_bar(i + 1) / alpha_bar(i).", f[1:] / f[0]),
+            ("this is alpha_bar = f(t) / f(0) (for t = 0..T-1), not beta; "
+             "beta[i] = 1 - alpha_bar(i + 1) / alpha_bar(i).", f[:-1] / f[0]),
+            ("this is 1 - beta (alpha), not beta.", 1 - want),
+            ("the ratio is inverted: beta[i] = 1 - f(i + 1) / f(i), not 1 - f(i) / f(i + 1).",
+             np.minimum(1 - f[:-1] / np.maximum(f[1:], 1e-300), max_beta)),
+        ]
+        # rtol 1e-3: a float32 computation loses a little precision near t = T.
+        _match(got, want, variants, label, atol=1e-6, rtol=1e-3,
+               context=f" (T={T}, s={s}, max_beta={max_beta})")
+        expect(float(got.max()) <= max_beta + 1e-6 and float(got.min()) > 0,
+               f"{label}: every beta must lie in (0, max_beta = {max_beta}], "
+               f"got values in [{got.min():.3g}, {got.max():.3g}].")
+
+
+# ----------------------------------------------------------------------------------------------
+# alphas_from_betas
+# ----------------------------------------------------------------------------------------------
+def check_alphas_from_betas(ns: dict) -> None:
+    fn = student(ns, "alphas_from_betas")
+    cases = [("a random schedule of 12 steps", _random_beta(12, seed=1)),
+             ("the linear schedule of 1000 steps", ref.linear_beta_schedule(1000)),
+             ("a float64 schedule of 5 steps", _random_beta(5, seed=2).double())]
+    for label, beta in cases:
+        T = beta.shape[0]
+        beta_in = beta.clone()
+        out = call(fn, beta_in, what=f"alphas_from_betas({label})")
+        _unchanged([beta], [beta_in], ["beta"], "alphas_from_betas")
+        expect(isinstance(out, (tuple, list)) and len(out) == 2,
+               f"alphas_from_betas should return a pair (alpha, alpha_bar), got "
+               f"{type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+               + ".")
+        alpha = _tensor(out[0], "alpha (the first output)", shape=(T,))
+        alpha_bar = _tensor(out[1], "alpha_bar (the second output)", shape=(T,))
+        b = beta.double().numpy()
+        a = 1 - b
+        want_ab = np.cumprod(a)
+        _match(alpha, a, [("the outputs are swapped: return (alpha, alpha_bar).", want_ab),
+                          ("alpha = beta; alpha is 1 - beta.", b),
+                          ("alpha = sqrt(1 - beta); alpha is 1 - beta (no square root).", np.sqrt(a))],
+               "alpha", atol=1e-6, rtol=1e-5, context=f" for {label}")
+        exclusive = np.concatenate([[1.0], want_ab[:-1]])
+        variants = [
+            ("torch.cumsum instead of torch.cumprod: alpha_bar is a product.", np.cumsum(a)),
+            ("the product is taken only up to t - 1 (an exclusive product starting at 1); "
+             "alpha_bar[t] = alpha[0] * ... * alpha[t] includes alpha[t].", exclusive),
+            ("the product runs one step too far: alpha_bar[t] = alpha[0] * ... * alpha[t], "
+             "not up to alpha[t + 1].", np.cumprod(a)[1:].tolist() + [np.nan]),
+            ("the cumulative product of beta instead of alpha = 1 - beta.", np.cumprod(b)),
+            ("1 - cumprod(alpha) instead of cumprod(alpha).", 1 - want_ab),
+            ("the outputs are swapped: return (alpha, alpha_bar).", a),
+            ("sqrt(alpha_bar) instead of alpha_bar; take square roots only where they are used.",
+             np.sqrt(want_ab)),
+        ]
+        variants = [(h, np.asarray(v, dtype=_F64)) for h, v in variants]
+        _match(alpha_bar, want_ab, variants, "alpha_bar", atol=1e-7, rtol=1e-4,
+               context=f" for {label} (alpha_bar[t] = prod(alpha[:t+1]))")
+
+
+# ----------------------------------------------------------------------------------------------
+# forward_step
+# ----------------------------------------------------------------------------------------------
+def _forward_variants(x: np.ndarray, b_t: np.ndarray, beta: np.ndarray, t: np.ndarray,
+                      noise: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    def step(bb, mean_fn=np.sqrt, std_fn=np.sqrt):
+        return _per_example(mean_fn(1 - bb), x) * x + _per_example(std_fn(bb), x) * noise
+
+    T = beta.shape[0]
+    out = [
+        ("beta instead of sqrt(beta) as the noise standard deviation: q(x_t | x_{t-1}) has "
+         "variance beta_t, so the noise is scaled by sqrt(beta_t) (DDPM eq. 2).",
+         step(b_t, std_fn=lambda v: v)),
+        ("(1 - beta) instead of sqrt(1 - beta) as the mean coefficient (DDPM eq. 2).",
+         step(b_t, mean_fn=lambda v: v)),
+        ("both coefficients lack their square roots: x_t = sqrt(1 - beta_t) x_{t-1} + "
+         "sqrt(beta_t) noise.", step(b_t, mean_fn=lambda v: v, std_fn=lambda v: v)),
+        ("the two coefficients are swapped: the image is scaled by sqrt(1 - beta_t) and the "
+         "noise by sqrt(beta_t).",
+         _per_example(np.sqrt(b_t), x) * x + _per_example(np.sqrt(1 - b_t), x) * noise),
+        ("one time t[0] is used for the whole batch; each example has its own t "
+         "(index with the whole tensor t and reshape to (B, 1, 1, 1)).",
+         step(np.full_like(b_t, beta[t[0]]))),
+    ]
+    if t.min() >= 1:
+        out.append(("off by one in t: beta[t - 1] is used; code index t uses beta[t] "
+                    "(0-based: beta[t] is the paper's beta_{t+1}).", step(beta[t - 1])))
+    if t.max() <= T - 2:
+        out.append(("off by one in t: beta[t + 1] is used; code index t uses beta[t].",
+                    step(beta[t + 1])))
+    if x.shape[-1] == x.shape[0]:
+        out.append(("the (B,) coefficients broadcast along the last image axis instead of the "
+                    "batch axis: reshape them to (B, 1, 1, 1).",
+                    np.sqrt(1 - b_t) * x + np.sqrt(b_t) * noise))
+    return out
+
+
+def check_forward_step(ns: dict) -> None:
+    fn = student(ns, "forward_step")
+    cases = [
+        ("a random schedule, interior times", _random_beta(20, seed=3), [3, 17, 8, 11, 5],
+         (5, 1, 3, 4)),
+        ("the linear schedule, times 0 and T - 1 included", ref.linear_beta_schedule(1000),
+         [0, 999, 500, 1, 998, 250], (6, 1, 4, 6)),
+        ("a batch as wide as the image", _random_beta(10, seed=4), [0, 9, 4, 2], (4, 1, 3, 4)),
+    ]
+    for i, (label, beta, times, shape) in enumerate(cases):
+        t = torch.tensor(times, dtype=torch.long)  # (B,)
+        x_prev, noise = _inputs(shape, seed=10 + i)
+        args = [x_prev.clone(), t.clone(), beta.clone(), noise.clone()]
+        out = call(fn, *args, what=f"forward_step(x_prev, t, beta, noise) with {label}")
+        _unchanged([x_prev, t, beta, noise], args, ["x_prev", "t", "beta", "noise"], "forward_step")
+        got = _tensor(out, "x_t returned by forward_step", shape=shape)
+        want = ref.forward_step(x_prev, t, beta, noise).double().numpy()
+        b = beta.double().numpy()
+        tn = t.numpy()
+        variants = _forward_variants(x_prev.double().numpy(), b[tn], b, tn, noise.double().numpy())
+        _match(got, want, variants, "forward_step", atol=1e-5, rtol=1e-4,
+               context=f" with {label} (t = {times}); expected sqrt(1 - beta[t]) x_prev + "
+                       f"sqrt(beta[t]) noise per example")
+
+
+# ----------------------------------------------------------------------------------------------
+# q_sample
+# ----------------------------------------------------------------------------------------------
+def _q_variants(x0: np.ndarray, ab: np.ndarray, t: np.ndarray, noise: np.ndarray
+                ) -> list[tuple[str, np.ndarray]]:
+    def qs(abt, mean_fn=np.sqrt, std_fn=lambda v: np.sqrt(1 - v)):
+        return _per_example(mean_fn(abt), x0) * x0 + _per_example(std_fn(abt), x0) * noise
+
+    T = ab.shape[0]
+    ab_t = ab[t]
+    out = [
+        ("alpha_bar instead of its square root scales x_0: x_t = sqrt(alpha_bar_t) x_0 + "
+         "sqrt(1 - alpha_bar_t) noise (DDPM eq. 4).", qs(ab_t, mean_fn=lambda v: v)),
+        ("1 - alpha_bar instead of its square root scales the noise: the variance of "
+         "q(x_t | x_0) is 1 - alpha_bar_t, so the noise is scaled by sqrt(1 - alpha_bar_t).",
+         qs(ab_t, std_fn=lambda v: 1 - v)),
+        ("neither coefficient has its square root (alpha_bar and 1 - alpha_bar): DDPM eq. 4 "
+         "uses sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t).",
+         qs(ab_t, mean_fn=lambda v: v, std_fn=lambda v: 1 - v)),
+        ("the two coefficients are swapped: x_0 is scaled by sqrt(alpha_bar_t) and the noise by "
+         "sqrt(1 - alpha_bar_t).", qs(ab_t, mean_fn=lambda v: np.sqrt(1 - v), std_fn=np.sqrt)),
+        ("one time t[0] is used for the whole batch; each example has its own t "
+         "(index alpha_bar with the whole tensor t and reshape to (B, 1, 1, 1)).",
+         qs(np.full_like(ab_t, ab[t[0]]))),
+        ("one time t[-1] is used for the whole batch; each example has its own t.",
+         qs(np.full_like(ab_t, ab[t[-1]]))),
+        ("sqrt(1 - alpha_bar_t) noise is missing: x_t needs the noise term.",
+         _per_example(np.sqrt(ab_t), x0) * x0),
+    ]
+    if t.min() >= 1:
+        out.append(("off by one in t: alpha_bar[t - 1] is used; code index t uses alpha_bar[t] "
+                    "(0-based: alpha_bar[t] is the paper's alpha_bar_{t+1}).", qs(ab[t - 1])))
+    if t.max() <= T - 2:
+        out.append(("off by one in t: alpha_bar[t + 1] is used; code index t uses alpha_bar[t].",
+                    qs(ab[t + 1])))
+    if x0.shape[-1] == x0.shape[0]:
+        out.append(("the (B,) coefficients broadcast along the last image axis instead of the "
+                    "batch axis: reshape them to (B, 1, 1, 1).",
+                    np.sqrt(ab_t) * x0 + np.sqrt(1 - ab_t) * noise))
+    return out
+
+
+def check_q_sample(ns: dict) -> None:
+    fn = student(ns, "q_sample")
+    random_ab = torch.cumprod(1 - _random_beta(20, seed=5), 0)  # (20,)
+    linear_ab = torch.cumprod(1 - ref.linear_beta_schedule(1000), 0)  # (1000,)
+    cases = [
+        ("a random schedule, interior times", random_ab, [3, 17, 8, 11, 5], (5, 1, 3, 4)),
+        ("the linear schedule, times 0 and T - 1 included", linear_ab,
+         [0, 999, 500, 1, 998, 100], (6, 1, 4, 6)),
+        ("a batch as wide as the image", random_ab, [0, 19, 7, 2], (4, 1, 3, 4)),
+    ]
+    for i, (label, ab, times, shape) in enumerate(cases):
+        t = torch.tensor(times, dtype=torch.long)  # (B,)
+        x_0, noise = _inputs(shape, seed=20 + i)
+        args = [x_0.clone(), t.clone(), ab.clone(), noise.clone()]
+        out = call(fn, *args, what=f"q_sample(x_0, t, alpha_bar, noise) with {label}")
+        _unchanged([x_0, t, ab, noise], args, ["x_0", "t", "alpha_bar", "noise"], "q_sample")
+        got = _tensor(out, "x_t returned by q_sample", shape=shape)
+        want = ref.q_sample(x_0, t, ab, noise).double().numpy()
+        variants = _q_variants(x_0.double().numpy(), ab.double().numpy(), t.numpy(),
+                               noise.double().numpy())
+        _match(got, want, variants, "q_sample", atol=1e-5, rtol=1e-4,
+               context=f" with {label} (t = {times}); expected sqrt(alpha_bar[t]) x_0 + "
+                       f"sqrt(1 - alpha_bar[t]) noise per example")
+
+
+# ----------------------------------------------------------------------------------------------
+# generate_noisy_samples: relations and statistics
+# ----------------------------------------------------------------------------------------------
+def _unpack_noisy(out, x_0: torch.Tensor, T: int, label: str):
+    """Check the structure of (x_t, noise, t) and return float64/int64 arrays."""
+    expect(isinstance(out, (tuple, list)) and len(out) == 3,
+           f"{label} should return a triple (x_t, noise, t), got {type(out).__name__}"
+           + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "") + ".")
+    x_t_raw, noise_raw, t_raw = out
+    B = x_0.shape[0]
+    shape = tuple(x_0.shape)
+    x_t = _tensor(x_t_raw, f"x_t (first output of {label})", shape=shape)
+    noise = _tensor(noise_raw, f"noise (second output of {label})", shape=shape)
+    expect(type(t_raw) is torch.Tensor,
+           f"t (third output of {label}) should be a torch.long tensor of shape ({B},), "
+           f"got {type(t_raw).__name__}.",
+           hint="return the tensor of times itself, not a list, an int or a NumPy array.")
+    expect(t_raw.dtype == torch.long,
+           f"t (third output of {label}) should have dtype torch.long, got {t_raw.dtype}.",
+           hint="draw the times with torch.randint (which returns int64); do not convert them to float.")
+    expect(tuple(t_raw.shape) == (B,),
+           f"t (third output of {label}) should have shape ({B},), one time per example, "
+           f"got {tuple(t_raw.shape)}.",
+           hint="draw one time per example: torch.randint(0, T, (B,), ...); keep t 1-D "
+                "(reshape only the coefficients to (B, 1, 1, 1)).")
+    t = as_array(t_raw, f"t (third output of {label})", shape=(B,), dtype="long")
+    expect(t.min() >= 0 and t.max() <= T - 1,
+           f"t (third output of {label}) must lie in [0, {T - 1}] (0-based steps), got values "
+           f"in [{t.min()}, {t.max()}].",
+           hint="torch.randint(0, T, ...) draws from {0, ..., T - 1}; paper step t + 1 is code index t.")
+    return x_t, noise, t
+
+
+def _relation(x_0: torch.Tensor, beta: torch.Tensor, x_t: np.ndarray, noise: np.ndarray,
+              t: np.ndarray, label: str) -> None:
+    """x_t must equal the reference q_sample of the returned noise and t."""
+    ab = np.cumprod(1 - beta.double().numpy())  # (T,)
+    T = ab.shape[0]
+    x0 = x_0.double().numpy()
+    want = _per_example(np.sqrt(ab[t]), x0) * x0 + _per_example(np.sqrt(1 - ab[t]), x0) * noise
+    if close(x_t, want, atol=1e-5, rtol=1e-4):
+        return
+    variants = _q_variants(x0, ab, t, noise)
+    # Mistakes in alpha_bar itself, and off-by-one with clamped indices.
+    exclusive = np.concatenate([[1.0], ab[:-1]])
+    for hint, abv in [
+        ("alpha_bar built with cumsum instead of cumprod.", np.cumsum(1 - beta.double().numpy())),
+        ("alpha_bar taken only up to t - 1 (an exclusive product), or alpha_bar[t - 1] used; "
+         "alpha_bar[t] = prod(alpha[:t+1]).", exclusive),
+        ("alpha_bar[t + 1] used instead of alpha_bar[t].", np.append(ab[1:], np.nan)),
+    ]:
+        variants.append((hint, _per_example(np.sqrt(abv[t]), x0) * x0
+                         + _per_example(np.sqrt(1 - abv[t]), x0) * noise))
+    variants = [(h, v) for h, v in variants if np.all(np.isfinite(v))]
+    for hint, value in variants:
+        if close(x_t, value, atol=1e-5, rtol=1e-4):
+            raise CheckFailed(
+                f"{label}: x_t does not equal sqrt(alpha_bar[t]) x_0 + sqrt(1 - alpha_bar[t]) noise "
+                f"for the noise and t it returns ({describe_diff(x_t, want)}).\n"
+                f"Likely cause: {hint}\nIf your q_sample or alphas_from_betas failed its own "
+                f"test, fix that first.")
+    # Which noise was really used? eps = (x_t - sqrt(ab) x_0) / sqrt(1 - ab).
+    used = (x_t - _per_example(np.sqrt(ab[t]), x0) * x0) / _per_example(np.sqrt(1 - ab[t]), x0)
+    looks_normal = abs(float(used.mean())) < 0.1 and abs(float(used.std()) - 1) < 0.1
+    if looks_normal and not close(used, noise, atol=1e-3, rtol=1e-3):
+        raise CheckFailed(
+            f"{label}: x_t was made with a noise other than the one returned "
+            f"({describe_diff(x_t, want)}).\nLikely cause: the returned noise is not the one "
+            f"used in x_t (e.g. a second torch.randn_like call); return exactly the noise that "
+            f"you added, since the model learns to predict it.")
+    raise CheckFailed(
+        f"{label}: x_t does not equal sqrt(alpha_bar[t]) x_0 + sqrt(1 - alpha_bar[t]) noise for "
+        f"the noise and t it returns ({describe_diff(x_t, want)}).\nIf your q_sample or "
+        f"alphas_from_betas failed its own test, fix that first.")
+
+
+def _chi_square_uniform(t: np.ndarray, T: int) -> tuple[float, float]:
+    """Pearson chi-square of the counts of t against Uniform{0..T-1}: (statistic, p-value)."""
+    from scipy.stats import chi2
+    counts = np.bincount(t, minlength=T).astype(_F64)
+    expected = t.size / T
+    stat = float(((counts - expected) ** 2 / expected).sum())
+    return stat, float(chi2.sf(stat, T - 1))
+
+
+def check_generate_noisy_samples(ns: dict) -> None:
+    fn = student(ns, "generate_noisy_samples")
+    # 1. One image batch: structure and the relation x_t = q_sample(x_0, t, alpha_bar, noise).
+    beta = ref.linear_beta_schedule(1000)
+    x_0, _ = _inputs((8, 1, 32, 32), seed=30)
+    args = [x_0.clone(), beta.clone()]
+    label = "generate_noisy_samples(x_0 (8, 1, 32, 32), linear beta, generator)"
+    out = call(fn, *args, generator=generator(31), what=label)
+    _unchanged([x_0, beta], args, ["x_0", "beta"], "generate_noisy_samples")
+    x_t, noise, t = _unpack_noisy(out, x_0, 1000, label)
+    _relation(x_0, beta, x_t, noise, t, label)
+
+    # 2. A short random schedule: the relation again, and t uniform over all 10 steps.
+    beta10 = _random_beta(10, seed=32, low=0.05, high=0.5)
+    x_0, _ = _inputs((4000, 1, 2, 2), seed=33)
+    label = "generate_noisy_samples(x_0 (4000, 1, 2, 2), a 10-step beta, generator)"
+    x_t, noise, t = _unpack_noisy(call(fn, x_0, beta10, generator=generator(34), what=label),
+                                  x_0, 10, label)
+    _relation(x_0, beta10, x_t, noise, t, label)
+    _time_statistics(t, 10, label)
+
+    # 3. The course's T = 1000: every step reachable, uniform, varying within a batch.
+    x_0, _ = _inputs((20000, 1, 1, 2), seed=35)
+    label = "generate_noisy_samples(x_0 (20000, 1, 1, 2), linear beta of 1000 steps, generator)"
+    x_t, noise, t = _unpack_noisy(call(fn, x_0, beta, generator=generator(36), what=label),
+                                  x_0, 1000, label)
+    _relation(x_0, beta, x_t, noise, t, label)
+    _time_statistics(t, 1000, label)
+    # The noise is standard normal (40 thousand values: standard error of the mean 0.005).
+    m, sd = float(noise.mean()), float(noise.std())
+    expect(abs(m) < 0.03 and abs(sd - 1) < 0.03,
+           f"{label}: the noise should be standard normal, got mean {m:.3f} and std {sd:.3f} "
+           f"over {noise.size} values.",
+           hint="draw it with torch.randn (normal), not torch.rand (uniform on [0, 1)), and do not "
+                "scale it.")
+    # Noise independent of x_0 and of t (a noise built from x_0 would correlate).
+    corr = float(np.corrcoef(noise.reshape(-1), x_0.double().numpy().reshape(-1))[0, 1])
+    expect(abs(corr) < 0.05, f"{label}: the noise correlates with x_0 (correlation {corr:.2f}).",
+           hint="draw fresh noise with torch.randn; do not derive it from x_0.")
+
+
+def _time_statistics(t: np.ndarray, T: int, label: str) -> None:
+    n = t.size
+    expect(t.min() == 0,
+           f"{label}: t never reached the first step 0 in {n} draws over {T} steps "
+           f"(smallest value {t.min()}).",
+           hint="t drawn from {1, ..., T - 1} or {1, ..., T}: use torch.randint(0, T, ...) "
+                "(code index 0 is the paper's step 1).")
+    expect(t.max() == T - 1,
+           f"{label}: t never reached the last step {T - 1} in {n} draws (largest value "
+           f"{t.max()}).",
+           hint="torch.randint(0, T - 1, ...) excludes T - 1 (the upper bound of randint is "
+                "exclusive): use torch.randint(0, T, ...).")
+    # One time per example: a batch of 64 over T >= 10 steps almost surely holds several values.
+    first = t[:64]
+    expect(len(np.unique(first)) > 1,
+           f"{label}: every example of the batch got the same t = {first[0]}.",
+           hint="one t drawn for the whole batch (e.g. torch.randint(0, T, (1,)) then expanded): "
+                "Algorithm 1 draws t independently for each example: torch.randint(0, T, (B,)).")
+    stat, p = _chi_square_uniform(t, T)
+    expect(p > 1e-6,
+           f"{label}: t is not uniform over {{0, ..., {T - 1}}}: chi-square {stat:.1f} with "
+           f"{T - 1} degrees of freedom (p = {p:.1e}) over {n} draws.",
+           hint="draw t with torch.randint(0, T, (B,)), every step with probability 1 / T.")
+
+
+# ----------------------------------------------------------------------------------------------
+# generate_noisy_samples_2: the generator argument is honoured
+# ----------------------------------------------------------------------------------------------
+def check_generate_noisy_samples_2(ns: dict) -> None:
+    fn = student(ns, "generate_noisy_samples")
+    beta = ref.linear_beta_schedule(1000)
+    x_0, _ = _inputs((16, 1, 4, 4), seed=40)
+    label = "generate_noisy_samples(x_0, beta, generator=g)"
+    outs = []
+    for _ in range(2):
+        # Move the global RNG between the calls: only the generator may decide the draws.
+        torch.rand(7)
+        outs.append(call(fn, x_0.clone(), beta.clone(), generator=generator(41), what=label))
+    arrays = [_unpack_noisy(o, x_0, 1000, label) for o in outs]
+    same = all(np.array_equal(a, b) for a, b in zip(arrays[0], arrays[1]))
+    expect(same,
+           "Two calls with generators seeded alike (torch.Generator().manual_seed(41)) returned "
+           "different x_t, noise or t.",
+           hint="a draw ignores the `generator` argument: pass generator=generator to "
+                "torch.randint and to torch.randn (torch.randn_like has no generator argument: "
+                "use torch.randn(x_0.shape, generator=generator, dtype=x_0.dtype, device=...)). "
+                "The course requires it so that experiments are reproducible without seeding "
+                "the global random state.")
+    other = _unpack_noisy(call(fn, x_0.clone(), beta.clone(), generator=generator(42), what=label),
+                          x_0, 1000, label)
+    expect(not np.array_equal(arrays[0][1], other[1]) and not np.array_equal(arrays[0][2], other[2]),
+           "Generators with different seeds (41 and 42) gave the same noise or the same t.",
+           hint="the function must draw from the generator it is given, not from a fixed seed "
+                "of its own.")
+    # The default generator=None must work too.
+    out = call(fn, x_0.clone(), beta.clone(), what="generate_noisy_samples(x_0, beta) without a generator")
+    _unpack_noisy(out, x_0, 1000, "generate_noisy_samples(x_0, beta)")
+
+
+CHECKS = {
+    "linear_beta_schedule": check_linear_beta_schedule,
+    "cosine_beta_schedule": check_cosine_beta_schedule,
+    "alphas_from_betas": check_alphas_from_betas,
+    "forward_step": check_forward_step,
+    "q_sample": check_q_sample,
+    "generate_noisy_samples": check_generate_noisy_samples,
+    "generate_noisy_samples_2": check_generate_noisy_samples_2,
+}
