@@ -76,13 +76,17 @@ def make_api(root: Path | str, db_url: str | None = None, **overrides):
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, value)
     # Without an exchange folder nbgrader logs a CRITICAL line; the API works fine without it.
-    tl = logging.getLogger("traitlets")
-    old = tl.level
-    tl.setLevel(logging.CRITICAL + 1)
-    try:
-        return NbGraderAPI(config=cfg)
-    finally:
-        tl.setLevel(old)
+    from traitlets.log import get_logger
+
+    tl = get_logger()
+    if not any(isinstance(f, _NoExchangeNoise) for f in tl.filters):
+        tl.addFilter(_NoExchangeNoise())
+    return NbGraderAPI(config=cfg)
+
+
+class _NoExchangeNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exchange" not in str(record.msg)
 
 
 def list_assignments(root: Path | str = REPO_ROOT, folder: str = SOURCE_DIR) -> list[str]:

@@ -1,0 +1,590 @@
+"""``python -m grading autograde``: grade a folder or zip of submissions with nbgrader, in parallel,
+each student isolated in a throw-away course copy.
+
+Pipeline (the parent process is trusted; student code only ever runs in a kernel of a job):
+
+1. ``grading.collect`` finds ``(student, assignment, notebooks)`` in the tree or LMS download.
+2. Per assignment, a *template* course (``solutions/<a>`` copy + ``generate_assignment`` into a
+   template SQLite gradebook) is built once; the course gradebook (``--db``) gets the assignment.
+3. Per submission: ``grading.sanitize`` (bad files -> 0 with the reason, duplicates, front-end
+   metadata, ``skip-execution``), ``grading.tamper`` (static scan), a content hash (unchanged
+   submissions are not regraded unless ``--force``).
+4. Jobs run ``python -m grading.worker`` in their own temporary course copy (own gradebook copy,
+   cwd inside it), ``--jobs`` at a time. As root, each job's kernel runs under its own
+   unprivileged uid (``grading.kernel_launcher``): the repository, the course gradebook and the
+   other jobs are read-only or invisible to student code.
+5. The parent alone writes the course gradebook, ``grades.csv``, ``questions.csv``, the feedback
+   HTML (``feedback/<student>/<assignment>/<nb>.html``, hidden tests removed and checked) and the
+   graded notebooks (``autograded/<student>/<assignment>/``).
+
+Exit status is non-zero only for the tool's own errors, never for a student's code.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import course
+from .collect import Submission, collect
+from .sanitize import sanitize
+from .tamper import scan_notebook
+
+log = logging.getLogger("grading.autograde")
+
+STATE_FILE = ".autograde_state.json"
+GRADES_COLUMNS = ["student", "assignment", "auto_score", "auto_max", "manual_points_pending",
+                  "review", "notes"]
+QUESTION_COLUMNS = ["student", "assignment", "cell_id", "points", "max_points", "passed", "message"]
+KERNEL_NAME = "diffusion-grader"
+UID_BASE = 61000
+
+
+class ToolError(RuntimeError):
+    """A failure of the grading tool itself (not of a student's submission)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Templates: one released assignment + gradebook, copied into every job
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Template:
+    assignment: str
+    root: Path                      # template course folder
+    db: Path                        # template gradebook (SQLite)
+    release: dict[str, dict]        # notebook name -> released notebook dict
+    source: dict[str, dict]         # notebook name -> source notebook dict
+    cells: dict[str, list[dict]]    # notebook name -> graded cells [{id, points, kind}]
+    digest: str                     # hash of everything that defines the grading
+    hidden_lines: set[str] = field(default_factory=set)
+
+
+def _graded_cells(nb: dict) -> list[dict]:
+    out = []
+    for c in nb["cells"]:
+        m = c.get("metadata", {}).get("nbgrader") or {}
+        if m.get("grade") and "grade_id" in m:
+            out.append({"id": m["grade_id"], "points": float(m.get("points", 0)),
+                        "kind": "written" if m.get("solution") else "test"})
+    return out
+
+
+def _hidden_lines(nb: dict) -> set[str]:
+    """Source lines inside hidden-test blocks that do not also appear in the released text."""
+    lines = set()
+    for c in nb["cells"]:
+        src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+        inside = False
+        for ln in src.splitlines():
+            if "BEGIN HIDDEN TESTS" in ln:
+                inside = True
+                continue
+            if "END HIDDEN TESTS" in ln:
+                inside = False
+                continue
+            if inside and len(ln.strip()) >= 12:
+                lines.add(ln.strip())
+    return lines
+
+
+def build_template(assignment: str, root: Path, workdir: Path) -> Template:
+    tdir = workdir / f"template-{assignment}"
+    src = root / course.SOURCE_DIR / assignment
+    shutil.copytree(src, tdir / course.SOURCE_DIR / assignment,
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "*.pyc"))
+    db = tdir / "gradebook.db"
+    api = course.make_api(tdir, db_url=f"sqlite:///{db}")
+    with course.quiet_nbgrader():
+        res = api.generate_assignment(assignment, force=True, create=True)
+    if not res["success"]:
+        raise ToolError(f"generate_assignment {assignment} failed:\n{res.get('error') or res.get('log')}")
+    release, source, cells = {}, {}, {}
+    h = hashlib.sha256()
+    for nb_path in course.assignment_notebooks(tdir, assignment):
+        source[nb_path.stem] = course.read_json(nb_path)
+        h.update(nb_path.read_bytes())
+        rel = tdir / course.RELEASE_DIR / assignment / nb_path.name
+        release[nb_path.stem] = course.read_json(rel)
+        cells[nb_path.stem] = _graded_cells(source[nb_path.stem])
+    for f in sorted(src.rglob("*")):
+        if f.is_file() and f.suffix != ".ipynb":
+            h.update(f.name.encode() + f.read_bytes())
+    name = assignment.split("_", 1)[-1]
+    for extra in (course.GRADING_DIR / "checks" / f"{name}.py", course.GRADING_DIR / "hidden.py",
+                  course.CONFIG_FILE):
+        if extra.is_file():
+            h.update(extra.read_bytes())
+    hidden = set()
+    for nb in source.values():
+        hidden |= _hidden_lines(nb)
+    released_text = "".join(json.dumps(nb) for nb in release.values())
+    hidden = {ln for ln in hidden if json.dumps(ln)[1:-1] not in released_text}
+    return Template(assignment, tdir, db, release, source, cells, h.hexdigest(), hidden)
+
+
+def register_assignment(tpl: Template, db_url: str) -> None:
+    """Create or update the assignment in the course gradebook (parent only)."""
+    api = course.make_api(tpl.root, db_url=db_url)
+    with course.quiet_nbgrader():
+        res = api.generate_assignment(tpl.assignment, force=True, create=True)
+    if not res["success"]:
+        raise ToolError(f"could not register {tpl.assignment} in {db_url}:\n"
+                        f"{(res.get('error') or res.get('log') or '')[-2000:]}")
+
+
+# --------------------------------------------------------------------------------------------
+# Privilege drop
+# --------------------------------------------------------------------------------------------
+def can_drop_privileges() -> tuple[bool, str]:
+    """Whether kernels can run under an unprivileged uid (root, and the venv/repo readable)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False, "not running as root: student kernels run under the grader's own uid"
+    uid = UID_BASE - 1
+
+    def drop():
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    try:
+        r = subprocess.run([sys.executable, "-c", "import ipykernel, grading, helpers, nbformat"],
+                           preexec_fn=drop, capture_output=True, timeout=120, cwd="/")
+    except Exception as exc:  # noqa: BLE001
+        return False, f"cannot start a process as uid {uid}: {exc}"
+    if r.returncode != 0:
+        return False, (f"uid {uid} cannot import the course packages (permissions?): "
+                       f"{r.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+    return True, f"student kernels run as unprivileged uids {UID_BASE}+"
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    sub: Submission
+    tpl: Template
+    digest: str
+    notebooks: dict[str, dict | None]        # nb name -> sanitized notebook (None: scores 0)
+    zero_reasons: dict[str, str]             # nb name -> why it scores 0
+    notes: list[str]
+    flags: list[str]
+    result: dict | None = None
+
+
+def submission_digest(sub: Submission, tpl: Template) -> str:
+    h = hashlib.sha256(tpl.digest.encode())
+    for name in sorted(sub.files):
+        h.update(name.encode() + b"\0" + hashlib.sha256(sub.files[name]).digest())
+    return h.hexdigest()
+
+
+def prepare(sub: Submission, tpl: Template) -> Job:
+    """Match files to the assignment's notebooks, sanitize and scan them."""
+    notebooks, reasons, notes, flags = {}, {}, list(sub.problems), []
+    files = dict(sub.files)
+    expected = list(tpl.release)
+    for name in expected:
+        raw = files.pop(f"{name}.ipynb", None)
+        if raw is None and len(expected) == 1 and len(files) == 1:
+            other, raw = files.popitem()  # renamed upload ("01_x (1).ipynb", "notebook.ipynb")
+            notes.append(f"used {other} as {name}.ipynb")
+        s = sanitize(raw, tpl.release[name])
+        notes.extend(f"{name}: {n}" for n in s.notes)
+        if s.nb is None:
+            reasons[name] = s.zero_reason or "unreadable"
+            notebooks[name] = None
+            continue
+        notebooks[name] = s.nb
+        for f in scan_notebook(s.nb, tpl.release[name]):
+            flags.append(f"{name}: {f}")
+    for extra in files:
+        notes.append(f"ignored extra file {extra}")
+    return Job(sub, tpl, submission_digest(sub, tpl), notebooks, reasons, notes, flags)
+
+
+def _kernel_spec(job_dir: Path, uid: int | None) -> None:
+    kdir = job_dir / "kernels" / "kernels" / KERNEL_NAME
+    kdir.mkdir(parents=True)
+    if uid is None:
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    else:
+        argv = [sys.executable, "-m", "grading.kernel_launcher", "--uid", str(uid), "--gid",
+                str(uid), "--home", str(job_dir / "home"), "-f", "{connection_file}"]
+    (kdir / "kernel.json").write_text(json.dumps(
+        {"argv": argv, "display_name": "Python 3 (grading)", "language": "python"}))
+
+
+def run_job(job: Job, index: int, workdir: Path, drop: bool, timeout: int | None) -> dict:
+    """Run one worker process on a fresh copy of the template course; returns its result."""
+    a, s = job.tpl.assignment, job.sub.student
+    job_dir = Path(tempfile.mkdtemp(prefix=f"job-{index:04d}-", dir=workdir))
+    try:
+        course_dir = job_dir / "course"
+        shutil.copytree(job.tpl.root / course.SOURCE_DIR, course_dir / course.SOURCE_DIR)
+        shutil.copyfile(job.tpl.db, course_dir / "gradebook.db")
+        sub_dir = course_dir / "submitted" / s / a
+        sub_dir.mkdir(parents=True)
+        for name, nb in job.notebooks.items():
+            if nb is not None:
+                (sub_dir / f"{name}.ipynb").write_text(json.dumps(nb, indent=1))
+        uid = UID_BASE + index % 4000 if drop else None
+        _kernel_spec(job_dir, uid)
+        (job_dir / "job.json").write_text(json.dumps(
+            {"assignment": a, "student": s, "kernel_name": KERNEL_NAME, "timeout": timeout}))
+        os.chmod(job_dir, 0o711)
+        os.chmod(course_dir, 0o711)
+        os.chmod(course_dir / "gradebook.db", 0o600)
+        os.chmod(course_dir / course.SOURCE_DIR, 0o700)
+        os.chmod(course_dir / "submitted", 0o700)
+        env = course.grading_env()
+        env["JUPYTER_PATH"] = str(job_dir / "kernels")
+        env["HOME"] = str(job_dir / "home") if drop else env.get("HOME", str(job_dir))
+        env.pop("JUPYTER_CONFIG_DIR", None)
+        t0 = time.perf_counter()
+        with open(job_dir / "worker.log", "wb") as logf:
+            proc = subprocess.run([sys.executable, "-m", "grading.worker", str(job_dir)],
+                                  stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                  cwd=str(course_dir), timeout=3600)
+        res_file = job_dir / "result.json"
+        if res_file.is_file():
+            result = json.loads(res_file.read_text())
+        else:
+            tail = (job_dir / "worker.log").read_text(errors="replace")[-2000:]
+            result = {"ok": False, "error": f"worker exited {proc.returncode} without a result:\n{tail}"}
+        result["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        # keep the graded notebooks and feedback before the job folder goes
+        keep = {}
+        for kind in ("feedback", "autograded"):
+            for nb_name, path in (result.get(kind) or {}).items():
+                p = Path(path)
+                if p.is_file() and job_dir in p.parents:
+                    keep[f"{kind}/{nb_name}"] = p.read_bytes()
+        result["_files"] = keep
+        return result
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": "worker took over an hour"}
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Results -> rows, gradebook, files
+# --------------------------------------------------------------------------------------------
+def first_line(text: str | None) -> str:
+    for ln in (text or "").splitlines():
+        if ln.strip():
+            return ln.strip()[:300]
+    return ""
+
+
+def build_rows(job: Job) -> tuple[dict, list[dict], dict]:
+    """(grades.csv row, questions.csv rows, gradebook updates {nb: {grade_id: (score, manual, comment)}})."""
+    a, s = job.tpl.assignment, job.sub.student
+    res = job.result or {}
+    qrows, updates = [], {}
+    auto, auto_max, pending = 0.0, 0.0, 0.0
+    notes = list(job.notes)
+    tamper = "; ".join(job.flags)
+    worker_error = None if res.get("ok") or not job.result else first_line(
+        (res.get("error") or "").strip().splitlines()[-1] if res.get("error") else "failed")
+    for nb_name, cells in job.tpl.cells.items():
+        graded = (res.get("notebooks") or {}).get(nb_name, {})
+        msgs = (res.get("messages") or {}).get(nb_name, {})
+        zero = job.zero_reasons.get(nb_name)
+        if zero is None and nb_name not in (res.get("notebooks") or {}):
+            zero = f"autograding failed: {worker_error or 'no result'}"
+        upd = updates.setdefault(nb_name, {})
+        for cell in cells:
+            gid, mx = cell["id"], cell["points"]
+            g = graded.get(gid)
+            if cell["kind"] == "test":
+                auto_max += mx
+                if zero is not None or g is None:
+                    pts, msg = 0.0, zero or "not graded"
+                else:
+                    pts = float(g.get("auto_score") or 0.0)
+                    msg = first_line(msgs.get(gid)) or ("" if pts >= mx else
+                                                         f"partial credit {pts:g}/{mx:g}")
+                if tamper and zero is None:
+                    msg = f"set to 0 for review ({first_line(tamper)}); ran as {pts:g}/{mx:g}" + (
+                        f": {msg}" if msg else "")
+                    pts = 0.0
+                auto += pts
+                qrows.append({"student": s, "assignment": a, "cell_id": gid, "points": f"{pts:g}",
+                              "max_points": f"{mx:g}", "passed": str(pts >= mx and mx > 0).lower(),
+                              "message": msg})
+                upd[gid] = (pts, False, msg or None)
+            else:  # written answer, graded by hand
+                if zero is not None or g is None:
+                    qrows.append({"student": s, "assignment": a, "cell_id": gid, "points": "0",
+                                  "max_points": f"{mx:g}", "passed": "false",
+                                  "message": zero or "not graded"})
+                    upd[gid] = (0.0, False, zero)
+                elif g.get("needs_manual_grade"):
+                    pending += mx
+                    qrows.append({"student": s, "assignment": a, "cell_id": gid, "points": "",
+                                  "max_points": f"{mx:g}", "passed": "",
+                                  "message": "needs manual grading"})
+                    upd[gid] = (None, True, None)
+                else:
+                    pts = float(g.get("auto_score") or 0.0)
+                    qrows.append({"student": s, "assignment": a, "cell_id": gid, "points": f"{pts:g}",
+                                  "max_points": f"{mx:g}", "passed": "false",
+                                  "message": first_line(g.get("auto_comment")) or "No response."})
+                    upd[gid] = (pts, False, g.get("auto_comment"))
+    for nb_name, reason in job.zero_reasons.items():
+        notes.append(f"{nb_name}: scored 0: {reason}")
+    if worker_error:
+        notes.append(f"autograde error: {worker_error}")
+    grow = {"student": s, "assignment": a, "auto_score": f"{auto:g}", "auto_max": f"{auto_max:g}",
+            "manual_points_pending": f"{pending:g}", "review": tamper,
+            "notes": " | ".join(notes)[:2000]}
+    return grow, qrows, updates
+
+
+def write_gradebook(db_url: str, job: Job, updates: dict) -> None:
+    """Record one submission's grades in the course gradebook (parent process only)."""
+    from nbgrader.api import Gradebook
+
+    a, s = job.tpl.assignment, job.sub.student
+    with course.quiet_nbgrader(), Gradebook(db_url, "diffusion") as gb:
+        gb.update_or_create_student(s)
+        gb.update_or_create_submission(a, s)
+        for nb_name, grades in updates.items():
+            snb = gb.find_submission_notebook(nb_name, a, s)
+            for g in snb.grades:
+                if g.name in grades:
+                    score, manual, _ = grades[g.name]
+                    g.auto_score = score
+                    g.needs_manual_grade = manual
+            for c in snb.comments:
+                if c.name in grades and grades[c.name][2]:
+                    c.auto_comment = grades[c.name][2][:1000]
+        gb.db.commit()
+
+
+def redact_feedback(data: bytes, tpl: Template) -> tuple[bytes, int]:
+    """Remove any hidden-test line that still made it into a feedback page; returns (html, hits)."""
+    text = data.decode("utf-8", errors="replace")
+    hits = 0
+    for ln in tpl.hidden_lines:
+        for form in {ln, html.escape(ln), html.escape(ln, quote=False)}:
+            if form in text:
+                hits += text.count(form)
+                text = text.replace(form, "[hidden test]")
+    for marker in ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
+        if marker in text:
+            hits += text.count(marker)
+            text = text.replace(marker, "")
+    return text.encode("utf-8"), hits
+
+
+# --------------------------------------------------------------------------------------------
+# State, CSV
+# --------------------------------------------------------------------------------------------
+def load_state(out: Path) -> dict:
+    p = out / STATE_FILE
+    if p.is_file():
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            log.warning("ignoring unreadable %s", p)
+    return {"submissions": {}}
+
+
+def save_state(out: Path, state: dict) -> None:
+    tmp = out / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, out / STATE_FILE)
+
+
+def write_csvs(out: Path, state: dict) -> None:
+    entries = [state["submissions"][k] for k in sorted(state["submissions"])]
+    with open(out / "grades.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, GRADES_COLUMNS)
+        w.writeheader()
+        for e in entries:
+            w.writerow(e["grades"])
+    with open(out / "questions.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, QUESTION_COLUMNS)
+        w.writeheader()
+        for e in entries:
+            for row in e["questions"]:
+                w.writerow(row)
+
+
+# --------------------------------------------------------------------------------------------
+# Main entry
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    graded: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    out: Path | None = None
+
+
+def autograde(submissions: Path | str, out: Path | str = "autograded", assignment: str | None = None,
+              jobs: int | None = None, db_url: str | None = None, force: bool = False,
+              timeout: int | None = None, root: Path | str = course.REPO_ROOT,
+              progress: bool = True) -> Report:
+    """Autograde every submission found under ``submissions``; see the module docstring."""
+    course.ensure_path()
+    t_start = time.perf_counter()
+    root, out = Path(root).resolve(), Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    db_url = db_url or f"sqlite:///{out / 'gradebook.db'}"
+    known = course.list_assignments(root)
+    if assignment is not None and assignment not in known:
+        raise ToolError(f"unknown assignment {assignment!r}; known: {', '.join(known)}")
+    subs = collect(submissions, known, assignment)
+    report = Report(out=out)
+    unknown = [s for s in subs if s.assignment not in known]
+    for s in unknown:
+        msg = f"{s.student}: {'; '.join(s.problems) or 'unknown assignment'} ({', '.join(s.origin)})"
+        log.error("not graded: %s", msg)
+        report.errors.append(msg)
+    subs = [s for s in subs if s.assignment in known]
+    if not subs:
+        log.warning("no submissions found in %s", submissions)
+    for d in ("data", "checkpoints"):  # helpers create them; an unprivileged kernel cannot
+        (root / d).mkdir(exist_ok=True)
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    state = load_state(out)
+    drop, why = can_drop_privileges()
+    log.info("isolation: %s", why)
+    workdir = Path(tempfile.mkdtemp(prefix="autograde-"))
+    os.chmod(workdir, 0o711)
+    try:
+        templates: dict[str, Template] = {}
+        for a in sorted({s.assignment for s in subs}):
+            templates[a] = build_template(a, root, workdir)
+            register_assignment(templates[a], db_url)
+        todo: list[Job] = []
+        for sub in subs:
+            tpl = templates[sub.assignment]
+            key = f"{sub.student}/{sub.assignment}"
+            digest = submission_digest(sub, tpl)
+            prev = state["submissions"].get(key)
+            if prev and prev.get("digest") == digest and not force:
+                report.skipped += 1
+                continue
+            todo.append(prepare(sub, tpl))
+        to_run = [j for j in todo if any(nb is not None for nb in j.notebooks.values())]
+        for j in todo:
+            if j.flags:
+                log.warning("%s/%s flagged for review: %s", j.sub.student, j.tpl.assignment,
+                            "; ".join(j.flags))
+            for nb, reason in j.zero_reasons.items():
+                log.warning("%s/%s/%s scores 0: %s", j.sub.student, j.tpl.assignment, nb, reason)
+        bar = None
+        if progress and to_run:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(to_run), desc="autograde", unit="nb", file=sys.stderr)
+
+        def finish(j: Job) -> None:
+            grow, qrows, updates = build_rows(j)
+            write_gradebook(db_url, j, updates)
+            a, s = j.tpl.assignment, j.sub.student
+            for rel, data in ((j.result or {}).get("_files") or {}).items():
+                kind, nb_name = rel.split("/", 1)
+                if kind == "feedback":
+                    data, hits = redact_feedback(data, j.tpl)
+                    if hits:
+                        log.warning("%s/%s: removed %d hidden-test line(s) from the feedback", s, a, hits)
+                    dest = out / "feedback" / s / a / f"{nb_name}.html"
+                else:
+                    dest = out / "autograded" / s / a / f"{nb_name}.ipynb"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+            state["submissions"][f"{s}/{a}"] = {
+                "digest": j.digest, "grades": grow, "questions": qrows,
+                "seconds": (j.result or {}).get("wall_seconds")}
+            if j.result and not j.result.get("ok"):
+                log.warning("%s/%s: autograde problem: %s", s, a,
+                            first_line((j.result.get("error") or "").strip().splitlines()[-1]
+                                       if j.result.get("error") else ""))
+            log.info("%s/%s: %s/%s%s", s, a, grow["auto_score"], grow["auto_max"],
+                     " (review)" if grow["review"] else "")
+            report.graded += 1
+            save_state(out, state)
+
+        for j in todo:
+            if j not in to_run:
+                finish(j)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(run_job, j, i, workdir, drop, timeout): j
+                       for i, j in enumerate(to_run)}
+            for fut in as_completed(futures):
+                j = futures[fut]
+                try:
+                    j.result = fut.result()
+                except Exception as exc:  # noqa: BLE001  (a tool error, reported at the end)
+                    j.result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                    report.errors.append(f"{j.sub.student}/{j.tpl.assignment}: {exc}")
+                finish(j)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        write_csvs(out, state)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def grade_table(out: Path) -> str:
+    """student x assignment table of ``auto_score/auto_max`` (``*`` = written answers pending)."""
+    rows = list(csv.DictReader(open(Path(out) / "grades.csv")))
+    students = sorted({r["student"] for r in rows})
+    assigns = sorted({r["assignment"] for r in rows})
+    cell = {(r["student"], r["assignment"]): r for r in rows}
+    head = ["student"] + assigns
+    lines = [head]
+    for s in students:
+        line = [s]
+        for a in assigns:
+            r = cell.get((s, a))
+            if r is None:
+                line.append("-")
+                continue
+            txt = f"{r['auto_score']}/{r['auto_max']}"
+            if float(r["manual_points_pending"] or 0):
+                txt += f" +{r['manual_points_pending']}?"
+            if r["review"]:
+                txt += " REVIEW"
+            line.append(txt)
+        lines.append(line)
+    w = [max(len(l[i]) for l in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(l)).rstrip() for l in lines)
+
+
+def autograde_cli(args) -> int:
+    try:
+        rep = autograde(args.submissions, out=args.out, assignment=args.assignment, jobs=args.jobs,
+                        db_url=args.db, force=args.force, timeout=args.timeout, root=args.root)
+    except (ToolError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(grade_table(rep.out))
+    print(f"\ngraded {rep.graded}, unchanged {rep.skipped}, in {rep.seconds:.1f} s; "
+          f"wrote {rep.out / 'grades.csv'}, {rep.out / 'questions.csv'}, {rep.out / 'feedback'}")
+    for e in rep.errors:
+        print(f"error: {e}", file=sys.stderr)
+    tool_errors = [e for e in rep.errors if "unknown assignment" not in e and "cannot tell" not in e]
+    return 1 if tool_errors else 0

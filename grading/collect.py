@@ -1,0 +1,161 @@
+"""Find the submissions in a folder or a zip: ``<student>/<assignment>/<nb>.ipynb`` trees and LMS
+downloads whose file names carry the student id.
+
+Recognised LMS file names (the notebook's own name comes last)::
+
+    Brightspace  12345-67890 - Jane Doe - Mar 3, 2025 1015 AM - 01_forward_process.ipynb
+                 (student id: "12345-67890", everything before the first " - ")
+    Canvas       doejane_12345_67890_01_forward_process.ipynb   (student id: 12345, the user id)
+                 doejane_LATE_12345_67890_01_forward_process.ipynb
+    Moodle       Jane Doe_12345_assignsubmission_file_01_forward_process.ipynb   (student id: 12345)
+                 (also the folder form "Jane Doe_12345_assignsubmission_file_/<nb>.ipynb")
+
+The assignment comes from the tree, from the notebook's name (``01_forward_process`` or a renamed
+``01_forward_process (1).ipynb``) or from ``--assignment``.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BRIGHTSPACE = re.compile(r"^(?P<sid>\d+(?:-\d+)?) - (?P<name>.+?) - (?P<date>.+?) - (?P<file>.+)$")
+CANVAS = re.compile(r"^(?P<login>[A-Za-z0-9.\-]+)_(?:LATE_)?(?P<sid>\d+)_(?P<subid>\d+)_(?P<file>.+)$")
+MOODLE = re.compile(r"^(?P<name>.+?)_(?P<sid>\d+)_assignsubmission_(?:file|onlinetext)_(?P<file>.*)$")
+SAFE_ID = re.compile(r"[^A-Za-z0-9_.@-]+")
+
+
+@dataclass
+class Submission:
+    student: str
+    assignment: str | None
+    files: dict[str, bytes] = field(default_factory=dict)   # notebook name -> bytes
+    origin: list[str] = field(default_factory=list)          # where the files came from
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.student, self.assignment or "?")
+
+
+def safe_id(text: str) -> str:
+    """A student id usable as a folder name (nbgrader puts it in paths)."""
+    s = SAFE_ID.sub("_", text.strip()).strip("._")
+    return s or "unknown"
+
+
+def parse_lms_name(name: str) -> tuple[str, str] | None:
+    """``(student id, original file name)`` from an LMS download's file name, or None."""
+    for rx in (BRIGHTSPACE, MOODLE, CANVAS):
+        m = rx.match(name)
+        if m:
+            return safe_id(m.group("sid")), m.group("file")
+    return None
+
+
+def guess_assignment(filename: str, known: list[str]) -> str | None:
+    """The assignment whose id starts the file name (``01_forward_process (1).ipynb`` too)."""
+    stem = Path(filename).stem
+    for a in sorted(known, key=len, reverse=True):
+        if stem == a or stem.startswith(a):
+            return a
+    m = re.match(r"^(\d\d)[_\- ]", stem)
+    if m:
+        hits = [a for a in known if a.startswith(m.group(1) + "_")]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def _extract_zip(path: Path, dest: Path) -> Path:
+    """Extract only notebooks (and nested zips), refusing absolute paths and ``..``."""
+    with zipfile.ZipFile(path) as zf:
+        total = 0
+        for info in zf.infolist():
+            name = info.filename
+            if info.is_dir() or name.startswith("__MACOSX"):
+                continue
+            parts = Path(name).parts
+            if Path(name).is_absolute() or ".." in parts:
+                continue
+            if not name.lower().endswith((".ipynb", ".zip")):
+                continue
+            total += info.file_size
+            if total > 2_000_000_000:
+                raise ValueError(f"{path}: archive too large")
+            out = dest.joinpath(*parts)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(out, "wb") as fh:
+                shutil.copyfileobj(src, fh)
+    return dest
+
+
+def collect(path: Path | str, known: list[str], assignment: str | None = None) -> list[Submission]:
+    """All submissions under ``path`` (folder or .zip); one per (student, assignment)."""
+    path = Path(path)
+    tmp = None
+    try:
+        if path.is_file() and path.suffix.lower() == ".zip":
+            tmp = Path(tempfile.mkdtemp(prefix="submissions-"))
+            path = _extract_zip(path, tmp)
+        if not path.is_dir():
+            raise FileNotFoundError(f"no submissions folder or zip at {path}")
+        for inner in sorted(path.rglob("*.zip")):  # LMS zips inside the download
+            _extract_zip(inner, inner.with_suffix(""))
+        subs: dict[tuple[str, str], Submission] = {}
+
+        def add(student, assign, nbname, data, origin, problem=None):
+            key = (student, assign or "?")
+            sub = subs.setdefault(key, Submission(student, assign))
+            if nbname in sub.files:
+                # several uploads of the same notebook: the last in name order wins
+                sub.problems.append(f"several files for {nbname}; used {origin}")
+            sub.files[nbname] = data
+            sub.origin.append(origin)
+            if problem:
+                sub.problems.append(problem)
+
+        for f in sorted(path.rglob("*")):
+            if not f.is_file() or ".ipynb_checkpoints" in f.parts or f.name.startswith("._"):
+                continue
+            if f.suffix.lower() != ".ipynb":
+                continue
+            rel = f.relative_to(path)
+            data = f.read_bytes()
+            # 1. tree: <student>/<assignment>/<nb>.ipynb
+            if len(rel.parts) == 3 and (rel.parts[1] in known or assignment == rel.parts[1]):
+                a = rel.parts[1]
+                if assignment and a != assignment:
+                    continue
+                add(safe_id(rel.parts[0]), a, f.name, data, str(rel))
+                continue
+            # 2. LMS names, in the file name or in a per-student folder name
+            parsed = parse_lms_name(f.name)
+            if parsed is None and len(rel.parts) >= 2:
+                folder = parse_lms_name(rel.parts[-2] + ("" if rel.parts[-2].endswith("_") else "_"))
+                if folder is not None:
+                    parsed = (folder[0], f.name)
+            if parsed is None and len(rel.parts) == 2:  # <student>/<nb>.ipynb
+                parsed = (safe_id(rel.parts[0]), f.name)
+            if parsed is None:
+                continue
+            student, original = parsed
+            a = guess_assignment(original, known) or assignment
+            if assignment and a != assignment:
+                # a notebook named for another assignment: graded (to 0) against the one asked for
+                add(student, assignment, f"{assignment}.ipynb", data, str(rel),
+                    f"file {original!r} is not a notebook of {assignment}")
+                continue
+            if a is None:
+                add(student, None, original, data, str(rel), f"cannot tell the assignment of "
+                    f"{original!r}; use --assignment")
+                continue
+            add(student, a, f"{a}.ipynb" if Path(original).stem.startswith(a) else original,
+                data, str(rel))
+        return sorted(subs.values(), key=lambda s: (s.assignment or "", s.student))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""Autograde one student's assignment inside a prepared job folder (a separate process per job).
+
+``python -m grading.worker JOB`` where ``JOB`` (prepared by ``grading.autograde``) holds
+``course/`` (the assignment's ``solutions/`` copy, a copy of the template ``gradebook.db`` and the
+sanitized ``submitted/<student>/<assignment>/*.ipynb``), ``kernels/`` (the grading kernelspec) and
+``job.json``. It runs nbgrader's autograde and generate_feedback there and writes ``result.json``:
+the grades read back from the job's own gradebook plus each test cell's failure message. Only
+the parent process writes the course gradebook.
+
+Tracebacks are cut to their final ``ename: evalue`` line before the feedback is rendered, so a
+failing hidden assert does not show its source.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from . import course
+from .runner import STDERR_MESSAGE, error_message, is_test_cell, nbgrader_meta
+
+
+def strip_tracebacks(nb_path: Path, pattern: str) -> dict[str, str]:
+    """Replace every error traceback by ``ename: evalue``; return ``{test grade_id: message}``."""
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    messages = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        msg = ""
+        for out in cell.outputs:
+            if out.output_type == "error":
+                line = error_message(out.get("ename", "Error"), out.get("evalue", ""))
+                out.traceback = [line]
+                msg = msg or line
+            elif out.output_type == "stream" and out.name == "stderr" and not msg:
+                if not (pattern and re.search(pattern, out.text)):
+                    msg = STDERR_MESSAGE
+                # a Python traceback printed to stderr may quote hidden source lines
+                if "Traceback (most recent call last)" in out.text:
+                    out.text = "\n".join(ln for ln in out.text.splitlines()
+                                         if not ln.startswith("  ")) + "\n"
+        if is_test_cell(cell):
+            messages[nbgrader_meta(cell)["grade_id"]] = msg
+    nbformat.write(nb, nb_path)
+    return messages
+
+
+def run_job(job: Path) -> dict:
+    spec = json.loads((job / "job.json").read_text())
+    root = job / "course"
+    a, s = spec["assignment"], spec["student"]
+    overrides = {"Execute.kernel_name": spec.get("kernel_name") or "python3"}
+    if spec.get("timeout"):
+        overrides["Execute.timeout"] = int(spec["timeout"])
+    api = course.make_api(root, db_url=f"sqlite:///{root / 'gradebook.db'}", **overrides)
+    pattern = api.config.IgnorePattern.pattern
+    result = {"student": s, "assignment": a, "ok": False, "error": None, "notebooks": {},
+              "messages": {}, "feedback": {}, "autograded": {}}
+    t0 = time.perf_counter()
+    with course.quiet_nbgrader():
+        res = api.autograde(a, s, force=True, create=True)
+    result["autograde_seconds"] = round(time.perf_counter() - t0, 2)
+    if not res["success"]:
+        result["error"] = (res.get("error") or "")[-3000:] or (res.get("log") or "")[-3000:]
+    out_dir = root / "autograded" / s / a
+    for nb_path in sorted(out_dir.glob("*.ipynb")):
+        result["messages"][nb_path.stem] = strip_tracebacks(nb_path, pattern)
+        result["autograded"][nb_path.stem] = str(nb_path)
+    if res["success"]:
+        with course.quiet_nbgrader():
+            fb = api.generate_feedback(a, s, force=True)
+        if not fb["success"]:
+            result["feedback_error"] = (fb.get("error") or fb.get("log") or "")[-2000:]
+        for html in sorted((root / "feedback" / s / a).glob("*.html")):
+            result["feedback"][html.stem] = str(html)
+    with course.quiet_nbgrader(), api.gradebook as gb:
+        try:
+            sub = gb.find_submission(a, s)
+        except Exception as exc:  # noqa: BLE001
+            result["error"] = result["error"] or f"no submission in gradebook: {exc}"
+        else:
+            for snb in sub.notebooks:
+                grades = {}
+                comments = {c.name: c.auto_comment for c in snb.comments}
+                for g in snb.grades:
+                    grades[g.name] = {
+                        "auto_score": g.auto_score, "manual_score": g.manual_score,
+                        "max_score": float(g.max_score),
+                        "needs_manual_grade": bool(g.needs_manual_grade),
+                        "auto_comment": comments.get(g.name),
+                    }
+                result["notebooks"][snb.name] = grades
+            result["ok"] = res["success"]
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job = Path(argv[0])
+    try:
+        result = run_job(job)
+    except Exception:  # noqa: BLE001  (reported to the parent, never fatal to others)
+        result = {"ok": False, "error": traceback.format_exc()[-4000:]}
+    (job / "result.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
