@@ -1,0 +1,323 @@
+"""Mistake tests of notebook 02_ddpm_training: every mistake of the issue costs points in the right
+test cell, with a message naming the likely cause, and correct variants pass.
+
+Two layers:
+- direct (fast, ~5 s): the answer cells of the solution notebook are exec'd into a namespace, one of
+  them replaced by a mistaken (or a different but correct) version, and the hidden check is called;
+- through the cell runner (~1 min): the solution notebook itself, run in a kernel with answer cells
+  replaced, slow cells skipped.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from grading.checks import ddpm_training as checks
+from grading.hidden import CheckFailed
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = ROOT / "solutions" / "02_ddpm_training" / "02_ddpm_training.ipynb"
+GRADED = ["timestep_embedding", "ddpm_loss", "train_step", "evaluate", "ema_update"]
+
+
+def _sources() -> dict[str, str]:
+    nb = nbformat.read(NB, as_version=4)
+    out = {}
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid:
+            out[gid] = cell.source
+    return out
+
+
+SOURCES = _sources()
+
+
+def _strip_markers(src: str) -> str:
+    return "\n".join(ln for ln in src.splitlines() if "### BEGIN SOLUTION" not in ln and "### END SOLUTION" not in ln)
+
+
+def mutate(gid: str, old: str, new: str) -> str:
+    """The solution source of answer cell ``gid`` with ``old`` replaced by ``new`` (which must occur)."""
+    src = SOURCES[gid]
+    assert old in src, f"{old!r} not found in the solution of {gid}; update the mistake test"
+    return src.replace(old, new)
+
+
+def namespace(**replace: str) -> dict:
+    """The notebook's globals as far as the graded functions go: the given cell, then every answer."""
+    ns = {"torch": torch, "F": F, "math": math, "np": np, "__name__": "__main__"}
+    exec(SOURCES["given_forward_process"], ns)
+    _, ns["alpha_bar"] = ns["alphas_from_betas"](ns["linear_beta_schedule"](1000))
+    for gid in GRADED:
+        exec(_strip_markers(replace.get(gid, SOURCES[gid])), ns)
+    return ns
+
+
+def run_check(name: str, ns: dict) -> None:
+    torch_state = torch.random.get_rng_state()
+    try:
+        with torch.enable_grad():
+            checks.CHECKS[name](ns)
+    finally:
+        torch.random.set_rng_state(torch_state)
+
+
+# ------------------------------------------------------------------------------------------ mistakes
+
+EMB_RETURN = "return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)"
+MISTAKES = {
+    # name: (graded function, buggy source, regex the message must match)
+    "embedding halves swapped": (
+        "timestep_embedding", lambda: mutate("timestep_embedding", EMB_RETURN,
+                                             "return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)"),
+        r"halves are swapped"),
+    "embedding interleaved": (
+        "timestep_embedding", lambda: mutate("timestep_embedding", EMB_RETURN,
+                                             "return torch.stack([torch.sin(angles), torch.cos(angles)], dim=2)"
+                                             ".reshape(t.shape[0], dim)"),
+        r"interleaved"),
+    "embedding frequencies -i/dim": (
+        "timestep_embedding", lambda: mutate("timestep_embedding", "max_period ** (-2 * i / dim)",
+                                             "max_period ** (-i / dim)"),
+        r"\(-i / dim\) instead of"),
+    "loss on x_0": (
+        "ddpm_loss", lambda: mutate("ddpm_loss", "F.mse_loss(eps_pred, noise)", "F.mse_loss(eps_pred, x_0)"),
+        r"with x_0 instead of with the noise"),
+    "L1 loss": (
+        "ddpm_loss", lambda: mutate("ddpm_loss", "F.mse_loss(eps_pred, noise)", "F.l1_loss(eps_pred, noise)"),
+        r"L1"),
+    "sum instead of mean": (
+        "ddpm_loss", lambda: mutate("ddpm_loss", "F.mse_loss(eps_pred, noise)", "((eps_pred - noise) ** 2).sum()"),
+        r"sum of squared errors instead of their mean"),
+    "model fed x_0": (
+        "ddpm_loss", lambda: mutate("ddpm_loss", "model(x_t, t)", "model(x_0, t)"),
+        r"fed x_0 instead of the noisy x_t"),
+    "train_step never steps": (
+        "train_step", lambda: mutate("train_step", "    optimizer.step()\n", ""),
+        r"never called optimizer\.step\(\)"),
+    "train_step never zeroes gradients": (
+        "train_step", lambda: mutate("train_step", "    optimizer.zero_grad()\n", ""),
+        r"gradients were not zeroed"),
+    "train_step one t per batch": (
+        "train_step", lambda: mutate("train_step", "torch.randint(0, T, (B,), generator=generator, device=draw_on)",
+                                     "torch.randint(0, T, (1,), generator=generator, device=draw_on).repeat(B)"),
+        r"same t .*one t drawn for the\s+whole batch"),
+    "evaluate in train mode": (
+        "evaluate", lambda: mutate("evaluate", "    model.eval()\n", ""),
+        r"train mode"),
+    "evaluate builds a graph": (
+        "evaluate", lambda: mutate("evaluate", "with torch.no_grad():", "if True:"),
+        r"gradient tracking on.*no torch\.no_grad\(\)"),
+    "evaluate averages batch means": (
+        "evaluate", lambda: mutate("evaluate", "total += ddpm_loss(model, x_0, t, noise, alpha_bar).item() * B\n"
+                                               "                count += B",
+                                   "total += ddpm_loss(model, x_0, t, noise, alpha_bar).item()\n"
+                                   "                count += 1"),
+        r"batch means were averaged with equal weights"),
+    "ema decay swapped": (
+        "ema_update", lambda: mutate("ema_update", "p_ema.mul_(decay).add_(p, alpha=1 - decay)",
+                                     "p_ema.mul_(1 - decay).add_(p, alpha=decay)"),
+        r"decay and 1 - decay are swapped"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISTAKES))
+def test_direct_mistake_is_caught_with_its_cause(case):
+    name, make, pattern = MISTAKES[case]
+    ns = namespace(**{name: make()})
+    with pytest.raises(CheckFailed) as err:
+        run_check(name, ns)
+    msg = str(err.value)
+    assert re.search(pattern, msg, re.S), f"{case}: the message does not name the cause:\n{msg}"
+
+
+def test_direct_every_check_passes_on_the_solution():
+    ns = namespace()
+    for name in GRADED:
+        run_check(name, ns)
+
+
+# ------------------------------------------------------------------------------------------ more mistakes
+
+EXTRA_MISTAKES = {
+    "embedding ignores max_period": (
+        "timestep_embedding", lambda: mutate("timestep_embedding", "max_period ** (-2 * i / dim)",
+                                             "10000.0 ** (-2 * i / dim)"),
+        r"max_period is ignored"),
+    "t drawn from 1..T-1": (
+        "train_step", lambda: mutate("train_step", "torch.randint(0, T, (B,)", "torch.randint(1, T, (B,)"),
+        r"never took the value"),
+    "train_step returns a tensor": (
+        "train_step", lambda: mutate("train_step", "return loss.item()", "return loss"),
+        r"Python float"),
+    "train_step ignores the generator": (
+        "train_step", lambda: mutate("train_step", "noise = torch.randn(x_0.shape, generator=generator,",
+                                     "noise = torch.randn(x_0.shape,"),
+        r"ignores `generator`"),
+    "loss returns a detached float": (
+        "ddpm_loss", lambda: mutate("ddpm_loss", "return F.mse_loss(eps_pred, noise)",
+                                    "return F.mse_loss(eps_pred, noise).detach()"),
+        r"carries no gradient"),
+    "ema copies the parameters": (
+        "ema_update", lambda: mutate("ema_update", "p_ema.mul_(decay).add_(p, alpha=1 - decay)", "p_ema.copy_(p)"),
+        r"copied \(decay ignored\)"),
+    "ema default decay 0.99": (
+        "ema_update", lambda: mutate("ema_update", "decay=0.999):", "decay=0.99):"),
+        r"decay 0\.99 instead of 0\.999"),
+    "ema skips the buffers": (
+        "ema_update", lambda: mutate("ema_update", "            if b.is_floating_point():\n"
+                                                   "                b_ema.copy_(b)", "            pass"),
+        r"buffer"),
+    "ema modifies the model": (
+        "ema_update", lambda: mutate("ema_update", "zip(ema_model.parameters(), model.parameters())",
+                                     "zip(model.parameters(), ema_model.parameters())"),
+        r"changed `model`"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXTRA_MISTAKES))
+def test_direct_further_mistakes(case):
+    name, make, pattern = EXTRA_MISTAKES[case]
+    ns = namespace(**{name: make()})
+    with pytest.raises(CheckFailed) as err:
+        run_check(name, ns)
+    assert re.search(pattern, str(err.value), re.S), f"{case}: unexpected message:\n{err.value}"
+
+
+# ------------------------------------------------------------------------------------------ correct variants
+
+CORRECT = {
+    "embedding in numpy": ("timestep_embedding", '''
+def timestep_embedding(t, dim, max_period=10000.0):
+    tt = t.detach().cpu().numpy().astype(np.float64)
+    freqs = np.power(max_period, -np.arange(0, dim, 2) / dim)
+    angles = tt[:, None] * freqs[None, :]
+    return torch.from_numpy(np.concatenate([np.sin(angles), np.cos(angles)], axis=1)).float()
+'''),
+    "embedding with exp/log, float64": ("timestep_embedding", '''
+def timestep_embedding(t, dim, max_period=10000.0):
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
+    args = t.double()[:, None] * freqs
+    emb = torch.zeros(len(t), dim, dtype=torch.float64)
+    emb[:, :half] = torch.sin(args)
+    emb[:, half:] = torch.cos(args)
+    return emb
+'''),
+    "loss with gather and a manual mean": ("ddpm_loss", '''
+def ddpm_loss(model, x_0, t, noise, alpha_bar):
+    ab = alpha_bar.gather(0, t).view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x_0 + (1 - ab).sqrt() * noise
+    return ((noise - model(x_t, t)) ** 2).mean()
+'''),
+    "loss in float64": ("ddpm_loss", '''
+def ddpm_loss(model, x_0, t, noise, alpha_bar):
+    x_t = q_sample(x_0, t, alpha_bar, noise)
+    diff = (model(x_t, t).double() - noise.double())
+    return diff.pow(2).sum() / diff.numel()
+'''),
+    "train_step: noise first, model.zero_grad, model.train": ("train_step", '''
+def train_step(model, optimizer, x_0, alpha_bar, generator=None):
+    model.train()
+    noise = torch.randn(x_0.shape, generator=generator)
+    t = torch.randint(alpha_bar.shape[0], size=(x_0.shape[0],), generator=generator)
+    model.zero_grad()
+    loss = ddpm_loss(model, x_0, t, noise, alpha_bar)
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+'''),
+    "train_step via generate-like helper with randn_like": ("train_step", '''
+def train_step(model, optimizer, x_0, alpha_bar, generator=None):
+    optimizer.zero_grad(set_to_none=False)
+    t = torch.randint(0, len(alpha_bar), (len(x_0),), generator=generator)
+    eps = torch.randn_like(x_0, generator=generator) if generator is not None else torch.randn_like(x_0)
+    x_t = q_sample(x_0, t, alpha_bar, eps)
+    loss = F.mse_loss(model(x_t, t), eps, reduction="mean")
+    loss.backward()
+    optimizer.step()
+    return loss.detach().item()
+'''),
+    "evaluate with inference_mode and a list of (loss, n)": ("evaluate", '''
+def evaluate(model, batches, alpha_bar, generator=None):
+    model.eval()
+    parts = []
+    with torch.inference_mode():
+        for batch in batches:
+            x_0 = batch[0]
+            noise = torch.randn(x_0.shape, generator=generator)
+            t = torch.randint(0, alpha_bar.shape[0], (x_0.shape[0],), generator=generator)
+            parts.append((ddpm_loss(model, x_0, t, noise, alpha_bar).item(), x_0.shape[0]))
+    model.train()
+    losses, weights = zip(*parts)
+    return float(np.average(losses, weights=weights))
+'''),
+    "ema with lerp and averaged buffers (state_dict)": ("ema_update", '''
+def ema_update(ema_model, model, decay=0.999):
+    with torch.no_grad():
+        for p_ema, p in zip(ema_model.parameters(), model.parameters()):
+            p_ema.lerp_(p, 1 - decay)
+        msd = model.state_dict()
+        for k, b in ema_model.named_buffers():
+            if b.is_floating_point():  # averaged like the parameters (timm's ModelEmaV2 does this)
+                b.mul_(decay).add_(msd[k], alpha=1 - decay)
+'''),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRECT))
+def test_direct_correct_variants_pass(case):
+    name, src = CORRECT[case]
+    run_check(name, namespace(**{name: src}))
+
+
+# ------------------------------------------------------------------------------------------ cell runner
+
+@pytest.fixture(scope="module")
+def run_notebook():
+    runner = pytest.importorskip("grading.runner")
+    return runner.run_notebook
+
+
+def test_runner_solution_passes_every_test_cell(run_notebook):
+    res = run_notebook(NB, stop_after="test_ema_update")
+    assert set(res) == {f"test_{n}" for n in GRADED}
+    failed = {k: r.message for k, r in res.items() if not r.passed}
+    assert not failed, failed
+
+
+def test_runner_mistakes_lose_points_in_their_cells(run_notebook):
+    """Four independent answer cells replaced at once; ddpm_loss is left correct and keeps its points."""
+    replace = {
+        "timestep_embedding": MISTAKES["embedding frequencies -i/dim"][1](),
+        "train_step": MISTAKES["train_step never zeroes gradients"][1](),
+        "evaluate": MISTAKES["evaluate averages batch means"][1](),
+        "ema_update": MISTAKES["ema decay swapped"][1](),
+    }
+    res = run_notebook(NB, replace=replace, stop_after="test_ema_update")
+    assert res["test_ddpm_loss"].passed, res["test_ddpm_loss"].message
+    expected = {
+        "test_timestep_embedding": r"\(-i / dim\) instead of",
+        "test_train_step": r"gradients were not zeroed",
+        "test_evaluate": r"equal weights",
+        "test_ema_update": r"",  # the visible assert already catches the swap
+    }
+    for gid, pattern in expected.items():
+        r = res[gid]
+        assert not r.passed and r.points == 0, f"{gid} should lose its points"
+        assert re.search(pattern, r.message, re.S), f"{gid}: {r.message}"
+
+
+def test_runner_loss_mistake_loses_points(run_notebook):
+    res = run_notebook(NB, replace={"ddpm_loss": MISTAKES["model fed x_0"][1]()}, stop_after="test_ddpm_loss")
+    r = res["test_ddpm_loss"]
+    assert not r.passed and r.points == 0
+    assert re.search(r"fed x_0", r.message), r.message
