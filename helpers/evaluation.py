@@ -134,8 +134,9 @@ def get_classifier(device=None, retrain: bool = False, verbose: bool = True) -> 
     key = (str(path), str(device))
     if key in _classifier_cache and not retrain:
         return _classifier_cache[key]
-    model = DigitClassifier()
     if path.is_file() and not retrain:
+        with torch.random.fork_rng(devices=[]):  # layer initialisation must not move the caller's RNG
+            model = DigitClassifier()
         blob = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(blob["state_dict"])
         if verbose:
