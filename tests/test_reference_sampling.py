@@ -101,10 +101,10 @@ def test_gaussian_oracle_variance_short_schedule_separates_conventions(gen):
 def test_history_records_x_after_steps_multiple_of_record_every(gen):
     beta, alpha_bar = _linear(10, 0.05, 0.5)
     x_T = torch.randn(3, 1, 2, 2, generator=gen, dtype=F64)
-    x0, history = sp.p_sample_loop(gauss_oracle(alpha_bar), x_T, beta, variance="none", record_every=3)
-    assert len(history) == 4  # after steps 9, 6, 3, 0
+    x0, history = sp.p_sample_loop(gauss_oracle(alpha_bar), x_T, beta, variance="none", record_every=4)
+    assert len(history) == 3  # after steps 8, 4, 0 (not 9, 5, 1: the index is the step's, not the count)
     ab_prev = torch.cat([torch.ones(1, dtype=F64), alpha_bar[:-1]])
-    for h, t in zip(history, (9, 6, 3, 0)):
+    for h, t in zip(history, (8, 4, 0)):
         # with N(0, I) data and no noise, each step multiplies x by sqrt(alpha_t)
         assert h.device.type == "cpu"
         assert torch.allclose(h, x_T * math.sqrt(alpha_bar[-1].item() / ab_prev[t].item()))
@@ -189,6 +189,11 @@ def test_sdedit(gen):
     x = torch.randn(4000, 1, 2, 2, generator=gen, dtype=F64)
     near = sp.sdedit(gauss_oracle(alpha_bar), x, 5, beta, generator=gen)
     assert (near - x).pow(2).mean().item() < 0.01
+    # q_sample to t_start then t_start + 1 reverse steps each multiplying by sqrt(alpha): corr(out, x) = alpha_bar_t
+    t_start = 300
+    mid = sp.sdedit(gauss_oracle(alpha_bar), x, t_start, beta, generator=gen)
+    corr = torch.corrcoef(torch.stack([mid.flatten(), x.flatten()]))[0, 1].item()
+    assert corr == pytest.approx(alpha_bar[t_start].item(), abs=0.04)
     far = sp.sdedit(gauss_oracle(alpha_bar), x, 999, beta, generator=gen)
     corr = torch.corrcoef(torch.stack([far.flatten(), x.flatten()]))[0, 1].item()
     assert abs(corr) < 0.05 and far.var().item() == pytest.approx(1.0, abs=0.05)
