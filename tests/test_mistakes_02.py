@@ -246,6 +246,17 @@ def train_step(model, optimizer, x_0, alpha_bar, generator=None):
     optimizer.step()
     return loss.detach().item()
 '''),
+    "train_step with gradient clipping": ("train_step", '''
+def train_step(model, optimizer, x_0, alpha_bar, generator=None):
+    t = torch.randint(0, alpha_bar.shape[0], (x_0.shape[0],), generator=generator)
+    noise = torch.randn(x_0.shape, generator=generator)
+    optimizer.zero_grad()
+    loss = ddpm_loss(model, x_0, t, noise, alpha_bar)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+    optimizer.step()
+    return loss.item()
+'''),
     "evaluate with inference_mode and a list of (loss, n)": ("evaluate", '''
 def evaluate(model, batches, alpha_bar, generator=None):
     model.eval()

@@ -388,21 +388,24 @@ def check_train_step(ns) -> None:
     loss = ((eps_t - fresh(x_seen, t_seen)) ** 2).mean()
     loss.backward()
     after = dict(model.inner.named_parameters())
-    for k, p in fresh.named_parameters():
-        grad = float(p.grad)
-        moved = float(before[k] - after[k].detach())
-        if math.isclose(moved, lr * grad, rel_tol=2e-3, abs_tol=1e-6):
-            continue
-        if math.isclose(moved, lr * (grad + garbage), rel_tol=2e-3, abs_tol=1e-6) or abs(moved) > lr * garbage / 2:
+    names = [k for k, _ in fresh.named_parameters()]
+    grads = np.array([float(p.grad) for _, p in fresh.named_parameters()])  # (3,)
+    moved = np.array([float(before[k] - after[k].detach()) for k in names])  # (3,) = lr * gradient used
+    # gradient clipping by norm scales the whole gradient by one factor in (0, 1]: accepted too
+    ratio = float(moved @ grads) / float(lr * grads @ grads)
+    if not (_allclose(moved, lr * grads, atol=1e-6, rtol=2e-3)
+            or (0 < ratio <= 1 + 1e-3 and _allclose(moved, ratio * lr * grads, atol=1e-6, rtol=2e-3))):
+        i = int(np.argmax(np.abs(moved - lr * grads)))
+        if _allclose(moved, lr * (grads + garbage), atol=1e-6, rtol=2e-3) or np.abs(moved).max() > lr * garbage / 2:
             cause = ("the gradients were not zeroed before loss.backward(), so the stale gradients of the "
                      "previous step were added in: call optimizer.zero_grad() first")
-        elif abs(moved) < 1e-9:
+        elif np.abs(moved).max() < 1e-9:
             cause = ("the parameters did not move: optimizer.step() must come after loss.backward(), "
                      "and the gradients must not be zeroed between backward() and step()")
         else:
             cause = "the gradient is not that of this step's mean squared error on the noise"
-        raise CheckFailed(f"{shown}: with plain SGD (lr = {lr}) the parameter {k!r} should have moved by "
-                          f"{_fmt(-lr * grad)}, it moved by {_fmt(-moved)}. Likely cause: {cause}.")
+        raise CheckFailed(f"{shown}: with plain SGD (lr = {lr}) the parameter {names[i]!r} should have moved by "
+                          f"{_fmt(-lr * grads[i])}, it moved by {_fmt(-moved[i])}. Likely cause: {cause}.")
 
     # every random draw must come from the given generator: same seed, same draws
     runs = []
