@@ -111,3 +111,19 @@ def test_bad_labels():
     x = torch.zeros(2, 1, 2, 2)
     with pytest.raises(ValueError, match="y"):
         cd.conditional_ddpm_loss(lambda x, t, y: x, x, torch.tensor([0.0, 1.0]), torch.tensor([0, 1]), x, alpha_bar)
+
+
+def test_adaptive_group_norm_plugs_into_helpers_unet(gen):
+    """The spec: the conditional U-Net in helpers accepts AdaptiveGroupNorm as its normalization layer."""
+    models = pytest.importorskip("helpers.models")
+    from grading.reference.ddpm_training import timestep_embedding
+
+    torch.manual_seed(0)
+    net = models.UNetConditional(timestep_embedding, n_classes=10, norm_layer=cd.AdaptiveGroupNorm, width=8)
+    layers = [m for m in net.modules() if isinstance(m, cd.AdaptiveGroupNorm)]
+    assert layers, "no AdaptiveGroupNorm inside the U-Net"
+    x = torch.randn(2, 1, 32, 32, generator=gen)
+    out = net(x, torch.tensor([0, 999]), torch.tensor([3, 10]))
+    assert out.shape == x.shape
+    out.pow(2).mean().backward()
+    assert any(m.proj.weight.grad is not None and m.proj.weight.grad.abs().sum() > 0 for m in layers)

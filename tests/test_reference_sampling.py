@@ -211,3 +211,11 @@ def test_bad_inputs():
         sp.ddim_step(m, x, 3, 2, alpha_bar, eta=1.0)
     with pytest.raises(ValueError, match="num_steps"):
         sp.ddim_sample(m, x, alpha_bar, num_steps=6)
+
+
+def test_ddim_timesteps():
+    assert sp.ddim_timesteps(1000, 10).tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert sp.ddim_timesteps(5, 5).tolist() == [4, 3, 2, 1, 0]
+    assert sp.ddim_timesteps(5, 1).tolist() == [4]
+    steps = sp.ddim_timesteps(1000, 999)
+    assert len(steps) == len(set(steps.tolist())) and bool((steps.diff() < 0).all())
