@@ -441,7 +441,10 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self._data()
         n = len(labels)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        order = None
+        if self.shuffle:  # drawn where the generator lives (a CUDA generator draws on the GPU)
+            gen_device = self.generator.device if self.generator is not None else "cpu"
+            order = torch.randperm(n, generator=self.generator, device=gen_device)
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min(n, (b + 1) * self.batch_size)
             if order is None:
