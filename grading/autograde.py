@@ -226,8 +226,55 @@ def _kernel_spec(job_dir: Path, uid: int | None) -> None:
         {"argv": argv, "display_name": "Python 3 (grading)", "language": "python"}))
 
 
-def run_job(job: Job, index: int, workdir: Path, drop: bool, timeout: int | None) -> dict:
-    """Run one worker process on a fresh copy of the template course; returns its result."""
+class WorkerSlot:
+    """One long-lived ``grading.worker --serve`` process (one per --jobs slot)."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.log = open(workdir / f"worker-{id(self)}.log", "ab")
+
+    def _start(self) -> None:
+        env = course.grading_env()
+        env.pop("JUPYTER_CONFIG_DIR", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "grading.worker", "--serve"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, env=env, cwd=str(self.workdir))
+
+    def run(self, job_dir: Path) -> int | None:
+        """Send one job; returns None when done, or the worker's exit code if it died."""
+        for _ in range(2):
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            try:
+                self.proc.stdin.write(f"{job_dir}\n".encode())
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                self.proc = None
+                continue
+            while True:
+                line = self.proc.stdout.readline()
+                if not line:
+                    code = self.proc.wait()
+                    self.proc = None
+                    return code
+                if line.decode(errors="replace").strip() == f"DONE {job_dir}":
+                    return None
+        return -1
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except Exception:  # noqa: BLE001
+                self.proc.kill()
+        self.log.close()
+
+
+def run_job(job: Job, index: int, workdir: Path, drop: bool, timeout: int | None,
+            slot: WorkerSlot) -> dict:
+    """Run one job on a fresh copy of the template course in a worker slot; returns its result."""
     a, s = job.tpl.assignment, job.sub.student
     job_dir = Path(tempfile.mkdtemp(prefix=f"job-{index:04d}-", dir=workdir))
     try:
@@ -241,31 +288,26 @@ def run_job(job: Job, index: int, workdir: Path, drop: bool, timeout: int | None
                 (sub_dir / f"{name}.ipynb").write_text(json.dumps(nb, indent=1))
         uid = UID_BASE + index % 4000 if drop else None
         _kernel_spec(job_dir, uid)
+        env = {"JUPYTER_PATH": str(job_dir / "kernels")}
+        if drop:
+            env["HOME"] = str(job_dir / "home")
         (job_dir / "job.json").write_text(json.dumps(
-            {"assignment": a, "student": s, "kernel_name": KERNEL_NAME, "timeout": timeout}))
+            {"assignment": a, "student": s, "kernel_name": KERNEL_NAME, "timeout": timeout,
+             "env": env}))
         os.chmod(job_dir, 0o711)
         os.chmod(course_dir, 0o711)
         os.chmod(course_dir / "gradebook.db", 0o600)
         os.chmod(course_dir / course.SOURCE_DIR, 0o700)
         os.chmod(course_dir / "submitted", 0o700)
-        env = course.grading_env()
-        env["JUPYTER_PATH"] = str(job_dir / "kernels")
-        env["HOME"] = str(job_dir / "home") if drop else env.get("HOME", str(job_dir))
-        env.pop("JUPYTER_CONFIG_DIR", None)
         t0 = time.perf_counter()
-        with open(job_dir / "worker.log", "wb") as logf:
-            proc = subprocess.run([sys.executable, "-m", "grading.worker", str(job_dir)],
-                                  stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                  cwd=str(course_dir), timeout=3600)
+        died = slot.run(job_dir)
         res_file = job_dir / "result.json"
         if res_file.is_file():
             result = json.loads(res_file.read_text())
         else:
-            tail = (job_dir / "worker.log").read_text(errors="replace")[-2000:]
-            result = {"ok": False, "error": f"worker exited {proc.returncode} without a result:\n{tail}"}
+            result = {"ok": False, "error": f"grading worker died (exit {died}) without a result"}
         result["wall_seconds"] = round(time.perf_counter() - t0, 2)
-        # keep the graded notebooks and feedback before the job folder goes
-        keep = {}
+        keep = {}  # the graded notebooks and the feedback, before the job folder goes
         for kind in ("feedback", "autograded"):
             for nb_name, path in (result.get(kind) or {}).items():
                 p = Path(path)
@@ -273,8 +315,6 @@ def run_job(job: Job, index: int, workdir: Path, drop: bool, timeout: int | None
                     keep[f"{kind}/{nb_name}"] = p.read_bytes()
         result["_files"] = keep
         return result
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": "worker took over an hour"}
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
 
@@ -526,9 +566,23 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
         for j in todo:
             if j not in to_run:
                 finish(j)
+        import queue
+        import threading
+
+        slots: queue.Queue = queue.Queue()
+        all_slots = [WorkerSlot(workdir) for _ in range(min(jobs, max(1, len(to_run))))]
+        for sl in all_slots:
+            slots.put(sl)
+
+        def run_in_slot(j: Job, i: int) -> dict:
+            sl = slots.get()
+            try:
+                return run_job(j, i, workdir, drop, timeout, sl)
+            finally:
+                slots.put(sl)
+
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(run_job, j, i, workdir, drop, timeout): j
-                       for i, j in enumerate(to_run)}
+            futures = {pool.submit(run_in_slot, j, i): j for i, j in enumerate(to_run)}
             for fut in as_completed(futures):
                 j = futures[fut]
                 try:
@@ -539,6 +593,8 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
                 finish(j)
                 if bar is not None:
                     bar.update(1)
+        for sl in all_slots:
+            sl.close()
         if bar is not None:
             bar.close()
         write_csvs(out, state)

@@ -155,6 +155,14 @@ def collect(path: Path | str, known: list[str], assignment: str | None = None) -
                 continue
             add(student, a, f"{a}.ipynb" if Path(original).stem.startswith(a) else original,
                 data, str(rel))
+        # <student>/<assignment>/ folders without any notebook: a missing notebook scores 0
+        for d in sorted(path.glob("*/*")):
+            if d.is_dir() and (d.name in known or d.name == assignment) and \
+                    (assignment is None or d.name == assignment) and not any(d.rglob("*.ipynb")):
+                key = (safe_id(d.parent.name), d.name)
+                if key not in subs:
+                    subs[key] = Submission(key[0], d.name, origin=[str(d.relative_to(path))],
+                                           problems=["no notebook in the submission folder"])
         return sorted(subs.values(), key=lambda s: (s.assignment or "", s.student))
     finally:
         if tmp is not None:

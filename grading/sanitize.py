@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 
 NOISY_NOTEBOOK_META = ("widgets", "colab", "vscode", "accelerator", "gpuClass", "interpreter",
@@ -72,8 +73,10 @@ def parse(raw: bytes | str | None) -> tuple[dict | None, str | None]:
     try:
         import nbformat
 
-        nb = nbformat.reads(json.dumps(data), as_version=4)  # upgrades format 3
-        nb = json.loads(nbformat.writes(nb))
+        with warnings.catch_warnings():  # duplicate/missing cell ids are repaired below
+            warnings.simplefilter("ignore")
+            nb = nbformat.reads(json.dumps(data), as_version=4)  # upgrades format 3
+            nb = json.loads(nbformat.writes(nb))
     except Exception as exc:  # noqa: BLE001  (any nbformat failure is the submission's)
         # keep going with the raw dict if it looks like format 4
         if data.get("nbformat") == 4:
@@ -197,7 +200,9 @@ def sanitize(raw: bytes | str | None, release_nb: dict) -> Sanitized:
     try:
         import nbformat
 
-        nbformat.validate(nbformat.from_dict(nb))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nbformat.validate(nbformat.from_dict(nb))
     except Exception as exc:  # noqa: BLE001
         notes.append(f"notebook still not schema-valid after repair: {str(exc).splitlines()[0]}")
     return Sanitized(nb, None, notes)

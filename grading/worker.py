@@ -101,14 +101,37 @@ def run_job(job: Path) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    job = Path(argv[0])
+def run_one(job: Path) -> None:
+    """Grade one job folder and write its ``result.json`` (errors included, never raised)."""
+    import os
+
+    spec = json.loads((job / "job.json").read_text())
+    for key, value in (spec.get("env") or {}).items():
+        os.environ[key] = value
     try:
         result = run_job(job)
     except Exception:  # noqa: BLE001  (reported to the parent, never fatal to others)
         result = {"ok": False, "error": traceback.format_exc()[-4000:]}
     (job / "result.json").write_text(json.dumps(result, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``worker JOB`` grades one job; ``worker --serve`` grades the job folders read from stdin,
+    one per line, answering ``DONE <folder>`` on stdout after each (one process per --jobs slot,
+    so nbgrader is imported once per slot, not once per student)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--serve":
+        out = sys.stdout
+        sys.stdout = sys.stderr  # nothing but the protocol on the real stdout
+        for line in sys.stdin:
+            job = line.strip()
+            if not job:
+                continue
+            run_one(Path(job))
+            out.write(f"DONE {job}\n")
+            out.flush()
+        return 0
+    run_one(Path(argv[0]))
     return 0
 
 

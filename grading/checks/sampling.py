@@ -84,23 +84,30 @@ def _noise(shape: tuple, seed: int) -> torch.Tensor:
 
 
 class _FixedNoiseModel(_StubModel):
-    """Predicts a fixed noise pattern ``E`` that changes with t: ``E * (1 + t / 1000)``.
+    """A smooth, elementwise noise prediction that changes with t:
+    ``eps(x, t) = (0.6 sin(2 x) + 0.3) (1 + t / 1000)``.
 
-    It does not depend on x_t, so a step's output is an explicit affine function of x_t, eps, z.
+    Elementwise (so a loop over the batch sees the same predictions) and known in closed form, so a
+    step's correct output and its mistaken variants can be computed here exactly. (``E`` is unused;
+    kept so the call sites read alike.)
     """
 
-    def __init__(self, E: torch.Tensor):
+    def __init__(self, E: torch.Tensor | None = None):
         super().__init__()
-        self.E = E.detach().clone().to(torch.float64)
 
     def forward(self, x, t, *rest):
         idx = _time_batch(t, x.shape[0]).to(torch.float64)  # (B,)
-        scale = (1 + idx / 1000).reshape(-1, *([1] * (x.dim() - 1)))
-        return (self.E.to(device=x.device) * scale).to(x.dtype) + 0.0 * x
+        scale = (1 + idx / 1000).reshape(-1, *([1] * (x.dim() - 1))).to(device=x.device)
+        xd = x.to(torch.float64)
+        return ((0.6 * torch.sin(2 * xd) + 0.3) * scale).to(x.dtype)
 
 
-def _eps_of(E: torch.Tensor, t: int) -> np.ndarray:
-    return E.double().numpy() * (1 + t / 1000)
+def _eps_of(x: torch.Tensor | np.ndarray, t: int) -> np.ndarray:
+    """The prediction of :class:`_FixedNoiseModel` for input ``x`` (as the model computes it)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    out = _FixedNoiseModel()(x, torch.full((x.shape[0],), t, dtype=torch.long))
+    return out.detach().double().numpy()
 
 
 def _visited(rec: RecordingModel, batch: int, what: str) -> list[int]:
@@ -255,7 +262,7 @@ def check_p_sample_step(ns):
         expect(all(s == t for s in steps),
                f"p_sample_step(t={t}) called the model at t = {sorted(set(steps))}; expected t = {t}.",
                hint="pass the code index t itself to the model (the same t the model was trained with).")
-        want, variants = _step_variants(x.double().numpy(), _eps_of(E, t), z.double().numpy(), t, beta64)
+        want, variants = _step_variants(x.double().numpy(), _eps_of(x, t), z.double().numpy(), t, beta64)
         _match(got, want, variants, "p_sample_step", atol=2e-5, rtol=2e-4,
                context=f" at t = {t} (T = 1000, linear schedule, a fixed noise prediction)")
     # with a given z the step is a function: calling it twice gives the same result
@@ -271,7 +278,7 @@ def check_p_sample_step(ns):
         out = call(p_sample_step, _FixedNoiseModel(E64), x64, t, sb, z64,
                    what=f"p_sample_step with float64 inputs (t={t})")
         got = _tensor(out, f"p_sample_step(..., t={t}, ...) with float64 inputs", shape=shape)
-        want, variants = _step_variants(x64.numpy(), _eps_of(E64, t), z64.numpy(), t, sb.numpy())
+        want, variants = _step_variants(x64.numpy(), _eps_of(x64, t), z64.numpy(), t, sb.numpy())
         _match(got, want, variants, "p_sample_step", atol=1e-6, rtol=1e-6,
                context=f" at t = {t} (float64, a 10-step schedule with beta from 0.05 to 0.5)")
     # the delta-data oracle: from x_t on the forward marginal with z = 0 the step stays on the data
@@ -571,12 +578,19 @@ def check_ddim_step(ns):
         label = f"ddim_step(model, x_t, t={t}, t_prev={t_prev}, alpha_bar, eta={eta}" + (", z)" if zz is not None else ")")
         x_in = x.clone()
         out = call(ddim_step, model, x_in, t, t_prev, ab_t, eta=eta, z=None if zz is None else zz.clone(), what=label)
+        if type(out) is torch.Tensor and not bool(torch.isfinite(out).all()):
+            raise CheckFailed(
+                f"{label} returned NaN or infinite values." + (
+                    "\nLikely cause: alpha_bar_prev for t_prev = -1 taken as alpha_bar[-1] (the LAST value of the "
+                    "schedule, almost 0), so 1 - ab_t / ab_prev < 0 under a square root; t_prev = -1 means "
+                    "alpha_bar_prev = 1." if t_prev == -1 else
+                    "\nLikely cause: a negative number under a square root; clamp 1 - ab_prev - sigma^2 at 0."))
         got = _tensor(out, label, shape=shape)
         expect(torch.equal(x_in, x), "ddim_step changed x_t in place.")
         steps = _visited(model, shape[0], "ddim_step")
         expect(len(steps) >= 1 and all(s == t for s in steps),
                f"{label} called the model at t = {sorted(set(steps))}; expected t = {t}.")
-        want, variants = _ddim_variants(x.double().numpy(), _eps_of(E, t),
+        want, variants = _ddim_variants(x.double().numpy(), _eps_of(x, t),
                                         None if zz is None else zz.double().numpy(), t, t_prev, ab, eta)
         _match(got, want, variants, "ddim_step", atol=5e-5, rtol=5e-4, context=f" for {label[10:]}")
     # the delta-data oracle: the last step (t_prev = -1) lands exactly on the data
@@ -777,7 +791,7 @@ def _check_sdedit(sdedit):
         # every step: next input = mean of the step + sqrt(beta_t) z; the output = mean of the last step
         resid = []
         for k, t in enumerate(want_steps):
-            eps = _eps_of(E, t)
+            eps = _eps_of(rec.calls[k]["x"], t)
             mean = (xs[k] - b64[t] / math.sqrt(1 - ab[t]) * eps) / math.sqrt(1 - b64[t])
             nxt = xs[k + 1] if k + 1 < len(xs) else got
             if t == 0:

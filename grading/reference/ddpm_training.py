@@ -30,9 +30,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
         raise ValueError(f"dim must be an even int >= 2, got {dim!r}")
     dtype = t.dtype if t.is_floating_point() else torch.float32
     half = dim // 2
-    i = torch.arange(half, device=t.device, dtype=torch.float64)  # (dim/2,)
+    work = torch.float32 if t.device.type == "mps" else torch.float64  # MPS has no float64
+    i = torch.arange(half, device=t.device, dtype=work)  # (dim/2,)
     freqs = torch.exp(-math.log(max_period) * 2 * i / dim)  # (dim/2,) = max_period ** (-2i/dim)
-    angles = t.to(torch.float64)[:, None] * freqs[None, :]  # (B, dim/2)
+    angles = t.to(work)[:, None] * freqs[None, :]  # (B, dim/2)
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).to(dtype)  # (B, dim)
 
 

@@ -55,7 +55,8 @@ def max_pairwise_distance(x: torch.Tensor, chunk_size: int = 1024) -> float:
     check_tensor(x, "x", floating=True)
     if x.shape[0] == 0:
         raise ValueError("x must hold at least one example")
-    flat = x.reshape(x.shape[0], -1).to(torch.float64)  # (N, D)
+    dev = torch.device("cpu") if x.device.type == "mps" else x.device  # MPS has no float64
+    flat = x.detach().reshape(x.shape[0], -1).to(device=dev, dtype=torch.float64)  # (N, D)
     sq = (flat ** 2).sum(dim=1)  # (N,)
     best = 0.0
     with torch.no_grad():
