@@ -55,7 +55,9 @@ def namespace(**replace: str) -> dict:
     """The notebook's globals as far as the graded functions go: the given cell, then every answer."""
     ns = {"torch": torch, "F": F, "math": math, "np": np, "__name__": "__main__"}
     exec(SOURCES["given_forward_process"], ns)
-    _, ns["alpha_bar"] = ns["alphas_from_betas"](ns["linear_beta_schedule"](1000))
+    ns["T"] = 1000  # the notebook's globals, which a mistaken answer might use instead of its arguments
+    ns["beta"] = ns["linear_beta_schedule"](ns["T"])
+    _, ns["alpha_bar"] = ns["alphas_from_betas"](ns["beta"])
     for gid in GRADED:
         exec(_strip_markers(replace.get(gid, SOURCES[gid])), ns)
     return ns
@@ -155,6 +157,12 @@ EXTRA_MISTAKES = {
     "t drawn from 1..T-1": (
         "train_step", lambda: mutate("train_step", "torch.randint(0, T, (B,)", "torch.randint(1, T, (B,)"),
         r"never took the value"),
+    "train_step uses the global T": (
+        "train_step", lambda: mutate("train_step", "B, T = x_0.shape[0], alpha_bar.shape[0]", "B = x_0.shape[0]"),
+        r"T not taken from the alpha_bar argument"),
+    "evaluate uses the global T": (
+        "evaluate", lambda: mutate("evaluate", "    T = alpha_bar.shape[0]\n", ""),
+        r"T not taken from the alpha_bar argument"),
     "train_step returns a tensor": (
         "train_step", lambda: mutate("train_step", "return loss.item()", "return loss"),
         r"Python float"),

@@ -318,10 +318,24 @@ def _check_times(t_seen: torch.Tensor, B: int, T: int, where: str) -> None:
     tv = t_seen.to(torch.int64)
     lo, hi = int(tv.min()), int(tv.max())
     expect(lo >= 0 and hi <= T - 1,
-           f"{where}: t must lie in [0, {T - 1}] (0-based steps, T = {T}), got values in [{lo}, {hi}].")
+           f"{where}: t must lie in [0, {T - 1}] (0-based steps, T = {T}), got values in [{lo}, {hi}]. "
+           f"Likely cause: T not taken from the alpha_bar argument (T = alpha_bar.shape[0]), e.g. a global "
+           f"T or beta used instead.")
     expect(int(tv.unique().numel()) > 1,
            f"{where}: every example of the batch got the same t = {lo}. Likely cause: one t drawn for the "
            f"whole batch; Algorithm 1 draws t independently per example, torch.randint(0, T, (B,)).")
+
+
+def _call_short_schedule(fn, T: int, *args, what: str):
+    """``call`` for checks that pass a short alpha_bar (T steps): an index error gets the likely cause."""
+    try:
+        return call(fn, *args, what=what)
+    except CheckFailed as exc:
+        if "IndexError" in str(exc) and "out of bounds" in str(exc):
+            raise CheckFailed(f"{exc} (alpha_bar here has T = {T} steps). Likely cause: T not taken from the "
+                              f"alpha_bar argument (T = alpha_bar.shape[0]), e.g. a global T or beta used "
+                              f"instead.") from None
+        raise
 
 
 def check_train_step(ns) -> None:
@@ -336,7 +350,7 @@ def check_train_step(ns) -> None:
     for p in model.parameters():  # stale gradients from an earlier step: train_step must clear them
         p.grad = torch.full_like(p, garbage)
     shown = "train_step(model, optimizer, x_0, alpha_bar, generator)"
-    ret = call(fn, model, opt, x_0.clone(), alpha_bar.clone(), _generator(11), what=shown)
+    ret = _call_short_schedule(fn, T, model, opt, x_0.clone(), alpha_bar.clone(), _generator(11), what=shown)
     ret = _as_scalar_float(ret, shown)
 
     expect(len(model.calls) >= 1, f"{shown} never called model(x_t, t).")
@@ -467,7 +481,8 @@ def check_evaluate(ns) -> None:
             yield c.expand(n, -1, -1, -1).clone(), torch.full((n,), k, dtype=torch.long)
 
     shown = "evaluate(model, batches, alpha_bar, generator) with batches of sizes 40, 40, 40, 5"
-    ret = _as_scalar_float(call(fn, model, batches(), alpha_bar.clone(), _generator(6), what=shown), shown)
+    ret = _as_scalar_float(_call_short_schedule(fn, T, model, batches(), alpha_bar.clone(), _generator(6),
+                                                what=shown), shown)
 
     seen = [r["x"].shape[0] for r in model.calls]
     expect(sum(seen) == sum(sizes),
