@@ -110,6 +110,12 @@ MISTAKES = {
     "q_sample: one t for the whole batch":
         ("q_sample", "alpha_bar.to(x_0.device)[t]", "alpha_bar.to(x_0.device)[t[:1]]", "q_sample",
          "one time t[0] is used for the whole batch"),
+    "q_sample: alpha_bar[t + 1] (overflows at T - 1)":
+        ("q_sample", "alpha_bar.to(x_0.device)[t]", "alpha_bar.to(x_0.device)[t + 1]", "q_sample",
+         "off by one in t"),
+    "q_sample: coefficients not reshaped to (B, 1, 1, 1)":
+        ("q_sample", ".reshape(-1, *([1] * (x_0.dim() - 1)))", "", "q_sample",
+         "reshape(-1, 1, 1, 1)"),
     # one step (forward_step)
     "forward_step: beta instead of sqrt(beta)":
         ("forward_step", "torch.sqrt(b) * noise", "b * noise", "forward_step",

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from grading.hidden import CheckFailed, as_array, call, close, describe_diff, expect, generator, student
+from grading.hidden import CheckFailed, as_array, close, describe_diff, expect, generator, student
+from grading.hidden import call as _call
 from grading.reference import forward_process as ref
 
 # ----------------------------------------------------------------------------------------------
@@ -35,6 +36,30 @@ def _tensor(x, name: str, shape: tuple | None = None) -> np.ndarray:
                           f"{type(x).__qualname__}. Convert NumPy results with torch.from_numpy "
                           f"or torch.as_tensor before returning them.")
     return as_array(x, name, shape=shape, dtype="float")
+
+
+_ERROR_HINTS = [
+    ("must match the size of tensor",
+     "a (B,) coefficient such as alpha_bar[t] was multiplied with a (B, C, H, W) image without "
+     "reshaping: use coef.reshape(-1, 1, 1, 1) (or coef[:, None, None, None])."),
+    ("out of bounds",
+     "an index past the end of the schedule: with 0-based times, step t uses beta[t] or "
+     "alpha_bar[t], and t + 1 overflows at t = T - 1 (off by one in t?)."),
+    ("only integer tensors", "t must stay a torch.long tensor to index the schedule."),
+    ("tensors used as indices must be long", "t must stay a torch.long tensor to index the schedule."),
+]
+
+
+def call(fn, *args, what=None, **kwargs):
+    """``grading.hidden.call`` with a likely cause added for the errors students meet most."""
+    try:
+        return _call(fn, *args, what=what, **kwargs)
+    except CheckFailed as exc:
+        text = str(exc)
+        for pattern, hint in _ERROR_HINTS:
+            if pattern in text:
+                raise CheckFailed(f"{text}\nLikely cause: {hint}") from None
+        raise
 
 
 def _match(got: np.ndarray, want: np.ndarray, variants: list[tuple[str, np.ndarray]], what: str,
