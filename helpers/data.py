@@ -326,7 +326,7 @@ def _write_cache(name: str, source: str, splits: dict, full: bool):
     blob = {"version": _CACHE_VERSION, "full": full,
             "splits": {k: {"images": v[0], "labels": v[1]} for k, v in splits.items()}}
     path = _cache_path(name, source)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: parallel notebooks may load at once
     torch.save(blob, tmp)
     os.replace(tmp, path)
     return blob

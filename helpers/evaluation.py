@@ -16,6 +16,7 @@ in ``[-1, 1]``.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -143,7 +144,7 @@ def get_classifier(device=None, retrain: bool = False, verbose: bool = True) -> 
             print(f"Digit classifier loaded from {path} ({blob['val_accuracy']:.1%} validation accuracy)")
     else:
         model, acc = train_classifier(verbose=verbose)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         torch.save({"state_dict": model.state_dict(), "val_accuracy": acc}, tmp)
         tmp.replace(path)
     model = model.to(device).eval().requires_grad_(False)

@@ -114,7 +114,7 @@ def save_checkpoint(path_or_name: str | os.PathLike, model: nn.Module, config: d
         "torch": torch.__version__,
         "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
     return path
