@@ -6,8 +6,9 @@ Two layers:
   a namespace, one of them replaced by a mistaken (or a different but correct) version, and the
   check of ``grading/checks/forward_process.py`` is called; a mistake must fail with a message that
   names its likely cause, a correct variant must pass;
-* cell-runner tests (about 15 s per notebook run on an idle CPU, 4 runs): the notebook runs in a kernel through
-  ``grading.runner.run_notebook`` with mistaken answer cells, and the test cells must lose their points.
+* cell-runner tests (marked ``slow``; about 15 s per notebook run on an idle CPU, 4 runs): the
+  notebook runs in a kernel through ``grading.runner.run_notebook`` with mistaken answer cells, and
+  the test cells must lose their points.
 
 Mistakes come from the issue: alpha_bar (or 1 - alpha_bar) without its square root; beta instead of
 sqrt(beta) in one step; cumsum instead of cumprod, or the product only up to t - 1; off-by-one in t;
@@ -355,6 +356,7 @@ def _mistake_source(name):
     return grade_id, patch(grade_id, old, new, -1 if name.endswith("generator ignored") else 1)
 
 
+@pytest.mark.slow
 def test_runner_solution_passes_every_test_cell():
     res = _run()
     assert sorted(res) == sorted(TEST_CELLS)
@@ -363,6 +365,7 @@ def test_runner_solution_passes_every_test_cell():
     assert sum(r.max_points for r in res.values()) == 12
 
 
+@pytest.mark.slow
 def test_runner_mistakes_in_four_cells():
     names = ["linear_beta_schedule: arange misses beta_end", "forward_step: beta instead of sqrt(beta)",
              "q_sample: alpha_bar instead of sqrt(alpha_bar)", "cosine_beta_schedule: no clip"]
@@ -376,6 +379,7 @@ def test_runner_mistakes_in_four_cells():
     assert res["test_generate_noisy_samples"].passed and res["test_generate_noisy_samples_2"].passed
 
 
+@pytest.mark.slow
 def test_runner_alpha_bar_and_batch_mistakes():
     names = ["alphas_from_betas: product only up to t - 1",
              "forward_step: one t for the whole batch", "cosine_beta_schedule: no offset s"]
@@ -386,6 +390,7 @@ def test_runner_alpha_bar_and_batch_mistakes():
     assert res["test_linear_beta_schedule"].passed and res["test_q_sample"].passed
 
 
+@pytest.mark.slow
 def test_runner_generator_ignored_costs_one_point():
     replace = dict([_mistake_source("generate_noisy_samples: generator ignored")])
     res = _run(replace, stop_after="test_generate_noisy_samples_2")
