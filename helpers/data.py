@@ -16,7 +16,7 @@ Where the data come from, in this order:
 
 The full data sets are split 55,000 train / 5,000 val by a fixed seeded permutation of the 60,000
 training images; "test" is the official 10,000-image test set. The converted tensors are cached in
-``data_dir()`` as ``<name>_<source>.pt`` (uint8, 32x32) so that the second load takes well under a second.
+``data_dir()`` as ``<name>_<source>_32x32.pt`` (uint8, 32x32) so that the second load takes well under a second.
 
 Each load prints one line saying which data are used; :func:`data_info` returns the same facts.
 """
