@@ -1,0 +1,275 @@
+"""The hidden tests of notebook 04_conditional catch the listed mistakes and accept correct variants.
+
+Two layers:
+
+* direct tests (fast, a few seconds in all): the given cell and the answer cells of the solution
+  notebook are executed in a namespace, one answer replaced by a mistaken (or a different but correct)
+  version, and the check of ``grading/checks/conditional.py`` is called; a mistake must fail with a
+  message naming its likely cause, a correct variant must pass;
+* cell-runner tests (marked ``slow``; one kernel run each, about 15-30 s on a shared CPU, 5 runs): the
+  notebook runs through ``grading.runner.run_notebook`` with mistaken answer cells, and exactly the test
+  cells of the mistaken answers must lose their points.
+
+Mistakes from the issue: GroupNorm with its own affine parameters left on; ``* scale + shift`` without
+the ``1 +``; no normalization at all; one condition shared by the whole batch; the label ignored or
+replaced in the loss; every sample drawn with the first label; noise added at the last step.
+Correct variants: one linear layer split in two or two linear layers, raw parameters and a hand-made
+group norm, another order of random draws, ``p_sample_step`` reused through a wrapper.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grading.checks import conditional as checks
+from grading.hidden import CheckFailed
+
+REPO = Path(__file__).resolve().parent.parent
+NB = REPO / "solutions" / "04_conditional" / "04_conditional.ipynb"
+ASSIGNMENT = "04_conditional"
+ANSWERS = ("AdaptiveGroupNorm", "conditional_ddpm_loss", "p_sample_loop_conditional")
+PRELUDE = "import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\nfrom torch import nn\n"
+
+
+def _cells() -> dict[str, str]:
+    nb = nbformat.read(NB, as_version=4)
+    out = {}
+    for cell in nb.cells:
+        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if cell.cell_type == "code" and gid:
+            out[gid] = cell.source
+    return out
+
+
+CELLS = _cells()
+
+
+def patch(grade_id: str, old: str, new: str) -> str:
+    """The solution's answer cell ``grade_id`` with ``old`` replaced by ``new`` (``old`` must occur)."""
+    src = CELLS[grade_id]
+    assert old in src, f"{old!r} not found in the solution of {grade_id}; update this test"
+    return src.replace(old, new)
+
+
+def namespace(replace: dict[str, str] | None = None) -> dict:
+    ns: dict = {"__name__": "__notebook__"}
+    exec(PRELUDE, ns)  # noqa: S102 - our own notebook's code
+    exec(CELLS["given_earlier_weeks"], ns)  # noqa: S102
+    for gid in ANSWERS:
+        exec((replace or {}).get(gid, CELLS[gid]), ns)  # noqa: S102
+    return ns
+
+
+def check_message(check: str, replace: dict[str, str] | None = None) -> str | None:
+    try:
+        checks.CHECKS[check](namespace(replace))
+    except CheckFailed as exc:
+        return str(exc)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Structure: every answer has a test cell calling its check; the solution passes every check
+
+
+def test_every_test_cell_calls_its_check():
+    for gid in ANSWERS:
+        src = CELLS[f"test_{gid}"]
+        assert f'_hidden.run("{ASSIGNMENT}", "{gid}", globals())' in src
+    assert set(checks.CHECKS) == set(ANSWERS)
+
+
+@pytest.mark.parametrize("check", ANSWERS)
+def test_solution_passes_check(check):
+    assert check_message(check) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Mistakes: name -> (grade_id, old, new, words of the expected message)
+
+FORWARD = "return self.norm(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]"
+MISTAKES = {
+    "AdaGN: GroupNorm affine left on":
+        ("AdaptiveGroupNorm", "nn.GroupNorm(num_groups, num_channels, affine=False)",
+         "nn.GroupNorm(num_groups, num_channels)", "own learnable weight and bias"),
+    "AdaGN: * scale + shift without 1 +":
+        ("AdaptiveGroupNorm", FORWARD,
+         "return self.norm(h) * scale[:, :, None, None] + shift[:, :, None, None]", "without the `1 +`"),
+    "AdaGN: no normalization":
+        ("AdaptiveGroupNorm", FORWARD,
+         "return h * (1 + scale[:, :, None, None]) + shift[:, :, None, None]", "normalisation) step is missing"),
+    "AdaGN: first condition for the whole batch":
+        ("AdaptiveGroupNorm", "self.proj(cond).chunk(2, dim=1)", "self.proj(cond[:1]).chunk(2, dim=1)",
+         "shared by the whole batch"),
+    "AdaGN: mean condition for the whole batch":
+        ("AdaptiveGroupNorm", "self.proj(cond).chunk(2, dim=1)",
+         "self.proj(cond.mean(0, keepdim=True)).chunk(2, dim=1)", "shared by the whole batch"),
+    "AdaGN: num_groups ignored":
+        ("AdaptiveGroupNorm", "nn.GroupNorm(num_groups, num_channels, affine=False)",
+         "nn.GroupNorm(1, num_channels, affine=False)", "pass num_groups on"),
+    "AdaGN: activation before the linear map":
+        ("AdaptiveGroupNorm", "self.proj(cond).chunk(2, dim=1)", "self.proj(F.silu(cond)).chunk(2, dim=1)",
+         "affine function of cond"),
+    "loss: label ignored":
+        ("conditional_ddpm_loss", "model(x_t, t, y)", "model(x_t, t)", "without the labels"),
+    "loss: label replaced by zeros":
+        ("conditional_ddpm_loss", "model(x_t, t, y)", "model(x_t, t, torch.zeros_like(y))", "instead of y"),
+    "loss: sum instead of mean":
+        ("conditional_ddpm_loss", "F.mse_loss(eps_pred, noise)", "F.mse_loss(eps_pred, noise, reduction='sum')",
+         "sum of the squared errors"),
+    "sampler: every sample with the first label":
+        ("p_sample_loop_conditional", "eps = model(x, t_batch, y)",
+         "eps = model(x, t_batch, y[:1].expand(x.shape[0]))", "first label"),
+    "sampler: noise added at the last step":
+        ("p_sample_loop_conditional", "if t > 0:", "if t >= 0:", "noise is added at the last step"),
+    "sampler: no noise at all":
+        ("p_sample_loop_conditional", "if t > 0:", "if t < 0:", "no (or too little) noise"),
+    "sampler: generator ignored":
+        ("p_sample_loop_conditional", "gaussian_like(x, generator)", "gaussian_like(x)", "`generator` argument"),
+    "sampler: x_T modified in place":
+        ("p_sample_loop_conditional", "    x = x_T\n", "    x = x_T\n    x.mul_(1.0)\n    x += 0\n", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISTAKES))
+def test_mistake_is_caught_with_its_cause(name):
+    grade_id, old, new, words = MISTAKES[name]
+    message = check_message(grade_id, {grade_id: patch(grade_id, old, new)})
+    if words is None:  # a harmless in-place no-op: must still pass
+        assert message is None, message
+        return
+    assert message is not None, f"the check {grade_id!r} passed the mistake: {name}"
+    assert words in message, f"{name}: the message does not name the cause {words!r}:\n{message}"
+
+
+def test_in_place_change_of_x_T_is_caught():
+    src = patch("p_sample_loop_conditional", "    x = x_T\n", "    x = x_T\n    x.zero_()\n")
+    message = check_message("p_sample_loop_conditional", {"p_sample_loop_conditional": src})
+    assert message is not None and "in place" in message, message
+
+
+# ----------------------------------------------------------------------------------------------
+# Correct variants must pass
+
+CORRECT = {
+    "AdaGN: two linear layers, shift first": ("AdaptiveGroupNorm", '''
+class AdaptiveGroupNorm(nn.Module):
+    def __init__(self, num_channels, cond_dim, num_groups=1):
+        super().__init__()
+        self.gn = nn.GroupNorm(num_groups, num_channels, affine=False)
+        self.to_shift = nn.Linear(cond_dim, num_channels)
+        self.to_scale = nn.Linear(cond_dim, num_channels)
+
+    def forward(self, h, cond):
+        n = self.gn(h)
+        return n + n * self.to_scale(cond)[..., None, None] + self.to_shift(cond).unsqueeze(-1).unsqueeze(-1)
+'''),
+    "AdaGN: raw parameters, hand-made group norm, shift/scale order swapped": ("AdaptiveGroupNorm", '''
+class AdaptiveGroupNorm(nn.Module):
+    def __init__(self, num_channels, cond_dim, num_groups=1):
+        super().__init__()
+        self.G, self.C = num_groups, num_channels
+        self.W = nn.Parameter(torch.zeros(cond_dim, 2 * num_channels))
+        self.b = nn.Parameter(torch.zeros(2 * num_channels))
+
+    def forward(self, h, cond):
+        B, C, H, W = h.shape
+        g = h.reshape(B, self.G, -1)
+        n = ((g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-5)).reshape(B, C, H, W)
+        shift, scale = (cond @ self.W + self.b).view(B, 2, C, 1, 1).unbind(1)
+        return n * (1 + scale) + shift
+'''),
+    "AdaGN: F.group_norm, einsum, loop over the batch": ("AdaptiveGroupNorm", '''
+class AdaptiveGroupNorm(nn.Module):
+    def __init__(self, num_channels, cond_dim, num_groups=1):
+        super().__init__()
+        self.num_groups = num_groups
+        self.lin = nn.Linear(cond_dim, 2 * num_channels, bias=True)
+
+    def forward(self, h, cond):
+        out = []
+        for i in range(h.shape[0]):
+            n = F.group_norm(h[i:i + 1], self.num_groups)
+            ss = torch.einsum("d,cd->c", cond[i], self.lin.weight) + self.lin.bias
+            scale, shift = ss[: h.shape[1]], ss[h.shape[1]:]
+            out.append(n * (1 + scale.view(1, -1, 1, 1)) + shift.view(1, -1, 1, 1))
+        return torch.cat(out)
+'''),
+    "loss: by hand, float64 inside": ("conditional_ddpm_loss", '''
+def conditional_ddpm_loss(model, x_0, y, t, noise, alpha_bar):
+    ab = alpha_bar.double()[t].view(-1, 1, 1, 1)
+    x_t = (ab.sqrt() * x_0.double() + (1 - ab).sqrt() * noise.double()).to(x_0.dtype)
+    return ((noise - model(x_t, t, y=y)) ** 2).mean()
+'''),
+    "sampler: all noise drawn first, p_sample_step through a wrapper": ("p_sample_loop_conditional", '''
+def p_sample_loop_conditional(model, x_T, y, beta, generator=None):
+    T = len(beta)
+    zs = [gaussian_like(x_T, generator) for _ in range(T)]
+    x = x_T.clone()
+    for t in range(T - 1, -1, -1):
+        x = p_sample_step(lambda xx, tt: model(xx, tt, y), x, t, beta, zs[t] if t > 0 else None)
+    return x
+'''),
+    "sampler: posterior form with beta_tilde": ("p_sample_loop_conditional", '''
+def p_sample_loop_conditional(model, x_T, y, beta, generator=None):
+    alpha = 1 - beta
+    ab = torch.cumprod(alpha, 0)
+    ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+    x = x_T
+    for t in reversed(range(len(beta))):
+        eps = model(x, torch.full((x.shape[0],), t, dtype=torch.long), y)
+        x0 = (x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()
+        mean = (ab_prev[t].sqrt() * beta[t] / (1 - ab[t])) * x0 + (alpha[t].sqrt() * (1 - ab_prev[t]) / (1 - ab[t])) * x
+        var = beta[t] * (1 - ab_prev[t]) / (1 - ab[t])
+        x = mean + (var.sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype) if t > 0 else 0)
+    return x
+'''),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_correct_variant_passes(name):
+    grade_id, src = CORRECT[name]
+    assert check_message(grade_id, {grade_id: src}) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Through the cell runner (a kernel, like nbgrader): the right cells lose their points
+
+TEST_CELLS = [f"test_{gid}" for gid in ANSWERS]
+GROUPS = {
+    "affine, label ignored, first label": ["AdaGN: GroupNorm affine left on", "loss: label ignored",
+                                           "sampler: every sample with the first label"],
+    "no 1 +, label replaced, noise at the last step": ["AdaGN: * scale + shift without 1 +",
+                                                       "loss: label replaced by zeros",
+                                                       "sampler: noise added at the last step"],
+    "no normalization": ["AdaGN: no normalization"],
+    "one condition for the batch": ["AdaGN: first condition for the whole batch"],
+}
+
+
+def _run(replace=None):
+    from grading.runner import format_table, run_notebook
+    res = run_notebook(NB, replace=replace, stop_after=TEST_CELLS[-1])
+    assert set(res) == set(TEST_CELLS), format_table(res)
+    return res, format_table(res)
+
+
+@pytest.mark.slow
+def test_runner_solution_passes_every_test_cell():
+    res, table = _run()
+    assert all(r.passed for r in res.values()), table
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_runner_mistakes_lose_points_in_their_cells(group):
+    names = GROUPS[group]
+    replace = {MISTAKES[n][0]: patch(*MISTAKES[n][:3]) for n in names}
+    res, table = _run(replace)
+    for gid in ANSWERS:
+        assert res[f"test_{gid}"].passed == (gid not in replace), table
+        if gid in replace:
+            assert res[f"test_{gid}"].points == 0, table
