@@ -323,6 +323,28 @@ def sdedit(model, x_0, t_start, beta, generator=None):
 ]
 
 
+# The same mistakes made inside a loop that computes its steps inline (without p_sample_step)
+_INLINE = textwrap.dedent(dict((a[0], a[2]) for a in ALTERNATIVES)["loop_inline_float64"])
+_INLINE_STEP = "x = (x - b[t] / (1 - ab[t]).sqrt() * eps) / a[t].sqrt()"
+INLINE_MISTAKES = [
+    ("inline_alpha_bar_off_by_one", _INLINE_STEP, _INLINE_STEP.replace("ab[t]", "ab[t - 1]"), "mean of a step is wrong"),
+    ("inline_coef_without_sqrt", _INLINE_STEP, _INLINE_STEP.replace("(1 - ab[t]).sqrt()", "(1 - ab[t])"), "mean of a step is wrong"),
+    ("inline_no_division", _INLINE_STEP, _INLINE_STEP.replace(" / a[t].sqrt()", ""), "mean of a step is wrong"),
+    ("inline_sigma_beta", "var[t].sqrt() * torch.randn", "var[t] * torch.randn", "sigma_t = beta_t"),
+    ("inline_noise_at_last_step", "            if t > 0:\n                x = x + var", "            if True:\n                x = x + var", "last step"),
+    ("inline_beta_tilde_with_alpha_bar_t", "abp = torch.cat([torch.ones(1, dtype=b.dtype), ab[:-1]])", "abp = ab", "mean square should be"),
+]
+
+
+@pytest.mark.parametrize("case", INLINE_MISTAKES, ids=[m[0] for m in INLINE_MISTAKES])
+def test_hidden_check_catches_mistake_in_inline_loop(case):
+    _, old, new, words = case
+    assert old in _INLINE, old
+    with pytest.raises(AssertionError) as info:
+        run_check("p_sample_loop", {"p_sample_loop": _INLINE.replace(old, new)})
+    assert words.lower() in str(info.value).lower(), f"message does not name the cause ({words!r}):\n{info.value}"
+
+
 @pytest.mark.parametrize("case", ALTERNATIVES, ids=[a[0] for a in ALTERNATIVES])
 def test_hidden_check_accepts_correct_alternative(case):
     _, gid, src, = case

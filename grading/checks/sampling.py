@@ -204,6 +204,7 @@ def _step_variants(x: np.ndarray, eps: np.ndarray, z: np.ndarray, t: int, beta: 
     m = mean()
     want = m + noise * math.sqrt(beta[t]) * z
     variants = [
+        ("the noise z is not added: for t > 0, x_{t-1} = mean + sigma_t z.", m if t > 0 else None),
         ("noise is added at the last step: when t == 0 (the paper's t = 1) z must be 0, so the last "
          "step returns the mean.", m + math.sqrt(beta[t]) * z if t == 0 else None),
         ("sigma_t = beta_t; it must be sqrt(beta_t) (the standard deviation, not the variance).",
@@ -249,6 +250,12 @@ def check_p_sample_step(ns):
     E = _noise(shape, 2)
     z = _noise(shape, 3)
     model = RecordingModel(_FixedNoiseModel(E))
+    # with a given z the step is a function: calling it twice gives the same result
+    again = _tensor(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
+    first = _tensor(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
+    expect(close(again, first, atol=0, rtol=0),
+           "p_sample_step gave two different results for the same x_t, t and z.",
+           hint="the step must use the z it is given, not draw fresh noise itself.")
     for t in (500, 10, 1, 999, 0):
         model.calls.clear()
         x_in, z_in = x.clone(), z.clone()
@@ -265,12 +272,6 @@ def check_p_sample_step(ns):
         want, variants = _step_variants(x.double().numpy(), _eps_of(x, t), z.double().numpy(), t, beta64)
         _match(got, want, variants, "p_sample_step", atol=2e-5, rtol=2e-4,
                context=f" at t = {t} (T = 1000, linear schedule, a fixed noise prediction)")
-    # with a given z the step is a function: calling it twice gives the same result
-    again = _tensor(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
-    first = _tensor(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
-    expect(close(again, first, atol=0, rtol=0),
-           "p_sample_step gave two different results for the same x_t, t and z.",
-           hint="the step must use the z it is given, not draw fresh noise itself.")
     # float64 inputs and a short schedule (large betas make every coefficient matter)
     sb = _short_beta(10).double()
     x64, z64, E64 = x.double(), z.double(), E.double()
@@ -411,7 +412,10 @@ def _check_p_sample_loop(p_sample_loop):
             "p_sample_loop(..., variance='none') with the Gaussian-data oracle (each mean is sqrt(alpha_t) x_t) "
             f"is wrong: {describe_diff(got, want)}. With variance='none' no noise may be added at any step."
             + ("\nLikely cause: noise is added although variance='none' (the variance option is ignored): two "
-               "generators gave two different results." if noisy else ""))
+               "generators gave two different results." if noisy else
+               "\nLikely cause: the mean of a step is wrong (compare with Algorithm 2, line 4: the coefficient "
+               "beta_t / sqrt(1 - alpha_bar_t), alpha_bar[t] at code index t, the division by sqrt(alpha_t)), "
+               "or x is recorded or returned at the wrong step."))
     expect(isinstance(hist, list), f"history should be a list of tensors, got {type(hist).__name__}.")
     rec_steps = [t for t in range(999, -1, -1) if t % 100 == 0]
     expect(len(hist) == len(rec_steps),
@@ -458,6 +462,10 @@ def _check_p_sample_loop(p_sample_loop):
             if variance == "beta" and 0.005 < spread < 0.02:
                 hint = ("noise is added at the last step: the spread of the error is "
                         f"{spread:.4f} ~ sqrt(beta[0]) = 0.01; z must be 0 when t == 0.")
+            else:
+                hint = ("the mean of a step is wrong (compare with Algorithm 2, line 4: the coefficient "
+                        "beta_t / sqrt(1 - alpha_bar_t), alpha_bar[t] at code index t, the division by "
+                        "sqrt(alpha_t)), or the loop does not visit every step once.")
             raise CheckFailed(
                 f"With the exact noise predictor of a data set that holds one image c, Algorithm 2 must return "
                 f"c exactly (variance={variance!r}, T = 1000 linear); largest error {np.max(np.abs(err)):.4g}, "
@@ -700,11 +708,12 @@ def _check_ddim_sample(ddim_sample):
     g_model = GaussianDataModel(ab64)
     det = _tensor(call(ddim_sample, g_model, x_T.clone(), ab_t, num_steps=10, eta=0.0, generator=generator(3),
                        what="ddim_sample(..., eta=0)"), "ddim_sample(..., eta=0)", shape=big)
-    outs = []
-    for seed in (3, 3, 4):
-        outs.append(_tensor(call(ddim_sample, g_model, x_T.clone(), ab_t, num_steps=10, eta=1.0,
-                                 generator=generator(seed), what="ddim_sample(..., eta=1)"),
-                            "ddim_sample(..., eta=1)", shape=big))
+    rec = RecordingModel(g_model)
+    outs = [_tensor(call(ddim_sample, model, x_T.clone(), ab_t, num_steps=10, eta=1.0, generator=generator(seed),
+                         what="ddim_sample(..., eta=1)"), "ddim_sample(..., eta=1)", shape=big)
+            for model, seed in ((rec, 3), (g_model, 3), (g_model, 4))]
+    steps10 = _visited(rec, big[0], "ddim_sample")  # the steps of the first call, for the variance below
+    _check_taus(steps10, 1000, 10, "ddim_sample(..., num_steps=10, eta=1.0)")
     expect(not close(outs[0], det, atol=1e-5, rtol=0),
            "ddim_sample(..., eta=1.0) gave the same result as eta=0.0.",
            hint="eta is ignored (pass it on to ddim_step, with noise z drawn from the generator).")
@@ -714,7 +723,6 @@ def _check_ddim_sample(ddim_sample):
     expect(not close(outs[0], outs[2], atol=1e-6, rtol=0),
            "ddim_sample(..., eta=1.0) gave the same samples for generators with different seeds.")
     # the variance along 10 steps: x_prev = k x + s z with the Gaussian oracle
-    steps10 = [int(v) for v in ref.ddim_timesteps(1000, 10)]
     ab = ab64.numpy()
     kk, v = 1.0, 0.0
     for t, tp in zip(steps10, steps10[1:] + [-1]):
