@@ -386,6 +386,9 @@ def build_rows(job: Job) -> tuple[dict, list[dict], dict]:
                     upd[gid] = (pts, False, g.get("auto_comment"))
     for nb_name, reason in job.zero_reasons.items():
         notes.append(f"{nb_name}: scored 0: {reason}")
+    for nb_name, errs in (res.get("cell_errors") or {}).items():
+        for cell_name, err in errs.items():
+            notes.append(f"{nb_name}: error in {cell_name}: {first_line(err)}")
     if worker_error:
         notes.append(f"autograde error: {worker_error}")
     grow = {"student": s, "assignment": a, "auto_score": f"{auto:g}", "auto_max": f"{auto_max:g}",
@@ -558,8 +561,9 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
                 log.warning("%s/%s: autograde problem: %s", s, a,
                             first_line((j.result.get("error") or "").strip().splitlines()[-1]
                                        if j.result.get("error") else ""))
-            log.info("%s/%s: %s/%s%s", s, a, grow["auto_score"], grow["auto_max"],
-                     " (review)" if grow["review"] else "")
+            log.info("%s/%s: %s/%s%s%s", s, a, grow["auto_score"], grow["auto_max"],
+                     " (review)" if grow["review"] else "",
+                     f" [{grow['notes']}]" if grow["notes"] else "")
             report.graded += 1
             save_state(out, state)
 

@@ -58,6 +58,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def error_message(ename: str, evalue: str, max_lines: int = 3) -> str:
     """``ename: evalue`` limited to its first lines (no traceback, no source)."""
+    if ename == "KeyboardInterrupt":  # how a cell interrupted at the per-cell timeout ends
+        ename, evalue = "CellTimeoutError", "interrupted at the per-cell time limit"
     text = f"{ename}: {evalue}" if evalue else str(ename)
     text = _ANSI.sub("", text)
     lines = [ln for ln in text.splitlines() if ln.strip()][:max_lines]

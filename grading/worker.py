@@ -23,13 +23,16 @@ from . import course
 from .runner import STDERR_MESSAGE, error_message, is_test_cell, nbgrader_meta
 
 
-def strip_tracebacks(nb_path: Path, pattern: str) -> dict[str, str]:
-    """Replace every error traceback by ``ename: evalue``; return ``{test grade_id: message}``."""
+def strip_tracebacks(nb_path: Path, pattern: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Replace every error traceback by ``ename: evalue``.
+
+    Returns ``({test grade_id: message}, {other cell: error})``, the second naming errors in answer
+    and other cells (a timeout in an answer cell explains a later test's NameError)."""
     import nbformat
 
     nb = nbformat.read(nb_path, as_version=4)
-    messages = {}
-    for cell in nb.cells:
+    messages, other_errors = {}, {}
+    for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
         msg = ""
@@ -47,8 +50,10 @@ def strip_tracebacks(nb_path: Path, pattern: str) -> dict[str, str]:
                                          if not ln.startswith("  ")) + "\n"
         if is_test_cell(cell):
             messages[nbgrader_meta(cell)["grade_id"]] = msg
+        elif msg and msg != STDERR_MESSAGE:
+            other_errors[nbgrader_meta(cell).get("grade_id") or f"cell {index}"] = msg
     nbformat.write(nb, nb_path)
-    return messages
+    return messages, other_errors
 
 
 def run_job(job: Path) -> dict:
@@ -70,7 +75,8 @@ def run_job(job: Path) -> dict:
         result["error"] = (res.get("error") or "")[-3000:] or (res.get("log") or "")[-3000:]
     out_dir = root / "autograded" / s / a
     for nb_path in sorted(out_dir.glob("*.ipynb")):
-        result["messages"][nb_path.stem] = strip_tracebacks(nb_path, pattern)
+        result["messages"][nb_path.stem], result.setdefault("cell_errors", {})[nb_path.stem] = \
+            strip_tracebacks(nb_path, pattern)
         result["autograded"][nb_path.stem] = str(nb_path)
     if res["success"]:
         with course.quiet_nbgrader():

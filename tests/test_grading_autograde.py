@@ -1,0 +1,140 @@
+"""Autograding end to end on the fixture assignment: every bad submission is graded, never fatal.
+
+One autograde run over all cases (``tests/fixtures/grading_cases.py``) is shared by the tests; a
+second run checks that re-running changes nothing, a third that --jobs 1 gives the same grades.
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from grading import course
+from grading.autograde import autograde
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+import grading_cases as gc  # noqa: E402
+
+pytestmark = pytest.mark.slow
+A = gc.ASSIGNMENT
+TIMEOUT = 8  # seconds per cell; the infinite loop hits it
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("autograde")
+    cases = gc.write_tree(tmp / "subs")
+    rep = autograde(tmp / "subs", out=tmp / "out", jobs=2, timeout=TIMEOUT, root=gc.COURSE,
+                    progress=False)
+    grades = {r["student"]: r for r in read_csv(tmp / "out" / "grades.csv")}
+    questions = {}
+    for r in read_csv(tmp / "out" / "questions.csv"):
+        questions.setdefault(r["student"], []).append(r)
+    return dict(tmp=tmp, out=tmp / "out", rep=rep, cases=cases, grades=grades, questions=questions)
+
+
+def test_every_case_gets_the_score_it_earns(graded):
+    assert graded["rep"].errors == []
+    assert set(graded["grades"]) == set(graded["cases"])
+    wrong = {}
+    for name, (_, expected, text) in graded["cases"].items():
+        g = graded["grades"][name]
+        assert g["assignment"] == A and g["auto_max"] == "3"
+        if float(g["auto_score"]) != expected:
+            wrong[name] = (g["auto_score"], expected, g["notes"])
+        if text:
+            blob = " ".join(q["message"] for q in graded["questions"][name]) + g["notes"] + g["review"]
+            assert text in blob, (name, text, blob)
+    assert wrong == {}
+
+
+def test_questions_rows_and_manual_points(graded):
+    perfect = {q["cell_id"]: q for q in graded["questions"]["perfect"]}
+    assert set(perfect) == {"test_square", "test_add_one", "why"}
+    assert perfect["test_square"]["passed"] == "true" and perfect["test_square"]["points"] == "2"
+    assert perfect["why"]["message"] == "needs manual grading"
+    assert graded["grades"]["perfect"]["manual_points_pending"] == "2"
+    assert graded["grades"]["blank"]["manual_points_pending"] == "0"   # unchanged answer: no response
+    hidden = {q["cell_id"]: q for q in graded["questions"]["hidden_fail"]}
+    assert hidden["test_square"]["message"] == "AssertionError: hidden check: negative inputs"
+
+
+def test_tampering_is_zeroed_and_marked_for_review(graded):
+    g = graded["grades"]["tamper"]
+    assert g["auto_score"] == "0" and "np.allclose" in g["review"]
+    assert all(not graded["grades"][n]["review"] for n in graded["cases"] if n != "tamper")
+
+
+def test_gradebook_is_consistent(graded):
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{graded['out'] / 'gradebook.db'}", "diffusion") as gb:
+        for name in graded["cases"]:
+            sub = gb.find_submission(A, name)
+            assert sub.code_score == pytest.approx(float(graded["grades"][name]["auto_score"])), name
+            assert sub.max_code_score == 3
+        assert gb.find_submission(A, "perfect").needs_manual_grade
+        assert not gb.find_submission(A, "blank").needs_manual_grade
+
+
+def test_feedback_has_no_hidden_tests_or_solutions(graded):
+    pages = sorted((graded["out"] / "feedback").glob(f"*/{A}/{A}.html"))
+    executed = {n for n, (d, _, _) in graded["cases"].items()
+                if n not in ("invalid_json", "empty_file", "missing_notebook", "other_assignment")}
+    assert {p.parent.parent.name for p in pages} == executed
+    for p in pages:
+        text = p.read_text()
+        own = p.parent.parent.name == "solution"  # handed in the instructor's notebook itself
+        for snippet in gc.HIDDEN_SNIPPETS + (() if own else ("Model answer", "Rubric")):
+            assert snippet not in text, (p, snippet)
+    assert "hidden check: negative inputs" in (graded["out"] / "feedback" / "hidden_fail" / A /
+                                               f"{A}.html").read_text()
+    big = graded["out"] / "feedback" / "million_lines" / A / f"{A}.html"
+    assert big.stat().st_size < 2_000_000   # LimitOutput kept a million lines out
+
+
+def test_rerun_changes_nothing_and_force_regrades(graded):
+    out = graded["out"]
+    before = {f: (out / f).read_bytes() for f in ("grades.csv", "questions.csv")}
+    rep = autograde(graded["tmp"] / "subs", out=out, jobs=2, timeout=TIMEOUT, root=gc.COURSE,
+                    progress=False)
+    assert rep.graded == 0 and rep.skipped == len(graded["cases"])
+    assert {f: (out / f).read_bytes() for f in before} == before
+    # a changed submission is regraded, alone
+    nb = graded["tmp"] / "subs" / "blank" / A / f"{A}.ipynb"
+    nb.write_bytes(graded["cases"]["perfect"][0])
+    rep = autograde(graded["tmp"] / "subs", out=out, jobs=1, timeout=TIMEOUT, root=gc.COURSE,
+                    progress=False)
+    assert rep.graded == 1
+    assert {r["student"]: r for r in read_csv(out / "grades.csv")}["blank"]["auto_score"] == "3"
+
+
+def test_jobs_1_gives_the_same_grades_as_jobs_2(graded, tmp_path):
+    names = ["perfect", "exception", "hidden_fail", "skip_execution"]
+    gc.write_tree(tmp_path / "subs", names)
+    autograde(tmp_path / "subs", out=tmp_path / "out", jobs=1, timeout=TIMEOUT, root=gc.COURSE,
+              progress=False)
+    one = {r["student"]: r for r in read_csv(tmp_path / "out" / "grades.csv")}
+    assert one == {n: graded["grades"][n] for n in names}
+    q1 = [r for r in read_csv(tmp_path / "out" / "questions.csv")]
+    q2 = [r for r in read_csv(graded["out"] / "questions.csv") if r["student"] in names]
+    assert q1 == q2
+
+
+def test_lms_zip_download(tmp_path):
+    z = tmp_path / "download.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr(f"doejane_12345_67890_{A}.ipynb", gc.cases()["perfect"][0])
+        zf.writestr(f"Jane Roe_555_assignsubmission_file_{A} (1).ipynb", gc.cases()["blank"][0])
+    autograde(z, out=tmp_path / "out", jobs=2, timeout=TIMEOUT, root=gc.COURSE, progress=False)
+    grades = {r["student"]: r["auto_score"] for r in read_csv(tmp_path / "out" / "grades.csv")}
+    assert grades == {"12345": "3", "555": "0"}
