@@ -433,8 +433,8 @@ def run_conditional_sampler_checks(sample, label: str, make_model, T: int = 100)
     expect(max_abs_diff(a, b) < 1e-10 and max_abs_diff(a, c) > 1e-6,
            f"{label} should draw its noise with the `generator` argument: two calls with equally seeded "
            "generators should agree and differently seeded ones should differ.",
-           hint="draw z with torch.randn(x.shape, generator=generator, dtype=x.dtype) (or randn_like is "
-                "not enough: it ignores the generator).")
+           hint="draw z with torch.randn(x.shape, generator=generator, dtype=x.dtype); "
+                "torch.randn_like takes no generator.")
 
 
 def check_p_sample_loop_conditional(ns):
