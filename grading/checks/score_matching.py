@@ -617,7 +617,7 @@ def check_inpaint(ns):
         missing = [s for s in sig_list if sum(abs(v / s - 1) <= 0.15 for v in stds) < max(1, T - 1)]
         if missing:
             if all(v < 0.05 * sig_list[-1] for v in stds[1:] or stds):
-                hint = ("the known pixels are set to x_known itself during sampling; at level sigma they must "
+                hint = ("the known pixels are not re-noised: they are x_known itself during sampling; at level sigma they must "
                         "be x_known + sigma * z (NCSN appendix B), so that they look like the noisy images "
                         "the network was trained on.")
             else:

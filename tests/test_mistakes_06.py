@@ -1,0 +1,353 @@
+"""The hidden tests of notebook 06_score_matching catch the listed mistakes and accept correct variants.
+
+Two layers:
+
+* direct tests (fast, a few seconds in all): the answer cells of the solution notebook are executed
+  in a namespace, one of them replaced by a mistaken (or a different but correct) version, and the
+  check of ``grading/checks/score_matching.py`` is called; a mistake must fail with a message that
+  names its likely cause, a correct variant must pass;
+* cell-runner tests (marked ``slow``; about 15-20 s per notebook run on an idle CPU, 4 runs): the
+  notebook runs in a kernel through ``grading.runner.run_notebook`` with mistaken answer cells, and
+  the test cells must lose their points (and only those).
+
+Mistakes come from the issue: linspace instead of a geometric ladder, or an ascending one; the mean
+or the squared distance instead of the largest distance; levels counted by spacing sigma linearly;
+the score not divided by sigma, or divided by sigma squared; the loss target with the wrong sign,
+without the sigma**2 weighting, or averaged over pixels; the step size proportional to sigma, or
+normalised by the largest sigma; the 2019 update (alpha / 2, sqrt(alpha)); the final denoising step
+missing; gamma inverted in technique 4; inpainting whose known pixels are not re-noised at each level
+or do not equal x_known at the end.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grading.checks import score_matching as checks
+from grading.hidden import CheckFailed
+
+REPO = Path(__file__).resolve().parent.parent
+NB = REPO / "solutions" / "06_score_matching" / "06_score_matching.ipynb"
+ANSWERS = ("score", "dsm_loss", "max_pairwise_distance", "num_noise_levels", "geometric_sigmas",
+           "langevin_step_size", "choose_step_size", "annealed_langevin", "inpaint")
+GIVEN = ("given_technique4_ratio",)
+TEST_CELLS = tuple(f"test_{name}" for name in ANSWERS)
+PRELUDE = ("import math\nimport numpy as np\nimport torch\nfrom scipy.optimize import minimize_scalar\n"
+           "from scipy.stats import norm\n")
+
+
+def _sources() -> dict[str, str]:
+    nb = nbformat.read(NB, as_version=4)
+    out = {}
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.cell_type == "code" and meta.get("grade_id") in ANSWERS + GIVEN:
+            out[meta["grade_id"]] = cell.source
+    assert set(out) == set(ANSWERS + GIVEN), f"cells missing from the notebook: {set(ANSWERS + GIVEN) - set(out)}"
+    return out
+
+
+SOURCES = _sources()
+
+
+def patch(grade_id: str, old: str, new: str) -> str:
+    """The solution's answer cell ``grade_id`` with ``old`` replaced by ``new`` (``old`` must occur)."""
+    src = SOURCES[grade_id]
+    assert src.count(old) >= 1, f"{old!r} not found in the solution of {grade_id}; update this test"
+    return src.replace(old, new)
+
+
+def body(grade_id: str, new_body: str) -> str:
+    """The answer cell with its solution region replaced by ``new_body`` (indented 4 spaces)."""
+    src = SOURCES[grade_id]
+    head, rest = src.split("    ### BEGIN SOLUTION\n")
+    _, tail = rest.split("    ### END SOLUTION")
+    lines = "".join("    " + ln + "\n" if ln.strip() else "\n" for ln in new_body.strip("\n").split("\n"))
+    return head + lines + tail.lstrip("\n")
+
+
+def namespace(replace: dict[str, str] | None = None) -> dict:
+    """Execute the answer cells (some replaced) in a fresh namespace, as the notebook would."""
+    ns: dict = {}
+    exec(PRELUDE, ns)  # noqa: S102 - our own notebook's code
+    for gid in GIVEN + ANSWERS:
+        exec((replace or {}).get(gid, SOURCES[gid]), ns)  # noqa: S102
+    return ns
+
+
+def check_message(check: str, replace: dict[str, str] | None = None) -> str | None:
+    """Run one hidden check; None when it passes, else its message."""
+    try:
+        checks.CHECKS[check](namespace(replace))
+    except CheckFailed as exc:
+        return str(exc)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# The solution and the reference pass every check; every test cell has a check
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("check", sorted(checks.CHECKS))
+def test_solution_passes_check(check):
+    assert check_message(check) is None
+
+
+@pytest.mark.parametrize("check", sorted(checks.CHECKS))
+def test_reference_passes_check(check):
+    from grading.reference import score_matching as ref
+    checks.CHECKS[check](dict(vars(ref)))
+
+
+def test_every_test_cell_has_a_check():
+    nb = nbformat.read(NB, as_version=4)
+    hidden = {}
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade") and cell.cell_type == "code":
+            hidden[meta["grade_id"]] = cell.source
+    assert sorted(hidden) == sorted(TEST_CELLS)
+    for gid, src in hidden.items():
+        assert f'_hidden.run("06_score_matching", "{gid[5:]}", globals())' in src, gid
+        assert gid[5:] in checks.CHECKS
+
+
+# ----------------------------------------------------------------------------------------------
+# Mistakes: (answer cell, mistaken source, check, words the message must contain)
+# ----------------------------------------------------------------------------------------------
+MISTAKES = {
+    "geometric_sigmas: linspace": (
+        "geometric_sigmas", lambda: body("geometric_sigmas", "return torch.linspace(sigma_max, sigma_min, L)"),
+        "geometric_sigmas", "linspace"),
+    "geometric_sigmas: ascending": (
+        "geometric_sigmas", lambda: patch("geometric_sigmas", "torch.linspace(math.log(sigma_max), math.log(sigma_min)",
+                                          "torch.linspace(math.log(sigma_min), math.log(sigma_max)"),
+        "geometric_sigmas", "ascending"),
+    "max_pairwise_distance: mean": (
+        "max_pairwise_distance", lambda: body("max_pairwise_distance", """
+flat = x.reshape(x.shape[0], -1).to(torch.float64)
+d = torch.cdist(flat, flat)
+iu = torch.triu_indices(len(flat), len(flat), offset=1)
+return float(d[iu[0], iu[1]].mean())"""),
+        "max_pairwise_distance", "mean"),
+    "max_pairwise_distance: squared": (
+        "max_pairwise_distance", lambda: patch("max_pairwise_distance", "return math.sqrt(max(best, 0.0))",
+                                               "return max(best, 0.0)"),
+        "max_pairwise_distance", "SQUARED"),
+    "num_noise_levels: linear spacing": (
+        "num_noise_levels", lambda: patch(
+            "num_noise_levels",
+            "return max(2, 1 + math.ceil(math.log(sigma_max / sigma_min) / math.log(gamma) - 1e-9))",
+            "return max(2, 1 + math.ceil((sigma_max - sigma_min) / ((gamma - 1) * sigma_min)))"),
+        "num_noise_levels", "LINEAR"),
+    "num_noise_levels: rounded down": (
+        "num_noise_levels", lambda: patch("num_noise_levels", "1 + math.ceil(", "1 + math.floor("),
+        "num_noise_levels", "SMALLEST"),
+    "score: not divided": (
+        "score", lambda: patch("score", "return net(x) / sigma.reshape(-1, *([1] * (x.dim() - 1)))", "return net(x)"),
+        "score", "not divided"),
+    "score: divided by sigma squared": (
+        "score", lambda: patch("score", "return net(x) / sigma.reshape(-1, *([1] * (x.dim() - 1)))",
+                               "return net(x) / sigma.reshape(-1, *([1] * (x.dim() - 1))) ** 2"),
+        "score", "sigma**2"),
+    "dsm_loss: wrong sign": (
+        "dsm_loss", lambda: patch("dsm_loss", "residual = s * score(net, x_tilde, sigma) + noise",
+                                  "residual = s * score(net, x_tilde, sigma) - noise"),
+        "dsm_loss", "wrong sign"),
+    "dsm_loss: no sigma**2 weighting": (
+        "dsm_loss", lambda: patch("dsm_loss", "residual = s * score(net, x_tilde, sigma) + noise",
+                                  "residual = score(net, x_tilde, sigma) + noise / s"),
+        "dsm_loss", "weighting"),
+    "dsm_loss: averaged over pixels": (
+        "dsm_loss", lambda: patch("dsm_loss", "0.5 * residual.pow(2).flatten(1).sum(dim=1).mean()",
+                                  "0.5 * residual.pow(2).mean()"),
+        "dsm_loss", "averaged over pixels"),
+    "langevin_step_size: proportional to sigma": (
+        "langevin_step_size", lambda: patch("langevin_step_size", "float(sigma) ** 2 / float(sigma_min) ** 2",
+                                            "float(sigma) / float(sigma_min)"),
+        "langevin_step_size", "proportional to sigma"),
+    "annealed_langevin: step proportional to sigma": (
+        "annealed_langevin", lambda: patch("annealed_langevin", "alpha = langevin_step_size(eps, sigma, sigma_min)",
+                                           "alpha = eps * sigma / sigma_min"),
+        "annealed_langevin", "grows with sigma instead of sigma**2"),
+    "annealed_langevin: normalised by the largest sigma": (
+        "annealed_langevin", lambda: patch("annealed_langevin", "alpha = langevin_step_size(eps, sigma, sigma_min)",
+                                           "alpha = langevin_step_size(eps, sigma, float(sigmas[0]))"),
+        "annealed_langevin", "LARGEST sigma"),
+    "annealed_langevin: 2019 update": (
+        "annealed_langevin", lambda: patch("annealed_langevin",
+                                           "x = x + alpha * score(net, x, sigma) + math.sqrt(2 * alpha) * z",
+                                           "x = x + alpha / 2 * score(net, x, sigma) + math.sqrt(alpha) * z"),
+        "annealed_langevin", "2019 update"),
+    "annealed_langevin: no final denoising step": (
+        "annealed_langevin", lambda: patch("annealed_langevin",
+                                           "            x = x + sigma_min ** 2 * score(net, x, sigma_min)\n",
+                                           "            pass\n"),
+        "annealed_langevin", "final denoising step is missing"),
+    "choose_step_size: gamma inverted": (
+        "choose_step_size", lambda: patch("choose_step_size", "gamma = float(sigmas[0]) / float(sigmas[1])",
+                                          "gamma = float(sigmas[1]) / float(sigmas[0])"),
+        "choose_step_size", "gamma is inverted"),
+    "inpaint: known pixels not re-noised": (
+        "inpaint", lambda: patch("inpaint", "y = x_known + sigma * noise()", "y = x_known"),
+        "inpaint", "re-noised"),
+    "inpaint: noised once, not at each level": (
+        "inpaint", lambda: patch("inpaint", "y = x_known + sigma * noise()", "y = x_known + float(sigmas[0]) * noise()"),
+        "inpaint", "EACH level"),
+    "inpaint: known pixels not x_known at the end": (
+        "inpaint", lambda: patch("inpaint", "        x = m * x_known + (1 - m) * x\n    return x",
+                                 "    return x"),
+        "inpaint", "equal x_known"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISTAKES))
+def test_mistake_is_caught_with_its_cause(name):
+    grade_id, source, check, words = MISTAKES[name]
+    message = check_message(check, {grade_id: source()})
+    assert message is not None, f"the check {check!r} accepted the mistake {name!r}"
+    assert words in message, f"{name}: the message should say {words!r}, got:\n{message}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Correct variants must pass
+# ----------------------------------------------------------------------------------------------
+CORRECT = {
+    "geometric_sigmas: np.geomspace in float64": ("geometric_sigmas", lambda: body("geometric_sigmas", """
+return torch.from_numpy(np.geomspace(sigma_max, sigma_min, L))""")),
+    "max_pairwise_distance: cdist in chunks": ("max_pairwise_distance", lambda: body("max_pairwise_distance", """
+flat = x.flatten(1).double()
+best = 0.0
+for i in range(0, len(flat), 7):
+    best = max(best, torch.cdist(flat[i:i + 7], flat).max().item())
+return best""")),
+    "max_pairwise_distance: scipy pdist": ("max_pairwise_distance", lambda: body("max_pairwise_distance", """
+from scipy.spatial.distance import pdist
+return float(pdist(x.reshape(len(x), -1).double().numpy()).max())""")),
+    "num_noise_levels: brentq and a counting loop": ("num_noise_levels", lambda: body("num_noise_levels", """
+from scipy.optimize import brentq
+f = lambda g: norm.cdf(math.sqrt(2 * D) * (g - 1) + 3 * g) - norm.cdf(math.sqrt(2 * D) * (g - 1) - 3 * g) - 0.5
+gamma = brentq(f, 1.0 + 1e-9, 10.0)
+L = 2
+while (sigma_max / sigma_min) ** (1 / (L - 1)) > gamma:
+    L += 1
+return L""")),
+    "score: view and float branch": ("score", lambda: body("score", """
+if not torch.is_tensor(sigma):
+    return net(x) / sigma
+return net(x) / sigma.view(-1, 1, 1, 1)""")),
+    "dsm_loss: the NCSN form with target and weight": ("dsm_loss", lambda: body("dsm_loss", """
+s = sigma.view(-1, 1, 1, 1)
+x_tilde = x + s * noise
+target = -(x_tilde - x) / s ** 2
+per_example = 0.5 * ((score(net, x_tilde, sigma) - target) ** 2).sum(dim=(1, 2, 3)) * sigma ** 2
+return per_example.mean()""")),
+    "langevin_step_size: squared ratio": ("langevin_step_size", lambda: body("langevin_step_size", """
+return eps * (sigma / sigma_min) ** 2""")),
+    "choose_step_size: coarse log grid": ("choose_step_size", lambda: body("choose_step_size", """
+sL2 = float(sigmas[-1]) ** 2
+gamma = float(sigmas[0] / sigmas[1])
+eps = np.logspace(np.log10(sL2) - 8, np.log10(sL2) - 1e-6, 3000)
+return float(eps[np.argmin(np.abs(technique4_ratio(eps, math.sqrt(sL2), gamma, n_steps_each) - 1))])""")),
+    "annealed_langevin: all noise drawn first, index loop": ("annealed_langevin", lambda: body("annealed_langevin", """
+L = len(sigmas)
+z_all = torch.randn((L, n_steps_each) + tuple(x.shape), generator=generator)
+x = x.clone()
+with torch.no_grad():
+    for i in range(L):
+        a = eps * (sigmas[i] / sigmas[-1]) ** 2
+        for t in range(n_steps_each):
+            x = x + a * score(net, x, sigmas[i]) + torch.sqrt(2 * a) * z_all[i, t]
+    if denoise:
+        x = x + sigmas[-1] ** 2 * score(net, x, sigmas[-1])
+return x""")),
+    "inpaint: fresh noise each step, final denoise, uniform start": ("inpaint", lambda: body("inpaint", """
+m = mask.expand_as(x_known).float()
+x = torch.rand(x_known.shape, generator=generator)
+sL = float(sigmas[-1])
+for sigma in sigmas.tolist():
+    a = eps * sigma ** 2 / sL ** 2
+    for _ in range(n_steps_each):
+        x = x + a * score(net, x, sigma) + math.sqrt(2 * a) * torch.randn(x.shape, generator=generator)
+        x = m * (x_known + sigma * torch.randn(x.shape, generator=generator)) + (1 - m) * x
+x = x + sL ** 2 * score(net, x, sL)
+return torch.where(m.bool(), x_known, x.detach())""")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_correct_variant_passes(name):
+    grade_id, source = CORRECT[name]
+    message = check_message(grade_id, {grade_id: source()})
+    assert message is None, f"{name} should pass, got:\n{message}"
+
+
+@pytest.mark.parametrize("helper,mistake", [("score", "score: divided by sigma squared"),
+                                            ("score", "score: not divided"),
+                                            ("langevin_step_size", "langevin_step_size: proportional to sigma")])
+def test_mistake_in_a_helper_is_not_penalised_twice(helper, mistake):
+    grade_id, source, _, _ = MISTAKES[mistake]
+    for check in ("dsm_loss", "annealed_langevin", "inpaint"):
+        assert check_message(check, {grade_id: source()}) is None, f"{mistake} also cost {check}"
+
+
+def test_annealed_langevin_ignoring_the_generator_fails():
+    src = patch("annealed_langevin", "torch.randn(x.shape, generator=generator,", "torch.randn(x.shape,")
+    message = check_message("annealed_langevin", {"annealed_langevin": src})
+    assert message is not None and "generator" in message
+
+
+# ----------------------------------------------------------------------------------------------
+# Cell runner: the notebook in a kernel, mistaken answer cells lose the points of their own cell
+# ----------------------------------------------------------------------------------------------
+def _run(replace=None):
+    from grading.runner import format_table, run_notebook
+    res = run_notebook(NB, replace=replace)
+    print(format_table(res))
+    return res
+
+
+@pytest.mark.slow
+def test_runner_solution_passes_every_test_cell():
+    res = _run()
+    assert sorted(res) == sorted(TEST_CELLS)
+    failed = {k: r.message for k, r in res.items() if not r.passed}
+    assert not failed, failed
+    assert sum(r.max_points for r in res.values()) == 15
+
+
+def _runner_case(names, must_pass=()):
+    replace = {}
+    for n in names:
+        grade_id, source, _, _ = MISTAKES[n]
+        assert grade_id not in replace, "one mistake per answer cell in a runner case"
+        replace[grade_id] = source()
+    res = _run(replace)
+    for n in names:
+        cell = "test_" + MISTAKES[n][2]
+        assert not res[cell].passed and res[cell].points == 0, f"{n}: {cell} kept its points"
+    for cell in must_pass:
+        assert res[cell].passed, f"{cell} lost points: {res[cell].message}"
+    return res
+
+
+@pytest.mark.slow
+def test_runner_mistakes_in_every_cell():
+    _runner_case(["geometric_sigmas: ascending", "max_pairwise_distance: squared", "num_noise_levels: linear spacing",
+                  "score: divided by sigma squared", "dsm_loss: wrong sign", "langevin_step_size: proportional to sigma",
+                  "choose_step_size: gamma inverted", "annealed_langevin: 2019 update",
+                  "inpaint: known pixels not re-noised"])
+
+
+@pytest.mark.slow
+def test_runner_second_set_of_mistakes():
+    _runner_case(["geometric_sigmas: linspace", "max_pairwise_distance: mean", "dsm_loss: averaged over pixels",
+                  "annealed_langevin: no final denoising step", "inpaint: known pixels not x_known at the end"],
+                 must_pass=["test_score", "test_langevin_step_size", "test_num_noise_levels", "test_choose_step_size"])
+
+
+@pytest.mark.slow
+def test_runner_helper_mistakes_cost_only_their_cell():
+    _runner_case(["score: divided by sigma squared", "langevin_step_size: proportional to sigma"],
+                 must_pass=["test_dsm_loss", "test_annealed_langevin", "test_inpaint", "test_choose_step_size"])
