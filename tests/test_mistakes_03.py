@@ -2,10 +2,11 @@
 
 Two layers:
 
-* direct tests (fast, about 10 s in all): the notebook's given cells and answer cells are exec'd into
+* direct tests (about 10 s of CPU in all): the notebook's given cells and answer cells are exec'd into
   a namespace, one answer is replaced by a mistaken (or an alternative correct) version, and the
   check of that answer is run through ``grading.hidden.run`` exactly as the test cell does;
-* cell-runner tests (``grading.runner.run_notebook``, skipping ``slow`` cells, about 15 s each): the
+* cell-runner tests (``grading.runner.run_notebook``, skipping ``slow`` cells, about 10 s each,
+  marked ``slow``): the
   unmodified solution passes every test cell, and notebooks with one mistake in each answer cell
   lose the points of every test cell, with the expected message.
 
@@ -303,6 +304,14 @@ def ddim_sample(model, x_T, alpha_bar, num_steps=50, eta=0.0, generator=None):
     for i, t in enumerate(taus):
         t_prev = taus[i + 1] if i + 1 < len(taus) else -1
         x = ddim_step(model, x, t, t_prev, alpha_bar, eta=eta, z=zs[i] if eta > 0 else None)
+    return x
+'''),
+    ("sdedit_through_p_sample_loop_on_truncated_schedule", "sdedit", '''
+def sdedit(model, x_0, t_start, beta, generator=None):
+    _, alpha_bar = alphas_from_betas(beta)
+    t = torch.full((x_0.shape[0],), t_start, dtype=torch.long)
+    x_t = q_sample(x_0, t, alpha_bar, torch.randn(x_0.shape, generator=generator))
+    x, _ = p_sample_loop(model, x_t, beta[: t_start + 1], generator=generator)
     return x
 '''),
     ("sdedit_inline_other_draw_order", "sdedit", '''
