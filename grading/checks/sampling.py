@@ -606,7 +606,7 @@ def check_ddim_step(ns):
                f"{label} called the model at t = {sorted(set(steps))}; expected t = {t}.")
         want, variants = _ddim_variants(x.double().numpy(), _eps_of(x, t),
                                         None if zz is None else zz.double().numpy(), t, t_prev, ab, eta)
-        _match(got, want, variants, "The result", atol=5e-5, rtol=5e-4, context=f" of {label}")
+        _match(got, want, variants, f"The result of {label}", atol=5e-5, rtol=5e-4)
     # the delta-data oracle: the last step (t_prev = -1) lands exactly on the data
     c = _images((1, 1, 4, 4), 23).double()
     ab64 = torch.cumprod(1 - beta.double(), 0)
