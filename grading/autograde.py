@@ -648,3 +648,102 @@ def autograde_cli(args) -> int:
         print(f"error: {e}", file=sys.stderr)
     tool_errors = [e for e in rep.errors if "unknown assignment" not in e and "cannot tell" not in e]
     return 1 if tool_errors else 0
+
+
+# --------------------------------------------------------------------------------------------
+# feedback / export (as in nbgrader, from the course gradebook)
+# --------------------------------------------------------------------------------------------
+def regenerate_feedback(out: Path | str, assignment: str | None = None, student: str | None = None,
+                        db_url: str | None = None, root: Path | str = course.REPO_ROOT) -> list[Path]:
+    """Rewrite ``feedback/<s>/<a>/*.html`` from ``autograded/`` and the gradebook (which now holds
+    the manual grades), with hidden tests removed. Returns the pages written."""
+    course.ensure_path()
+    out, root = Path(out).resolve(), Path(root).resolve()
+    db_url = db_url or f"sqlite:///{out / 'gradebook.db'}"
+    written = []
+    with tempfile.TemporaryDirectory(prefix="feedback-") as tmp:
+        tmp = Path(tmp)
+        pairs = sorted({(p.parent.parent.name, p.parent.name)
+                        for p in (out / "autograded").glob("*/*/*.ipynb")})
+        for s, a in pairs:
+            if (assignment and a != assignment) or (student and s != student):
+                continue
+            shutil.copytree(out / "autograded" / s / a, tmp / "autograded" / s / a)
+            hidden = set()
+            for nb in course.assignment_notebooks(root, a):
+                hidden |= _hidden_lines(course.read_json(nb))
+            api = course.make_api(tmp, db_url=db_url)
+            with course.quiet_nbgrader():
+                res = api.generate_feedback(a, s, force=True)
+            if not res["success"]:
+                log.error("feedback %s/%s failed: %s", s, a, first_line(res.get("error")))
+                continue
+            tpl = Template(a, tmp, tmp, {}, {}, {}, "", hidden)
+            for page in sorted((tmp / "feedback" / s / a).glob("*.html")):
+                data, hits = redact_feedback(page.read_bytes(), tpl)
+                dest = out / "feedback" / s / a / page.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+                written.append(dest)
+    return written
+
+
+def feedback_cli(args) -> int:
+    pages = regenerate_feedback(args.out, args.assignment, args.student)
+    for p in pages:
+        print(p)
+    print(f"{len(pages)} feedback page(s) written")
+    return 0
+
+
+EXPORT_COLUMNS = ["student", "assignment", "auto_score", "auto_max", "manual_score",
+                  "manual_points_pending", "score", "max_score", "needs_manual_grade", "review"]
+
+
+def export_grades(db_url: str, to: Path | str, state_dir: Path | None = None) -> int:
+    """Write one CSV row per submission of the gradebook (with the manual grades); returns rows."""
+    from nbgrader.api import Gradebook
+
+    course.ensure_path()
+    review = {}
+    if state_dir is not None and (Path(state_dir) / STATE_FILE).is_file():
+        for key, e in load_state(Path(state_dir))["submissions"].items():
+            review[key] = e["grades"].get("review", "")
+    rows = []
+    with course.quiet_nbgrader(), Gradebook(db_url, "diffusion") as gb:
+        for a in gb.assignments:
+            for sub in a.submissions:
+                s = sub.student.id
+                pending = 0.0
+                manual = 0.0
+                for snb in sub.notebooks:
+                    written = {c.name for c in snb.notebook.solution_cells}
+                    for g in snb.grades:
+                        if g.name in written:
+                            if g.needs_manual_grade and g.manual_score is None:
+                                pending += float(g.max_score)
+                            manual += float(g.score or 0.0)
+                rows.append({"student": s, "assignment": a.name, "auto_score": f"{sub.code_score:g}",
+                             "auto_max": f"{sub.max_code_score:g}", "manual_score": f"{manual:g}",
+                             "manual_points_pending": f"{pending:g}", "score": f"{sub.score:g}",
+                             "max_score": f"{sub.max_score:g}",
+                             "needs_manual_grade": str(bool(sub.needs_manual_grade)).lower(),
+                             "review": review.get(f"{s}/{a.name}", "")})
+    rows.sort(key=lambda r: (r["student"], r["assignment"]))
+    with open(to, "w", newline="") as fh:
+        w = csv.DictWriter(fh, EXPORT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return len(rows)
+
+
+def export_cli(args) -> int:
+    out = Path(args.out).resolve()
+    db_url = args.db or f"sqlite:///{out / 'gradebook.db'}"
+    if db_url.startswith("sqlite:///") and not Path(db_url[len("sqlite:///"):]).is_file():
+        log.error("no gradebook at %s", db_url)
+        return 2
+    to = Path(args.to) if args.to else Path("grades.csv")
+    n = export_grades(db_url, to, out)
+    print(f"wrote {n} row(s) to {to}")
+    return 0

@@ -138,3 +138,39 @@ def test_lms_zip_download(tmp_path):
     autograde(z, out=tmp_path / "out", jobs=2, timeout=TIMEOUT, root=gc.COURSE, progress=False)
     grades = {r["student"]: r["auto_score"] for r in read_csv(tmp_path / "out" / "grades.csv")}
     assert grades == {"12345": "3", "555": "0"}
+
+
+def test_export_feedback_and_manual_grades(graded, tmp_path):
+    from nbgrader.api import Gradebook
+
+    from grading.autograde import export_grades, regenerate_feedback
+
+    db = f"sqlite:///{graded['out'] / 'gradebook.db'}"
+    with Gradebook(db, "diffusion") as gb:   # a TA grades the written answer of "perfect"
+        g = gb.find_grade("why", A, A, "perfect")
+        g.manual_score = 1.5
+        gb.db.commit()
+    assert export_grades(db, tmp_path / "grades.csv", graded["out"]) == len(graded["cases"])
+    rows = {r["student"]: r for r in read_csv(tmp_path / "grades.csv")}
+    assert rows["perfect"]["score"] == "4.5" and rows["perfect"]["max_score"] == "5"
+    assert rows["perfect"]["manual_points_pending"] == "0"
+    assert rows["vscode"]["manual_points_pending"] == "2"
+    assert rows["tamper"]["review"] and rows["tamper"]["auto_score"] == "0"
+    pages = regenerate_feedback(graded["out"], student="perfect", root=gc.COURSE)
+    assert len(pages) == 1
+    text = pages[0].read_text()
+    assert "1.5" in text and not any(s in text for s in gc.HIDDEN_SNIPPETS)
+
+
+def test_rubric_and_demo_on_the_fixture(capsys):
+    from grading.demo import run_demo
+    from grading.rubric import print_rubric
+
+    print_rubric(A, root=gc.COURSE)
+    out = capsys.readouterr().out
+    assert "Model answer" in out and "Rubric (2 points)" in out and "never negative" in out
+    assert run_demo(jobs=2, root=gc.COURSE, timeout=TIMEOUT) == 0
+    out = capsys.readouterr().out
+    table = {ln.split()[0]: ln.split()[1] for ln in out.splitlines()
+             if ln.split() and ln.split()[0] in ("perfect", "partial", "blank")}
+    assert table == {"perfect": "3/3", "partial": "0/3", "blank": "0/3"}
