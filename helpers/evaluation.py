@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import config as _config
 from .config import checkpoint_dir
 from .data import batches, data_info, load_mnist
 
@@ -88,6 +89,10 @@ def train_classifier(epochs: int | None = None, seed: int = 0, verbose: bool = T
     val_x, val_y = load_mnist("val", verbose=False)
     if epochs is None:
         epochs = 12 if len(train_y) < 20_000 else 1
+        if _config.FAST:  # fast mode: a rough classifier in seconds, cached apart from the real one
+            epochs = 2 if len(train_y) < 20_000 else 1
+            if len(train_y) >= 20_000:
+                train_x, train_y = train_x[:10_000], train_y[:10_000]
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # initialisation and dropout; the caller's RNG is untouched
         torch.manual_seed(seed)
@@ -101,15 +106,16 @@ def _fit(train_x, train_y, val_x, val_y, epochs, gen, verbose):
     loader = batches(train_x, train_y, 128, shuffle=True, generator=gen)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * len(loader))
     start = time.time()
-    for _ in range(epochs):
-        model.train()
-        for x, y in loader:
-            x = _random_shift(x, 2, gen)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    with torch.enable_grad():  # callers may hold a no_grad context (e.g. the first confident_fraction)
+        for _ in range(epochs):
+            model.train()
+            for x, y in loader:
+                x = _random_shift(x, 2, gen)
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
     acc = _accuracy(model, val_x, val_y)
     if verbose:
         print(f"Digit classifier: {acc:.1%} validation accuracy on {len(val_y):,} digits "
@@ -120,7 +126,8 @@ def _fit(train_x, train_y, val_x, val_y, epochs, gen, verbose):
 def _classifier_path():
     info = data_info("MNIST")
     tag = "full" if info is not None and info.full else "subset"
-    return checkpoint_dir() / f"digit_classifier_{tag}.pt"
+    suffix = "_fast" if _config.FAST else ""
+    return checkpoint_dir() / f"digit_classifier_{tag}{suffix}.pt"
 
 
 def get_classifier(device=None, retrain: bool = False, verbose: bool = True) -> DigitClassifier:

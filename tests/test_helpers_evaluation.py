@@ -85,9 +85,11 @@ def test_classifier_trains_to_95_percent_and_is_cached(tmp_path, monkeypatch, ca
     """Trains from scratch (about a minute on one CPU thread) and reloads from the cache."""
     monkeypatch.setenv("DIFFUSION_CHECKPOINT_DIR", str(tmp_path))
     monkeypatch.setattr(ev, "_classifier_cache", {})
+    monkeypatch.setattr(ev._config, "FAST", False)  # the real classifier, even when tests run in fast mode
     rng_before = torch.random.get_rng_state()
     start = time.process_time()  # CPU time: the machine may be shared
-    clf = ev.get_classifier()
+    with torch.no_grad():  # first use may come from inside a sampler's no_grad block
+        clf = ev.get_classifier()
     elapsed = time.process_time() - start
     assert torch.equal(torch.random.get_rng_state(), rng_before), "training must not touch the global RNG"
     assert elapsed < 120
@@ -106,3 +108,13 @@ def test_classifier_trains_to_95_percent_and_is_cached(tmp_path, monkeypatch, ca
     noise = torch.rand(200, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert base < ev.fid_to_data(noise, classifier=clf) / 5
     assert ev.diversity(x[:100], classifier=clf) > ev.diversity(x[:1].repeat(100, 1, 1, 1), classifier=clf)
+
+
+def test_fast_mode_classifier_is_cached_apart(tmp_path, monkeypatch):
+    """Fast mode trains a rough classifier; it must never replace the full-mode cache file."""
+    monkeypatch.setenv("DIFFUSION_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setattr(ev._config, "FAST", True)
+    fast_path = ev._classifier_path()
+    monkeypatch.setattr(ev._config, "FAST", False)
+    full_path = ev._classifier_path()
+    assert fast_path != full_path and fast_path.name.endswith("_fast.pt")
