@@ -503,7 +503,7 @@ def check_annealed_langevin(ns):
         if abs(ratio - want) > 0.04 * want:
             _, v2019 = _predict([sL], eps, T, 1 / sL, 0.0, (gamma * sL) ** 2, "2019", denoise=False)
             hint = _VARIANT_HINTS["2019"] if abs(ratio - v2019 / sL ** 2) <= 0.04 * v2019 / sL ** 2 else None
-            _fail(f"One Langevin level (sigma = {sL}, T = {T}, eps = {eps}) started from variance "
+            _fail(f"One Langevin level (sigma = {sL}, T = {T}, eps = {eps:.3g}) started from variance "
                   f"(gamma * sigma)**2 with gamma = {gamma}, driven by the exact single-point score, must end "
                   f"at variance {want:.4f} * sigma**2 (technique 4's formula); yours ends at {ratio:.4f} * sigma**2.",
                   hint)
