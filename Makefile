@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 # nbgrader runs `alembic` when it creates a gradebook: the venv's bin must be on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Tests and CI run the notebooks in fast mode.
+# Tests run two workers (pytest-xdist) with one torch thread each: no oversubscription on 2 cores.
 PYTEST := $(BIN)/python -m pytest
 
 .PHONY: help venv lab demo test test-fast test-notebooks release check-release benchmark clean
@@ -33,15 +34,15 @@ demo: $(STAMP)
 	$(BIN)/python -m grading demo
 
 test: $(STAMP)
-	DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile tests
-	DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile --nbval-lax --nbval-current-env -p no:python solutions
+	OMP_NUM_THREADS=1 DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile --nbval-lax --nbval-current-env -p no:python solutions
 	$(BIN)/python -m grading release --check
 
 test-fast: $(STAMP)
-	DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile -m "not slow" tests
+	OMP_NUM_THREADS=1 DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile -m "not slow" tests
 
 test-notebooks: $(STAMP)
-	DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile --nbval-lax --nbval-current-env -p no:python solutions
+	OMP_NUM_THREADS=1 DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile --nbval-lax --nbval-current-env -p no:python solutions
 
 release: $(STAMP)
 	$(BIN)/python -m grading release
