@@ -17,6 +17,10 @@ another order of random draws.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -246,3 +250,16 @@ def test_runner_mistakes_lose_points_in_their_cells(group):
         assert res[f"test_{gid}"].passed == (gid not in replace), table
         if gid in replace:
             assert res[f"test_{gid}"].points == 0, table
+
+
+@pytest.mark.slow
+def test_fast_mode_runs_top_to_bottom_within_90_s():
+    """nbval in fast mode (slow cells included, as nbgrader runs them): no error, at most 90 s."""
+    env = dict(os.environ, DIFFUSION_FAST="1")
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:python",
+                        "-p", "no:cacheprovider", "-q", str(NB)], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=600)
+    elapsed = time.perf_counter() - start
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert elapsed <= 90, f"fast mode took {elapsed:.0f} s (budget 90 s)"
