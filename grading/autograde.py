@@ -168,6 +168,37 @@ def can_drop_privileges() -> tuple[bool, str]:
     return True, f"student kernels run as unprivileged uids {UID_BASE}+"
 
 
+def isolation_mode(protect: list[Path], workdir: Path) -> tuple[str, str]:
+    """``("uid" | "sandbox" | "none", explanation)``: how student kernels are confined.
+
+    ``uid``: an unprivileged uid per job. ``sandbox`` (root, when no other uid can run this
+    Python): a private mount namespace where everything but the job's scratch folder is
+    read-only, and no capabilities. ``none``: not root; kernels run as the grader's user, each in
+    its own throw-away course copy.
+    """
+    ok, why = can_drop_privileges()
+    if ok:
+        return "uid", why
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"):
+        return "none", why
+    home = workdir / "probe-home"
+    home.mkdir(exist_ok=True)
+    cmd = [shutil.which("unshare"), "-m", "--propagation", "private", "--", sys.executable, "-m",
+           "grading.kernel_launcher", "--sandbox", "--probe", "--home", str(home)]
+    for p in protect:
+        cmd += ["--protect", str(p)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/")
+    except Exception as exc:  # noqa: BLE001
+        return "none", f"{why}; read-only sandbox unavailable: {exc}"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if r.returncode == 0 and "sandbox-ok" in r.stdout:
+        return "sandbox", (f"{why}; student kernels run in a read-only mount namespace without "
+                           "capabilities (only their scratch folder is writable)")
+    return "none", f"{why}; read-only sandbox unavailable: {(r.stderr or r.stdout).strip()[-300:]}"
+
+
 # --------------------------------------------------------------------------------------------
 # Jobs
 # --------------------------------------------------------------------------------------------
@@ -214,14 +245,18 @@ def prepare(sub: Submission, tpl: Template) -> Job:
     return Job(sub, tpl, submission_digest(sub, tpl), notebooks, reasons, notes, flags)
 
 
-def _kernel_spec(job_dir: Path, uid: int | None) -> None:
+def _kernel_spec(job_dir: Path, mode: str, uid: int, protect: list[Path]) -> None:
     kdir = job_dir / "kernels" / "kernels" / KERNEL_NAME
     kdir.mkdir(parents=True)
-    if uid is None:
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    launcher = [sys.executable, "-m", "grading.kernel_launcher", "--home", str(job_dir / "home")]
+    if mode == "uid":
+        argv = launcher + ["--uid", str(uid), "--gid", str(uid), "-f", "{connection_file}"]
+    elif mode == "sandbox":
+        argv = [shutil.which("unshare") or "unshare", "-m", "--propagation", "private", "--"] + \
+            launcher + ["--sandbox"] + [a for p in protect for a in ("--protect", str(p))] + \
+            ["-f", "{connection_file}"]
     else:
-        argv = [sys.executable, "-m", "grading.kernel_launcher", "--uid", str(uid), "--gid",
-                str(uid), "--home", str(job_dir / "home"), "-f", "{connection_file}"]
+        argv = launcher + ["-f", "{connection_file}"]
     (kdir / "kernel.json").write_text(json.dumps(
         {"argv": argv, "display_name": "Python 3 (grading)", "language": "python"}))
 
@@ -272,8 +307,19 @@ class WorkerSlot:
         self.log.close()
 
 
-def run_job(job: Job, index: int, workdir: Path, drop: bool, timeout: int | None,
-            slot: WorkerSlot) -> dict:
+def _scratch_links(src: Path, dest: Path) -> None:
+    """``dest`` holding a symlink to every file of ``src``: a notebook reads the course's data and
+    checkpoints through it, and its own writes (helpers write to a temporary file, then
+    ``os.replace``) replace the link in the job's folder, never the course's file."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        for f in src.iterdir():
+            if f.is_file():
+                (dest / f.name).symlink_to(f.resolve())
+
+
+def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
+            slot: WorkerSlot, protect: list[Path] = ()) -> dict:
     """Run one job on a fresh copy of the template course in a worker slot; returns its result."""
     a, s = job.tpl.assignment, job.sub.student
     job_dir = Path(tempfile.mkdtemp(prefix=f"job-{index:04d}-", dir=workdir))
@@ -286,11 +332,13 @@ def run_job(job: Job, index: int, workdir: Path, drop: bool, timeout: int | None
         for name, nb in job.notebooks.items():
             if nb is not None:
                 (sub_dir / f"{name}.ipynb").write_text(json.dumps(nb, indent=1))
-        uid = UID_BASE + index % 4000 if drop else None
-        _kernel_spec(job_dir, uid)
-        env = {"JUPYTER_PATH": str(job_dir / "kernels")}
-        if drop:
-            env["HOME"] = str(job_dir / "home")
+        _kernel_spec(job_dir, mode, UID_BASE + index % 4000, list(protect))
+        home = job_dir / "home"
+        for name, var in (("data", "DIFFUSION_DATA_DIR"), ("checkpoints", "DIFFUSION_CHECKPOINT_DIR")):
+            _scratch_links(Path(os.environ.get(var) or course.REPO_ROOT / name), home / name)
+        env = {"JUPYTER_PATH": str(job_dir / "kernels"), "HOME": str(home),
+               "DIFFUSION_DATA_DIR": str(home / "data"),
+               "DIFFUSION_CHECKPOINT_DIR": str(home / "checkpoints")}
         (job_dir / "job.json").write_text(json.dumps(
             {"assignment": a, "student": s, "kernel_name": KERNEL_NAME, "timeout": timeout,
              "env": env}))
@@ -507,10 +555,11 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
         (root / d).mkdir(exist_ok=True)
     jobs = max(1, jobs or os.cpu_count() or 1)
     state = load_state(out)
-    drop, why = can_drop_privileges()
-    log.info("isolation: %s", why)
     workdir = Path(tempfile.mkdtemp(prefix="autograde-"))
     os.chmod(workdir, 0o711)
+    protect = [root, out, workdir, course.REPO_ROOT]
+    mode, why = isolation_mode(protect, workdir)
+    log.info("isolation: %s", why)
     try:
         templates: dict[str, Template] = {}
         for a in sorted({s.assignment for s in subs}):
@@ -581,7 +630,7 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
         def run_in_slot(j: Job, i: int) -> dict:
             sl = slots.get()
             try:
-                return run_job(j, i, workdir, drop, timeout, sl)
+                return run_job(j, i, workdir, mode, timeout, sl, protect)
             finally:
                 slots.put(sl)
 

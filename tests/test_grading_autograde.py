@@ -174,3 +174,30 @@ def test_rubric_and_demo_on_the_fixture(capsys):
     table = {ln.split()[0]: ln.split()[1] for ln in out.splitlines()
              if ln.split() and ln.split()[0] in ("perfect", "partial", "blank")}
     assert table == {"perfect": "3/3", "partial": "0/3", "blank": "0/3"}
+
+
+def test_student_code_cannot_write_outside_its_job(tmp_path):
+    """Root only: the kernel runs under another uid or in a read-only sandbox."""
+    import os
+
+    from grading.autograde import isolation_mode
+
+    if os.geteuid() != 0:
+        pytest.skip("not root: isolation is the throw-away course copy only")
+    out = tmp_path / "out"
+    out.mkdir()
+    mode, why = isolation_mode([course.REPO_ROOT, out], tmp_path)
+    assert mode in ("uid", "sandbox"), why
+    targets = [course.REPO_ROOT / "pwned.txt", out / "pwned.txt", tmp_path / "pwned.txt"]
+    attack = ("import pathlib\nfor p in %r:\n    try:\n        pathlib.Path(p).write_text('x')\n"
+              "    except OSError as e:\n        print('blocked', p, e)\n"
+              "def square(x):\n    return x * x") % [str(t) for t in targets]
+    d = tmp_path / "subs" / "mallory" / A
+    d.mkdir(parents=True)
+    (d / f"{A}.ipynb").write_bytes(gc.dump(gc.with_answer(gc.perfect(), "square", attack)))
+    autograde(tmp_path / "subs", out=out, jobs=1, timeout=TIMEOUT, root=gc.COURSE, progress=False)
+    assert not any(t.exists() for t in targets)
+    row = read_csv(out / "grades.csv")[0]
+    assert row["auto_score"] == "0" and "file write" in row["review"]   # and flagged statically
+    q = {r["cell_id"]: r for r in read_csv(out / "questions.csv")}
+    assert "ran as 2/2" in q["test_square"]["message"]                  # the code did run
