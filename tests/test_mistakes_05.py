@@ -263,3 +263,16 @@ def test_fast_mode_runs_top_to_bottom_within_90_s():
     elapsed = time.perf_counter() - start
     assert r.returncode == 0, r.stdout[-4000:]
     assert elapsed <= 90, f"fast mode took {elapsed:.0f} s (budget 90 s)"
+
+
+def test_guided_eps_shortcuts_for_w_0_and_minus_1_are_accepted():
+    src = '''
+def guided_eps(model, x_t, t, y, w, null_label):
+    if w == 0:
+        return model(x_t, t, y)
+    y_null = torch.full_like(y, null_label)
+    if w == -1:
+        return model(x_t, t, y_null)
+    return (1 + w) * model(x_t, t, y) - w * model(x_t, t, y_null)
+'''
+    assert check_message("guided_eps", {"guided_eps": src}) is None
