@@ -565,6 +565,8 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
         for a in sorted({s.assignment for s in subs}):
             templates[a] = build_template(a, root, workdir)
             register_assignment(templates[a], db_url)
+        log.info("%d assignment template(s) ready after %.1f s", len(templates),
+                 time.perf_counter() - t_start)
         todo: list[Job] = []
         for sub in subs:
             tpl = templates[sub.assignment]
@@ -576,6 +578,8 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
                 continue
             todo.append(prepare(sub, tpl))
         to_run = [j for j in todo if any(nb is not None for nb in j.notebooks.values())]
+        # longest first (a notebook's code size is a fair proxy): the slots finish together
+        to_run.sort(key=lambda j: -sum(len(json.dumps(nb)) for nb in j.tpl.source.values()))
         for j in todo:
             if j.flags:
                 log.warning("%s/%s flagged for review: %s", j.sub.student, j.tpl.assignment,

@@ -49,8 +49,11 @@ DUNDERS = {"__eq__", "__ne__", "__bool__", "__torch_function__", "__torch_dispat
 # dunders that a correct answer (an nn.Module, a dataclass) may legitimately define
 ALLOWED_DEFS = {"__init__", "__call__", "__repr__", "__len__", "__iter__", "__getitem__"}
 FRAME_ATTRS = {"f_back", "f_globals", "f_locals", "f_builtins", "tb_frame", "gi_frame", "cr_frame"}
-WRITE_ATTRS = {"write_text", "write_bytes", "unlink", "rmdir", "rename", "replace", "chmod",
-               "symlink_to", "touch"}
+WRITE_ATTRS = {"write_text", "write_bytes", "unlink", "rmdir", "rename", "chmod",
+               "symlink_to", "touch", "tofile", "savetxt", "savez", "savez_compressed"}
+#: ``<module>.<function>`` calls that write files
+WRITE_CALLS = {("torch", "save"), ("np", "save"), ("numpy", "save"), ("os", "replace"),
+               ("shutil", "copy"), ("shutil", "move"), ("pickle", "dump")}
 OS_CALLS = {"system", "popen", "execv", "execve", "execl", "execvp", "spawnv", "spawnl", "fork",
             "kill", "remove", "unlink", "rmdir", "rename", "replace", "chdir", "putenv",
             "removedirs", "symlink", "link", "chmod", "chown", "_exit", "environ"}
@@ -213,6 +216,9 @@ class _Visitor(ast.NodeVisitor):
 
     def visit_Call(self, node):
         f = node.func
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and \
+                (f.value.id, f.attr) in WRITE_CALLS:
+            self.flag(node, "file write")
         if isinstance(f, ast.Name):
             if f.id == "setattr" or f.id == "delattr":
                 target = node.args[0] if node.args else None

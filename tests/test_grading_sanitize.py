@@ -100,7 +100,7 @@ EXPLOITS = {
     "__import__": "os_ = __import__('os')",
     "os.system": "import os\nos.system('rm -rf /')", "subprocess": "import subprocess\nsubprocess.run(['ls'])",
     "open w": "open('/tmp/x', 'w').write('1')", "open kw": "open('/tmp/x', mode='a')",
-    "shell": "!cat /etc/passwd",
+    "shell": "!cat /etc/passwd", "torch.save": "torch.save(model, '/work/main/grading/x.pt')",
 }
 
 
