@@ -11,7 +11,9 @@ assignment). Repairs made on the way are listed in ``notes``:
   notebook for cells whose cell id or whole source matches a released graded/locked cell;
 - front-end metadata (JupyterLab 4 ``execution``, VS Code ``vscode``, Colab ``colab``, widgets)
   dropped, missing or duplicate cell ids fixed, outputs cleared, format upgraded to 4.5;
-- the ``skip-execution`` tag (nbclient would not run a test cell carrying it) removed everywhere.
+- the ``skip-execution`` tag (nbclient would not run a test cell carrying it) removed everywhere;
+- nbgrader metadata of every known cell replaced by the released copy (a student cannot change
+  points, or turn an answer cell into a test cell or the reverse).
 """
 from __future__ import annotations
 
@@ -144,12 +146,21 @@ def sanitize(raw: bytes | str | None, release_nb: dict) -> Sanitized:
         else:
             seen.add(gid)
 
-    # 4. graded metadata on cells that are not graded in the release (students adding "points")
+    # 4. nbgrader metadata comes from the release, never from the student: a cell with an unknown
+    #    grade_id loses it, a known one gets the released copy (points, locked, solution, grade)
     for cell in cells:
         gid = _nbg(cell).get("grade_id")
-        if gid is not None and gid not in rel_graded:
+        if gid is None:
+            continue
+        if gid not in rel_graded:
             cell["metadata"].pop("nbgrader", None)
             notes.append(f"unknown graded cell {gid}: metadata dropped")
+            continue
+        want = _nbg(rel_graded[gid])
+        mine = {k: v for k, v in _nbg(cell).items() if k != "checksum"}
+        if mine != {k: v for k, v in want.items() if k != "checksum"}:
+            notes.append(f"nbgrader metadata of {gid} restored from the release")
+        cell["metadata"]["nbgrader"] = copy.deepcopy(want)
 
     # 5. front-end noise, tags, ids, outputs
     used_ids: set[str] = set()

@@ -135,9 +135,12 @@ def test_lms_zip_download(tmp_path):
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr(f"doejane_12345_67890_{A}.ipynb", gc.cases()["perfect"][0])
         zf.writestr(f"Jane Roe_555_assignsubmission_file_{A} (1).ipynb", gc.cases()["blank"][0])
-    autograde(z, out=tmp_path / "out", jobs=2, timeout=TIMEOUT, root=gc.COURSE, progress=False)
+    db = tmp_path / "elsewhere.db"   # any SQLAlchemy URL through --db
+    autograde(z, out=tmp_path / "out", jobs=2, timeout=TIMEOUT, root=gc.COURSE, progress=False,
+              db_url=f"sqlite:///{db}")
     grades = {r["student"]: r["auto_score"] for r in read_csv(tmp_path / "out" / "grades.csv")}
     assert grades == {"12345": "3", "555": "0"}
+    assert db.is_file() and not (tmp_path / "out" / "gradebook.db").exists()
 
 
 def test_export_feedback_and_manual_grades(graded, tmp_path):

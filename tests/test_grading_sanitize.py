@@ -71,6 +71,17 @@ def test_front_end_metadata_is_normalised(case):
     nbformat.validate(nbformat.from_dict(s.nb))
 
 
+def test_graded_metadata_comes_from_the_release():
+    nb = gc.perfect()
+    gc.find(nb, "test_square")["metadata"]["nbgrader"]["points"] = 100
+    gc.find(nb, "square")["metadata"]["nbgrader"].update(grade=True, points=50)
+    s = sanitize(gc.dump(nb), REL)
+    assert gc.find(s.nb, "test_square")["metadata"]["nbgrader"] == \
+        gc.find(REL, "test_square")["metadata"]["nbgrader"]
+    assert gc.find(s.nb, "square")["metadata"]["nbgrader"]["grade"] is False
+    assert "points" not in gc.find(s.nb, "square")["metadata"]["nbgrader"]
+
+
 def test_perfect_submission_passes_unchanged_in_substance():
     s = sanitize(gc.dump(gc.perfect()), REL)
     assert s.notes == [] and grade_ids(s.nb) == grade_ids(REL)
