@@ -70,7 +70,7 @@ def check_drop_labels(ns):
     # another null label and another rate (the null label is an argument, not a constant)
     out42 = drop(0.3, 42, 1)
     frac42 = float((out42 == 42).mean())
-    expect(set(np.unique(out42[out42 != yn]).tolist()) <= {42} and 0.285 <= frac42 <= 0.315,
+    expect(set(np.unique(out42[out42 != yn]).tolist()) <= {42} and 0.28 <= frac42 <= 0.32,
            f"drop_labels(y, p_uncond=0.3, null_label=42) should replace about 30% of the labels by 42; "
            f"{100 * frac42:.1f}% became 42 and the changed labels took the values "
            f"{sorted(set(out42[out42 != yn].tolist()))[:5]}.",
