@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import html
 import json
 import logging
@@ -377,6 +378,19 @@ def first_line(text: str | None) -> str:
     return ""
 
 
+def describe_failure(error: str | None) -> str:
+    """One line saying why nbgrader could not grade a notebook."""
+    text = error or ""
+    if "DeadKernelError" in text or "Kernel died" in text:
+        return ("the kernel died while running the notebook (the code ended Python, e.g. "
+                "os._exit, a crash, or ran out of memory)")
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Exit)\b", ln.strip()) and "NbGraderException" not in ln:
+            return first_line(ln)
+    return first_line(lines[-1]) if lines else "failed"
+
+
 def build_rows(job: Job) -> tuple[dict, list[dict], dict]:
     """(grades.csv row, questions.csv rows, gradebook updates {nb: {grade_id: (score, manual, comment)}})."""
     a, s = job.tpl.assignment, job.sub.student
@@ -385,13 +399,12 @@ def build_rows(job: Job) -> tuple[dict, list[dict], dict]:
     auto, auto_max, pending = 0.0, 0.0, 0.0
     notes = list(job.notes)
     tamper = "; ".join(job.flags)
-    worker_error = None if res.get("ok") or not job.result else first_line(
-        (res.get("error") or "").strip().splitlines()[-1] if res.get("error") else "failed")
+    worker_error = None if res.get("ok") or not job.result else describe_failure(res.get("error"))
     for nb_name, cells in job.tpl.cells.items():
         graded = (res.get("notebooks") or {}).get(nb_name, {})
         msgs = (res.get("messages") or {}).get(nb_name, {})
         zero = job.zero_reasons.get(nb_name)
-        if zero is None and nb_name not in (res.get("notebooks") or {}):
+        if zero is None and (worker_error or nb_name not in (res.get("notebooks") or {})):
             zero = f"autograding failed: {worker_error or 'no result'}"
         upd = updates.setdefault(nb_name, {})
         for cell in cells:

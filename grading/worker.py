@@ -68,11 +68,13 @@ def run_job(job: Path) -> dict:
     result = {"student": s, "assignment": a, "ok": False, "error": None, "notebooks": {},
               "messages": {}, "feedback": {}, "autograded": {}}
     t0 = time.perf_counter()
-    with course.quiet_nbgrader():
-        res = api.autograde(a, s, force=True, create=True)
+    res = api.autograde(a, s, force=True, create=True)  # its log (stderr) goes to the slot's log
     result["autograde_seconds"] = round(time.perf_counter() - t0, 2)
     if not res["success"]:
-        result["error"] = (res.get("error") or "")[-3000:] or (res.get("log") or "")[-3000:]
+        log_text = res.get("log") or ""
+        key_lines = [ln.strip() for ln in log_text.splitlines()
+                     if re.match(r"^\s*[\w.]+(Error|Exception)\b", ln) and "Warning" not in ln]
+        result["error"] = "\n".join(key_lines[-5:] + [(res.get("error") or "")[-2000:]])
     out_dir = root / "autograded" / s / a
     for nb_path in sorted(out_dir.glob("*.ipynb")):
         result["messages"][nb_path.stem], result.setdefault("cell_errors", {})[nb_path.stem] = \
