@@ -43,7 +43,7 @@ def _cmd_check(args) -> int:
         return 2
     res = run_notebook(path, skip_tags=tuple(args.skip_tag), timeout=args.timeout)
     print(format_table(res))
-    return 0
+    return 0 if all(r.passed for r in res.values()) else 1
 
 
 def _cmd_autograde(args) -> int:
@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
     r.set_defaults(func=_cmd_release)
 
-    c = sub.add_parser("check", help="run a notebook's visible tests and print a summary")
+    c = sub.add_parser("check", help="run a notebook's visible tests and print a summary "
+                                     "(exit 1 when one fails)")
     c.add_argument("notebook")
     c.add_argument("--timeout", type=int, default=120, help="seconds per cell")
     c.add_argument("--skip-tag", action="append", default=["slow"], help="cell tag to skip")

@@ -85,6 +85,7 @@ REAL = course.list_assignments(course.REPO_ROOT)
     reason="no solutions/ notebooks yet"))])
 def test_real_release_builds_without_leaks(assignment):
     files = release.build_release(assignment, course.REPO_ROOT)
+    assert release.build_release(assignment, course.REPO_ROOT) == files   # deterministic
     text = files[f"{assignment}.ipynb"].decode()
     assert release.leaks(text) == []
     assert "BEGIN HIDDEN TESTS" not in text and "_hidden.run" not in text

@@ -185,6 +185,17 @@ def test_collect_zip_of_lms_files_and_tree(tmp_path):
     assert set(subs) == {"perfect", "missing_notebook"} and subs["missing_notebook"].files == {}
 
 
+def test_collect_moodle_folders_and_foreign_notebooks(tmp_path):
+    d = tmp_path / "Jane Doe_33333_assignsubmission_file_"
+    d.mkdir()
+    (d / "00_fixture.ipynb").write_bytes(gc.dump(gc.blank()))
+    (tmp_path / "doejane_12345_67890_99_other.ipynb").write_bytes(gc.dump(gc.blank()))
+    subs = {s.student: s for s in collect(tmp_path, ["00_fixture", "99_other"], assignment="00_fixture")}
+    assert subs["33333"].files.keys() == {"00_fixture.ipynb"}
+    assert subs["12345"].assignment == "00_fixture"          # graded (to 0) against 00_fixture
+    assert "not a notebook of 00_fixture" in subs["12345"].problems[0]
+
+
 def test_collect_with_assignment_for_unnamed_files(tmp_path):
     (tmp_path / "doejane_12345_67890_homework.ipynb").write_bytes(gc.dump(gc.blank()))
     assert collect(tmp_path, ["00_fixture"])[0].assignment is None
