@@ -637,7 +637,6 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
             if j not in to_run:
                 finish(j)
         import queue
-        import threading
 
         slots: queue.Queue = queue.Queue()
         all_slots = [WorkerSlot(workdir) for _ in range(min(jobs, max(1, len(to_run))))]
@@ -755,7 +754,7 @@ def regenerate_feedback(out: Path | str, assignment: str | None = None, student:
 
 
 def feedback_cli(args) -> int:
-    pages = regenerate_feedback(args.out, args.assignment, args.student)
+    pages = regenerate_feedback(args.out, args.assignment, args.student, db_url=args.db)
     for p in pages:
         print(p)
     print(f"{len(pages)} feedback page(s) written")

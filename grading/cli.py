@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="autograded", help="autograde output folder")
     f.add_argument("--assignment", default=None)
     f.add_argument("--student", default=None)
+    f.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///<out>/gradebook.db)")
     f.set_defaults(func=_cmd_feedback)
 
     e = sub.add_parser("export", help="write grades.csv from a gradebook")

@@ -5,12 +5,9 @@ always works in throw-away course folders (see ``grading.autograde``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
-import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +18,6 @@ GRADING_DIR = Path(__file__).resolve().parent
 CONFIG_FILE = GRADING_DIR / "nbgrader_config.py"
 SOURCE_DIR = "solutions"
 RELEASE_DIR = "notebooks"
-ASSIGNMENT_RE = re.compile(r"^\d\d_[a-z0-9_]+$")
 
 log = logging.getLogger("grading")
 
@@ -136,33 +132,6 @@ def resolve_assignments(names: list[str] | None, root: Path | str = REPO_ROOT) -
             raise SystemExit(f"unknown assignment {name!r}; known: {', '.join(known) or '(none)'}")
         out.extend(h for h in hits if h not in out)
     return out
-
-
-def file_hash(*paths: Path | str) -> str:
-    """sha256 over the bytes of the given files (missing files count as empty)."""
-    h = hashlib.sha256()
-    for p in paths:
-        p = Path(p)
-        h.update(p.name.encode() + b"\0")
-        if p.is_file():
-            h.update(p.read_bytes())
-        h.update(b"\1")
-    return h.hexdigest()
-
-
-def copy_assignment_files(src: Path, dst: Path) -> list[Path]:
-    """Copy the non-notebook files of an assignment folder (data, helper modules) from src to dst."""
-    copied = []
-    for f in sorted(src.rglob("*")):
-        rel = f.relative_to(src)
-        if f.is_dir() or f.suffix == ".ipynb" or any(
-                part in (".ipynb_checkpoints", "__pycache__") for part in rel.parts) or f.suffix == ".pyc":
-            continue
-        out = dst / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f, out)
-        copied.append(out)
-    return copied
 
 
 def read_json(path: Path | str):

@@ -227,10 +227,10 @@ class _Visitor(ast.NodeVisitor):
                     troot = troot.value
                 if isinstance(troot, ast.Name) and troot.id in (self.modules | PATCHABLE_MODULES):
                     self.flag(node, "setattr( on a module")
-                elif isinstance(troot, ast.Call):  # setattr(type(x), ...), setattr(sys.modules[..])
+                elif isinstance(troot, (ast.Call, ast.Subscript)) or target is None:
+                    # setattr(type(x), ...), setattr(sys.modules[...], ...), setattr(*args)
                     self.flag(node, "setattr( on a module")
-                else:
-                    self.flag(node, "setattr(")
+                # setattr(self, name, value) on the student's own objects is fine
             if f.id == "open":
                 mode = None
                 if len(node.args) >= 2:

@@ -101,6 +101,7 @@ EXPLOITS = {
     "inspect.currentframe": "import inspect\ninspect.currentframe().f_back.f_globals['x'] = 1",
     "sys._getframe": "import sys\nsys._getframe(1).f_globals.clear()",
     "setattr module": "import torch\nsetattr(torch, 'allclose', lambda *a, **k: True)",
+    "setattr type": "setattr(type(x), '__eq__', lambda *a: True)",
     "torch monkeypatch": "torch.allclose = lambda *a, **k: True",
     "np monkeypatch": "np.testing.assert_allclose = print",
     "math monkeypatch": "math.isclose = lambda *a, **k: True",
@@ -134,6 +135,7 @@ def test_clean_code_is_not_flagged():
              "    a = alpha_bar[t].sqrt().view(-1, 1, 1, 1)  # (B, 1, 1, 1)\n"
              "    out = a * x_0 + (1 - alpha_bar[t]).sqrt().view(-1, 1, 1, 1) * noise\n"
              "    with open('notes.txt') as fh:\n        pass\n"
+             "    setattr(out, 'note', 1)\n"
              "    return torch.where(torch.isfinite(out), out, x_0)\n")
     assert scan_source("q_sample", clean) == []
     assert scan_notebook(gc.perfect(), REL) == []
