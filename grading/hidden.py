@@ -20,19 +20,21 @@ whose exact noise prediction is known (the oracles of ``notes/algorithms.md``).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
-    "CheckFailed", "expect", "as_array", "as_scalar", "close", "max_abs_diff", "call", "student",
-    "generator", "describe_diff", "ConstantModel", "DeltaDataModel", "GaussianDataModel",
-    "RecordingModel", "run",
+    "CheckFailed", "expect", "fail_known_mistake", "as_array", "as_tensor_array", "as_scalar", "close",
+    "max_abs_diff", "call", "INDEXING_ERROR_HINTS", "student", "generator", "describe_diff",
+    "first_match", "match_variants", "swapped_in", "ConstantModel", "DeltaDataModel",
+    "GaussianDataModel", "RecordingModel", "run",
 ]
 
 _OWN_MODULES = ("grading", "grading.hidden")
@@ -46,6 +48,15 @@ def expect(condition: bool, message: str, hint: str | None = None) -> None:
     """Raise :class:`CheckFailed` with ``message`` (and ``Likely cause: hint``) unless ``condition``."""
     if not bool(condition):
         raise CheckFailed(message + (f"\nLikely cause: {hint}" if hint else ""))
+
+
+def fail_known_mistake(message: str, hint: str | None) -> None:
+    """Raise :class:`CheckFailed` with ``message``; when ``hint`` is given (the description of the known
+    mistaken variant the student's output matched, e.g. from :func:`first_match`), say so and add it
+    as the likely cause."""
+    if hint:
+        raise CheckFailed(message + "\nYour output matches a known mistake.\nLikely cause: " + hint)
+    raise CheckFailed(message)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,6 +115,19 @@ def as_array(x: Any, name: str, shape: tuple | None = None, dtype: str | None = 
     return out
 
 
+def as_tensor_array(x: Any, name: str, shape: tuple | None = None) -> np.ndarray:
+    """A student's floating ``torch.Tensor`` (exact type) as a float64 array, shape checked.
+
+    Like ``as_array(x, name, shape, dtype="float")`` but for functions the spec says return a tensor:
+    a NumPy array is refused with a message that says how to convert it.
+    """
+    if type(x) is not torch.Tensor:
+        raise CheckFailed(f"{name} should be a torch.Tensor, got {type(x).__module__}."
+                          f"{type(x).__qualname__}. Convert NumPy results with torch.from_numpy "
+                          f"or torch.as_tensor before returning them.")
+    return as_array(x, name, shape=shape, dtype="float")
+
+
 def as_scalar(x: Any, name: str) -> float:
     """A Python float from a 0-d tensor/array or a genuine int/float (no look-alikes)."""
     if type(x) in (float, int) or type(x) in (np.float64, np.float32, np.int64, np.int32):
@@ -131,6 +155,40 @@ def close(a: np.ndarray, b: np.ndarray, atol: float = 1e-5, rtol: float = 1e-4) 
     return a.shape == b.shape and bool(np.all(np.abs(a - b) <= atol + rtol * np.abs(b)))
 
 
+def first_match(got: Any, variants: Iterable[tuple[str, Any]] | Mapping[str, Any],
+                agree: Callable[[Any, Any], bool] | None = None, *,
+                atol: float = 1e-5, rtol: float = 1e-4) -> str | None:
+    """The description of the first known mistaken variant that ``got`` agrees with, or None.
+
+    ``variants`` holds ``(description, value)`` pairs (or a dict ``{description: value}``), each value
+    what a known mistake would have returned; ``None`` values are skipped (variants that do not apply
+    to these inputs). Agreement is :func:`close` with ``atol``/``rtol``, or the predicate
+    ``agree(got, value)`` when given (e.g. for scalars or statistics with their own tolerance).
+    """
+    pairs = variants.items() if isinstance(variants, Mapping) else variants
+    for hint, value in pairs:
+        if value is None:
+            continue
+        if agree(got, value) if agree is not None else close(got, value, atol=atol, rtol=rtol):
+            return hint
+    return None
+
+
+def match_variants(got: np.ndarray, want: np.ndarray, variants: Sequence[tuple[str, np.ndarray | None]],
+                   what: str, atol: float = 1e-5, rtol: float = 1e-4, context: str = "") -> None:
+    """Diagnose a student's output against the correct one and known mistaken variants.
+
+    Returns when ``got`` is close to ``want`` (:func:`close` with ``atol``, ``rtol``). Otherwise raises
+    :class:`CheckFailed` ``"<what> is wrong<context>: <largest difference>."``, and when ``got`` also
+    matches one of ``variants`` (``(description, value)`` pairs, see :func:`first_match`) adds that
+    the output matches a known mistake and its description as the likely cause.
+    """
+    if close(got, want, atol=atol, rtol=rtol):
+        return
+    fail_known_mistake(f"{what} is wrong{context}: {describe_diff(got, want)}.",
+                       first_match(got, variants, atol=atol, rtol=rtol))
+
+
 def describe_diff(got: np.ndarray, want: np.ndarray) -> str:
     """A short 'expected ..., got ...' phrase for two arrays."""
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
@@ -155,17 +213,75 @@ def student(ns: dict, name: str) -> Any:
     return obj
 
 
-def call(fn: Callable, *args, what: str | None = None, **kwargs) -> Any:
-    """Call student code; its exceptions become a :class:`CheckFailed` that names the call."""
+#: ``(text in the error message, likely cause)`` for the errors students meet most when indexing a
+#: noise schedule with a batch of times; pass as ``call(..., error_hints=INDEXING_ERROR_HINTS)``.
+INDEXING_ERROR_HINTS: tuple[tuple[str, str], ...] = (
+    ("must match the size of tensor",
+     "a (B,) coefficient such as alpha_bar[t] was multiplied with a (B, C, H, W) image without "
+     "reshaping: use coef.reshape(-1, 1, 1, 1) (or coef[:, None, None, None])."),
+    ("out of bounds",
+     "an index past the end of the schedule: with 0-based times, step t uses beta[t] or "
+     "alpha_bar[t], and t + 1 overflows at t = T - 1 (off by one in t?)."),
+    ("only integer tensors", "t must stay a torch.long tensor to index the schedule."),
+    ("tensors used as indices must be long", "t must stay a torch.long tensor to index the schedule."),
+)
+
+
+def call(fn: Callable, *args, what: str | None = None,
+         error_hints: Sequence[tuple[str, str]] = (), **kwargs) -> Any:
+    """Call student code; its exceptions become a :class:`CheckFailed` that names the call.
+
+    ``error_hints``: ``(pattern, hint)`` pairs; the first pattern found in the message of the
+    resulting :class:`CheckFailed` adds ``Likely cause: hint`` to it (e.g. :data:`INDEXING_ERROR_HINTS`).
+    """
     label = what or getattr(fn, "__name__", "your function")
     try:
-        return fn(*args, **kwargs)
-    except CheckFailed:
+        try:
+            return fn(*args, **kwargs)
+        except CheckFailed:
+            raise
+        except NotImplementedError:
+            raise CheckFailed(f"{label} is not implemented yet (it raises NotImplementedError).") from None
+        except Exception as exc:  # noqa: BLE001 - any student error becomes a message
+            raise CheckFailed(f"{label} raised {type(exc).__name__}: {exc}") from None
+    except CheckFailed as exc:
+        text = str(exc)
+        for pattern, hint in error_hints:
+            if pattern in text:
+                raise CheckFailed(f"{text}\nLikely cause: {hint}") from None
         raise
-    except NotImplementedError:
-        raise CheckFailed(f"{label} is not implemented yet (it raises NotImplementedError).") from None
-    except Exception as exc:  # noqa: BLE001 - any student error becomes a message
-        raise CheckFailed(f"{label} raised {type(exc).__name__}: {exc}") from None
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def swapped_in(ns: dict, replacements: Mapping[str, Any], fn: Callable | None = None) -> Iterator[None]:
+    """Temporarily put (correct) reference functions into the student's globals, by name.
+
+    A later function is graded on its own: the helpers it calls, graded in their own cells, are
+    replaced by correct ones so that one mistake costs points only once. Each name of
+    ``replacements`` is set in ``ns`` (and, when ``fn`` is given and looks its names up in another
+    globals dict, ``fn.__globals__`` too) for the duration of the ``with`` block; afterwards every
+    name gets its old value back, or is removed again when it was absent.
+    """
+    spaces = [ns]
+    g = getattr(fn, "__globals__", None)
+    if isinstance(g, dict) and g is not ns:
+        spaces.append(g)
+    saved = []
+    for space in spaces:
+        for name, value in replacements.items():
+            saved.append((space, name, space.get(name, _MISSING), name in space))
+            space[name] = value
+    try:
+        yield
+    finally:
+        for space, name, value, present in reversed(saved):
+            if present:
+                space[name] = value
+            else:
+                space.pop(name, None)
 
 
 def generator(seed: int) -> torch.Generator:

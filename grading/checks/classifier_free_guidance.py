@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from grading.hidden import CheckFailed, as_array, call, describe_diff, expect, max_abs_diff, student
+from grading.hidden import CheckFailed, as_array, call, describe_diff, expect, max_abs_diff, student, swapped_in
 from grading.checks.conditional import _gaussian_output_variance, _linear_schedule
 
 # ----------------------------------------------------------------------------------------------
@@ -233,16 +233,8 @@ def _reference_guided_eps(model, x_t, t, y, w, null_label):
 
 def check_p_sample_loop_cfg(ns):
     fn = student(ns, "p_sample_loop_cfg")
-    had = "guided_eps" in ns
-    saved = ns.get("guided_eps")
-    ns["guided_eps"] = _reference_guided_eps  # grade the loop on its own
-    try:
+    with swapped_in(ns, {"guided_eps": _reference_guided_eps}):  # grade the loop on its own
         _check_cfg_loop(fn)
-    finally:
-        if had:
-            ns["guided_eps"] = saved
-        else:
-            ns.pop("guided_eps", None)
 
 
 def _check_cfg_loop(fn):

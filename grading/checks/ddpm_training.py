@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from grading.hidden import CheckFailed, as_array, call, expect, student
+from grading.hidden import CheckFailed, as_array, call, close, expect, first_match, generator, max_abs_diff, student
 from grading.reference import ddpm_training as ref
 from grading.reference import forward_process as ref01
 
@@ -33,32 +33,8 @@ def _f64(x) -> np.ndarray:
     return x.detach().cpu().to(torch.float64).numpy()
 
 
-def _allclose(a, b, atol: float, rtol: float = 0.0) -> bool:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= atol + rtol * np.abs(b)))
-
-
-def _maxdiff(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        return float("inf")
-    return float(np.max(np.abs(a - b))) if a.size else 0.0
-
-
 def _fmt(x: float) -> str:
     return f"{x:.6g}"
-
-
-def _first_match(got, variants: dict, atol: float, rtol: float = 0.0):
-    """The description of the first mistaken variant ``got`` agrees with, or None."""
-    for cause, value in variants.items():
-        if value is not None and _allclose(got, value, atol, rtol):
-            return cause
-    return None
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _schedule(T: int, beta_start: float, beta_end: float) -> torch.Tensor:
@@ -133,14 +109,14 @@ def _check_one_embedding(fn, t: torch.Tensor, dim: int, max_period: float | None
            hint="concatenate the sin half and the cos half along dim=1 (torch.cat([...], dim=1))")
     got = as_array(out, "timestep_embedding(...)")
     want = ref.timestep_embedding(t, dim, mp).to(torch.float64).numpy()
-    if _allclose(got, want, atol=2e-3):
+    if close(got, want, atol=2e-3, rtol=0):
         return
-    cause = _first_match(got, _embedding_variants(t, dim, mp), atol=2e-3)
+    cause = first_match(got, _embedding_variants(t, dim, mp), atol=2e-3, rtol=0)
     row = int(np.argmax(np.max(np.abs(got - want), axis=1)))
     detail = (f"For t = {int(t[row])} expected {np.round(want[row], 4).tolist()}, "
-              f"got {np.round(got[row], 4).tolist()} (largest difference {_fmt(_maxdiff(got, want))}).")
+              f"got {np.round(got[row], 4).tolist()} (largest difference {_fmt(max_abs_diff(got, want))}).")
     if cause is None:
-        if t[0] == 0 and not _allclose(got[0], np.r_[np.zeros(dim // 2), np.ones(dim // 2)], 1e-3):
+        if t[0] == 0 and not close(got[0], np.r_[np.zeros(dim // 2), np.ones(dim // 2)], 1e-3, rtol=0):
             cause = "at t = 0 the embedding must be (0, ..., 0, 1, ..., 1): sin(0) = 0 then cos(0) = 1"
         else:
             cause = ("columns i < dim/2 must hold sin(t * f_i) and columns dim/2 + i must hold "
@@ -220,7 +196,7 @@ def _ddpm_loss_variants(x_0, t, noise, alpha_bar, x_seen, out) -> dict:
 
 def check_ddpm_loss(ns) -> None:
     fn = student(ns, "ddpm_loss")
-    g = _generator(2)
+    g = generator(2)
     T = 50
     alpha_bar = _schedule(T, 1e-3, 0.2)  # (50,) falls to about 0.006
     x_0 = torch.rand(6, 1, 4, 4, generator=g) * 2 - 1  # (B, C, H, W) in [-1, 1]
@@ -243,17 +219,17 @@ def check_ddpm_loss(ns) -> None:
     if tuple(x_seen.shape) != tuple(x_0.shape):
         raise CheckFailed(f"{shown} called the model with x of shape {tuple(x_seen.shape)}, expected x_t "
                           f"of shape {tuple(x_0.shape)}.")
-    if not _allclose(_f64(x_seen), _f64(x_t), atol=1e-5, rtol=1e-4):
-        if _allclose(_f64(x_seen), _f64(x_0), 1e-6):
+    if not close(_f64(x_seen), _f64(x_t), atol=1e-5, rtol=1e-4):
+        if close(_f64(x_seen), _f64(x_0), 1e-6, rtol=0):
             cause = "the model was fed x_0 instead of the noisy x_t = q_sample(x_0, t, alpha_bar, noise)"
-        elif _allclose(_f64(x_seen), _f64(noise), 1e-6):
+        elif close(_f64(x_seen), _f64(noise), 1e-6, rtol=0):
             cause = "the model was fed the noise instead of x_t"
         else:
             cause = ("x_t must be sqrt(alpha_bar[t]) * x_0 + sqrt(1 - alpha_bar[t]) * noise, one t per example "
                      "(check the square roots and the reshape of alpha_bar[t] to (B, 1, 1, 1))")
         raise CheckFailed(f"{shown} called the model with the wrong input (largest difference from x_t "
-                          f"{_fmt(_maxdiff(_f64(x_seen), _f64(x_t)))}). Likely cause: {cause}.")
-    expect(tuple(first["t"].shape) == (6,) and _allclose(_f64(first["t"]), _f64(t), 0),
+                          f"{_fmt(max_abs_diff(_f64(x_seen), _f64(x_t)))}). Likely cause: {cause}.")
+    expect(tuple(first["t"].shape) == (6,) and close(_f64(first["t"]), _f64(t), 0, rtol=0),
            f"{shown} must call model(x_t, t) with the given t {t.tolist()}, got {first['t'].tolist()}.")
 
     got = float(loss.detach().to(torch.float64))
@@ -261,7 +237,7 @@ def check_ddpm_loss(ns) -> None:
     want = float(np.mean((_f64(noise) - _f64(out)) ** 2))
     if not math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-7):
         variants = _ddpm_loss_variants(x_0, t, noise, alpha_bar, x_seen, out)
-        cause = _first_match(got, variants, atol=1e-7, rtol=1e-4) or \
+        cause = first_match(got, variants, atol=1e-7, rtol=1e-4) or \
             "the loss must be the mean over every element of (noise - model(x_t, t)) ** 2"
         raise CheckFailed(f"{shown} returned {_fmt(got)}, expected the mean squared error on the noise "
                           f"{_fmt(want)}. Likely cause: {cause}.")
@@ -278,7 +254,7 @@ def check_ddpm_loss(ns) -> None:
         expect(p.grad is not None,
                f"after loss.backward() the model parameter {name!r} has no gradient: the loss returned by "
                f"{shown} is not connected to the model's output.")
-        expect(_allclose(_f64(p.grad), _f64(q.grad), atol=1e-6, rtol=1e-4),
+        expect(close(_f64(p.grad), _f64(q.grad), atol=1e-6, rtol=1e-4),
                f"the gradient of the returned loss with respect to the model parameter {name!r} is "
                f"{_fmt(float(p.grad))}, expected {_fmt(float(q.grad))}.",
                hint="the loss must be computed from the model output of this call, with the mean squared error")
@@ -342,7 +318,7 @@ def check_train_step(ns) -> None:
     fn = student(ns, "train_step")
     T, B, lr = 20, 512, 0.05
     alpha_bar = _schedule(T, 0.01, 0.3)  # (20,) from 0.99 to about 0.03
-    x_0 = torch.rand(B, 1, 2, 2, generator=_generator(3)) * 2 - 1  # (B, C, H, W) in [-1, 1]
+    x_0 = torch.rand(B, 1, 2, 2, generator=generator(3)) * 2 - 1  # (B, C, H, W) in [-1, 1]
     garbage = 123.0
     model = _Recorder(_AffineNoiseNet(T))
     before = {k: v.detach().clone() for k, v in model.inner.named_parameters()}
@@ -350,7 +326,7 @@ def check_train_step(ns) -> None:
     for p in model.parameters():  # stale gradients from an earlier step: train_step must clear them
         p.grad = torch.full_like(p, garbage)
     shown = "train_step(model, optimizer, x_0, alpha_bar, generator)"
-    ret = _call_short_schedule(fn, T, model, opt, x_0.clone(), alpha_bar.clone(), _generator(11), what=shown)
+    ret = _call_short_schedule(fn, T, model, opt, x_0.clone(), alpha_bar.clone(), generator(11), what=shown)
     ret = _as_scalar_float(ret, shown)
 
     expect(len(model.calls) >= 1, f"{shown} never called model(x_t, t).")
@@ -372,7 +348,7 @@ def check_train_step(ns) -> None:
     x_seen = rec["x"]
     expect(tuple(x_seen.shape) == tuple(x_0.shape),
            f"{shown} called the model with x of shape {tuple(x_seen.shape)}, expected x_t of shape {tuple(x_0.shape)}.")
-    if _allclose(_f64(x_seen), _f64(x_0), 1e-6):
+    if close(_f64(x_seen), _f64(x_0), 1e-6, rtol=0):
         raise CheckFailed(f"{shown} fed the model the clean x_0. Likely cause: the model must get the noisy "
                           f"x_t = q_sample(x_0, t, alpha_bar, noise).")
     eps = _implied_noise(x_seen, x_0, t_seen, alpha_bar)  # (B, C, H, W)
@@ -407,10 +383,10 @@ def check_train_step(ns) -> None:
     moved = np.array([float(before[k] - after[k].detach()) for k in names])  # (3,) = lr * gradient used
     # gradient clipping by norm scales the whole gradient by one factor in (0, 1]: accepted too
     ratio = float(moved @ grads) / float(lr * grads @ grads)
-    if not (_allclose(moved, lr * grads, atol=1e-6, rtol=2e-3)
-            or (0 < ratio <= 1 + 1e-3 and _allclose(moved, ratio * lr * grads, atol=1e-6, rtol=2e-3))):
+    if not (close(moved, lr * grads, atol=1e-6, rtol=2e-3)
+            or (0 < ratio <= 1 + 1e-3 and close(moved, ratio * lr * grads, atol=1e-6, rtol=2e-3))):
         i = int(np.argmax(np.abs(moved - lr * grads)))
-        if _allclose(moved, lr * (grads + garbage), atol=1e-6, rtol=2e-3) or np.abs(moved).max() > lr * garbage / 2:
+        if close(moved, lr * (grads + garbage), atol=1e-6, rtol=2e-3) or np.abs(moved).max() > lr * garbage / 2:
             cause = ("the gradients were not zeroed before loss.backward(), so the stale gradients of the "
                      "previous step were added in: call optimizer.zero_grad() first")
         elif np.abs(moved).max() < 1e-9:
@@ -425,7 +401,7 @@ def check_train_step(ns) -> None:
     runs = []
     for _ in range(2):
         m = _Recorder(_AffineNoiseNet(T))
-        call(fn, m, _CountingSGD(m.parameters(), lr=lr), x_0.clone(), alpha_bar.clone(), generator=_generator(5),
+        call(fn, m, _CountingSGD(m.parameters(), lr=lr), x_0.clone(), alpha_bar.clone(), generator=generator(5),
              what=shown)
         runs.append(m.calls[0])
     expect(torch.equal(runs[0]["t"], runs[1]["t"]) and torch.equal(runs[0]["x"], runs[1]["x"]),
@@ -468,7 +444,7 @@ def check_evaluate(ns) -> None:
     fn = student(ns, "evaluate")
     T = 20
     alpha_bar = _schedule(T, 0.01, 0.3)
-    c = torch.rand(1, 1, 4, 4, generator=_generator(4)) * 2 - 1  # (1, C, H, W): every image equals c
+    c = torch.rand(1, 1, 4, 4, generator=generator(4)) * 2 - 1  # (1, C, H, W): every image equals c
     sizes = [40, 40, 40, 5]
     offsets = {40: 0.1, 5: 0.6}
     shift = 0.3
@@ -481,7 +457,7 @@ def check_evaluate(ns) -> None:
             yield c.expand(n, -1, -1, -1).clone(), torch.full((n,), k, dtype=torch.long)
 
     shown = "evaluate(model, batches, alpha_bar, generator) with batches of sizes 40, 40, 40, 5"
-    ret = _as_scalar_float(_call_short_schedule(fn, T, model, batches(), alpha_bar.clone(), _generator(6),
+    ret = _as_scalar_float(_call_short_schedule(fn, T, model, batches(), alpha_bar.clone(), generator(6),
                                                 what=shown), shown)
 
     seen = [r["x"].shape[0] for r in model.calls]
@@ -514,7 +490,7 @@ def check_evaluate(ns) -> None:
             [(offsets[n] + shift) ** 2 for n in sizes])) / weights.sum()),
         "the summed loss was divided by the number of batches": float(np.sum(weights * per_batch) / len(sizes)),
     }
-    cause = _first_match(ret, variants, atol=1e-6, rtol=1e-3) or \
+    cause = first_match(ret, variants, atol=1e-6, rtol=1e-3) or \
         "the result must be the mean loss per example: sum over batches of (batch size x batch mean loss), " \
         "divided by the number of examples"
     raise CheckFailed(f"{shown} returned {_fmt(ret)}, expected {_fmt(want)} (a model whose loss is "
@@ -526,7 +502,7 @@ def check_evaluate(ns) -> None:
 
 def _small_net(seed: int) -> nn.Module:
     net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    g = _generator(seed)
+    g = generator(seed)
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g))
@@ -560,32 +536,32 @@ def _check_ema(fn, decay) -> None:
         got = _f64(p)
         e, m = _f64(e0[k]), _f64(m0[k])
         want = d * e + (1 - d) * m
-        if _allclose(got, want, atol=1e-6, rtol=1e-5):
+        if close(got, want, atol=1e-6, rtol=1e-5):
             continue
         variants = {
             "decay and 1 - decay are swapped: the update was (1 - decay) * ema + decay * param": (1 - d) * e + d * m,
             "the parameters were copied (decay ignored)": m,
             "the EMA parameters did not change": e,
         }
-        cause = _first_match(got, variants, atol=1e-6, rtol=1e-5)
+        cause = first_match(got, variants, atol=1e-6, rtol=1e-5)
         if cause is None:
             # which decay would explain the result? got = d' * e + (1 - d') * m
             implied = np.median((got - m) / np.where(np.abs(e - m) > 1e-3, e - m, np.nan))
-            if np.isfinite(implied) and _allclose(got, implied * e + (1 - implied) * m, atol=1e-5, rtol=1e-4):
+            if np.isfinite(implied) and close(got, implied * e + (1 - implied) * m, atol=1e-5, rtol=1e-4):
                 cause = (f"the update used the decay {implied:.6g} instead of {d}"
                          + (" (the default decay must be 0.999)" if decay is None else ""))
             else:
                 cause = "every EMA parameter must become decay * ema + (1 - decay) * param"
-        raise CheckFailed(f"{shown}: the EMA parameter {k!r} is off by up to {_fmt(_maxdiff(got, want))} "
+        raise CheckFailed(f"{shown}: the EMA parameter {k!r} is off by up to {_fmt(max_abs_diff(got, want))} "
                           f"from decay * ema + (1 - decay) * param. Likely cause: {cause}.")
     for k, b in ema.named_buffers():
         if not b.is_floating_point():
             continue
         want = _f64(m0[k])
         averaged = d * _f64(e0[k]) + (1 - d) * want  # averaging buffers like parameters is accepted too
-        expect(_allclose(_f64(b), want, atol=1e-6) or _allclose(_f64(b), averaged, atol=1e-6, rtol=1e-5),
+        expect(close(_f64(b), want, atol=1e-6, rtol=0) or close(_f64(b), averaged, atol=1e-6, rtol=1e-5),
                f"{shown}: the floating-point buffer {k!r} (a BatchNorm running statistic) must be copied from "
-               f"`model`, it is off by {_fmt(_maxdiff(_f64(b), want))}.",
+               f"`model`, it is off by {_fmt(max_abs_diff(_f64(b), want))}.",
                hint="for b_ema, b in zip(ema_model.buffers(), model.buffers()): b_ema.copy_(b)")
     for k, p in ema.named_parameters():
         expect(p.grad_fn is None,

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from grading.hidden import CheckFailed, as_array, close, describe_diff, expect, generator, student
+from grading.hidden import (INDEXING_ERROR_HINTS, CheckFailed, as_array, as_tensor_array, close, describe_diff,
+                            expect, generator, match_variants, student, swapped_in)
 from grading.hidden import call as _call
 from grading.reference import forward_process as ref
 
@@ -29,50 +30,9 @@ from grading.reference import forward_process as ref
 _F64 = np.float64
 
 
-def _tensor(x, name: str, shape: tuple | None = None) -> np.ndarray:
-    """A student's floating torch.Tensor (exact type) as a float64 array, shape checked."""
-    if type(x) is not torch.Tensor:
-        raise CheckFailed(f"{name} should be a torch.Tensor, got {type(x).__module__}."
-                          f"{type(x).__qualname__}. Convert NumPy results with torch.from_numpy "
-                          f"or torch.as_tensor before returning them.")
-    return as_array(x, name, shape=shape, dtype="float")
-
-
-_ERROR_HINTS = [
-    ("must match the size of tensor",
-     "a (B,) coefficient such as alpha_bar[t] was multiplied with a (B, C, H, W) image without "
-     "reshaping: use coef.reshape(-1, 1, 1, 1) (or coef[:, None, None, None])."),
-    ("out of bounds",
-     "an index past the end of the schedule: with 0-based times, step t uses beta[t] or "
-     "alpha_bar[t], and t + 1 overflows at t = T - 1 (off by one in t?)."),
-    ("only integer tensors", "t must stay a torch.long tensor to index the schedule."),
-    ("tensors used as indices must be long", "t must stay a torch.long tensor to index the schedule."),
-]
-
-
 def call(fn, *args, what=None, **kwargs):
-    """``grading.hidden.call`` with a likely cause added for the errors students meet most."""
-    try:
-        return _call(fn, *args, what=what, **kwargs)
-    except CheckFailed as exc:
-        text = str(exc)
-        for pattern, hint in _ERROR_HINTS:
-            if pattern in text:
-                raise CheckFailed(f"{text}\nLikely cause: {hint}") from None
-        raise
-
-
-def _match(got: np.ndarray, want: np.ndarray, variants: list[tuple[str, np.ndarray]], what: str,
-           atol: float = 1e-5, rtol: float = 1e-4, context: str = "") -> None:
-    """Pass when ``got`` is close to ``want``; otherwise fail naming the first matching mistake."""
-    if close(got, want, atol=atol, rtol=rtol):
-        return
-    for hint, value in variants:
-        if value is not None and close(got, value, atol=atol, rtol=rtol):
-            raise CheckFailed(
-                f"{what} is wrong{context}: {describe_diff(got, want)}.\n"
-                f"Likely cause (your output matches this known mistake): {hint}")
-    raise CheckFailed(f"{what} is wrong{context}: {describe_diff(got, want)}.")
+    """``grading.hidden.call`` with a likely cause added for the indexing errors students meet most."""
+    return _call(fn, *args, what=what, error_hints=INDEXING_ERROR_HINTS, **kwargs)
 
 
 def _per_example(coef: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -111,7 +71,7 @@ def check_linear_beta_schedule(ns: dict) -> None:
         T = args["T"]
         want = np.linspace(args["beta_start"], args["beta_end"], T, dtype=_F64)
         label = f"linear_beta_schedule({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
-        got = _tensor(call(fn, **kwargs, what=label), label, shape=(T,))
+        got = as_tensor_array(call(fn, **kwargs, what=label), label, shape=(T,))
         variants = [
             ("the schedule stops one step short of beta_end (torch.arange(beta_start, beta_end, "
              "step) or torch.linspace(beta_start, beta_end, T + 1)[:-1]): it must reach beta_end "
@@ -124,8 +84,8 @@ def check_linear_beta_schedule(ns: dict) -> None:
         if kwargs:
             variants.append(("the arguments are ignored (the defaults are hard-coded); use T, "
                              "beta_start and beta_end.", np.linspace(1e-4, 0.02, 1000)))
-        _match(got, want, variants, label, atol=1e-7, rtol=1e-5,
-               context=f" (expected {T} values from {args['beta_start']} to {args['beta_end']})")
+        match_variants(got, want, variants, label, atol=1e-7, rtol=1e-5,
+                       context=f" (expected {T} values from {args['beta_start']} to {args['beta_end']})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +104,7 @@ def check_cosine_beta_schedule(ns: dict) -> None:
              ({"T": 20, "s": 0.1, "max_beta": 0.5}, 20, 0.1, 0.5)]
     for kwargs, T, s, max_beta in cases:
         label = f"cosine_beta_schedule({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
-        got = _tensor(call(fn, **kwargs, what=label), label, shape=(T,))
+        got = as_tensor_array(call(fn, **kwargs, what=label), label, shape=(T,))
         want = ref.cosine_beta_schedule(T, s, max_beta).double().numpy()
         steps = np.arange(T + 1, dtype=_F64)
         f = np.cos(((steps / T) + s) / (1 + s) * math.pi / 2) ** 2
@@ -182,8 +142,8 @@ def check_cosine_beta_schedule(ns: dict) -> None:
                               f"largest value of {top:.6g} (at step {int(got.argmax())}).\n"
                               f"Likely cause: {cause}")
         # rtol 5e-3: a float32 computation of 1 - f(i + 1) / f(i) loses ~0.2 % on the first betas.
-        _match(got, want, variants, label, atol=1e-6, rtol=5e-3,
-               context=f" (T={T}, s={s}, max_beta={max_beta})")
+        match_variants(got, want, variants, label, atol=1e-6, rtol=5e-3,
+                       context=f" (T={T}, s={s}, max_beta={max_beta})")
         expect(float(got.min()) > 0,
                f"{label}: every beta must be positive, got a smallest value of {got.min():.3g}.")
 
@@ -205,15 +165,15 @@ def check_alphas_from_betas(ns: dict) -> None:
                f"alphas_from_betas should return a pair (alpha, alpha_bar), got "
                f"{type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
                + ".")
-        alpha = _tensor(out[0], "alpha (the first output)", shape=(T,))
-        alpha_bar = _tensor(out[1], "alpha_bar (the second output)", shape=(T,))
+        alpha = as_tensor_array(out[0], "alpha (the first output)", shape=(T,))
+        alpha_bar = as_tensor_array(out[1], "alpha_bar (the second output)", shape=(T,))
         b = beta.double().numpy()
         a = 1 - b
         want_ab = np.cumprod(a)
-        _match(alpha, a, [("the outputs are swapped: return (alpha, alpha_bar).", want_ab),
+        match_variants(alpha, a, [("the outputs are swapped: return (alpha, alpha_bar).", want_ab),
                           ("alpha = beta; alpha is 1 - beta.", b),
                           ("alpha = sqrt(1 - beta); alpha is 1 - beta (no square root).", np.sqrt(a))],
-               "alpha", atol=1e-6, rtol=1e-5, context=f" for {label}")
+                       "alpha", atol=1e-6, rtol=1e-5, context=f" for {label}")
         exclusive = np.concatenate([[1.0], want_ab[:-1]])
         variants = [
             ("torch.cumsum instead of torch.cumprod: alpha_bar is a product.", np.cumsum(a)),
@@ -228,8 +188,8 @@ def check_alphas_from_betas(ns: dict) -> None:
              np.sqrt(want_ab)),
         ]
         variants = [(h, np.asarray(v, dtype=_F64)) for h, v in variants]
-        _match(alpha_bar, want_ab, variants, "alpha_bar", atol=1e-7, rtol=1e-4,
-               context=f" for {label} (alpha_bar[t] = prod(alpha[:t+1]))")
+        match_variants(alpha_bar, want_ab, variants, "alpha_bar", atol=1e-7, rtol=1e-4,
+                       context=f" for {label} (alpha_bar[t] = prod(alpha[:t+1]))")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,13 +244,13 @@ def check_forward_step(ns: dict) -> None:
         args = [x_prev.clone(), t.clone(), beta.clone(), noise.clone()]
         out = call(fn, *args, what=f"forward_step(x_prev, t, beta, noise) with {label}")
         _unchanged([x_prev, t, beta, noise], args, ["x_prev", "t", "beta", "noise"], "forward_step")
-        got = _tensor(out, "x_t returned by forward_step", shape=shape)
+        got = as_tensor_array(out, "x_t returned by forward_step", shape=shape)
         want = ref.forward_step(x_prev, t, beta, noise).double().numpy()
         b = beta.double().numpy()
         tn = t.numpy()
         variants = _forward_variants(x_prev.double().numpy(), b[tn], b, tn, noise.double().numpy())
-        _match(got, want, variants, "forward_step", atol=1e-5, rtol=1e-4,
-               context=f" with {label} (t = {times}); expected sqrt(1 - beta[t]) x_prev + "
+        match_variants(got, want, variants, "forward_step", atol=1e-5, rtol=1e-4,
+                       context=f" with {label} (t = {times}); expected sqrt(1 - beta[t]) x_prev + "
                        f"sqrt(beta[t]) noise per example")
 
 
@@ -352,12 +312,12 @@ def check_q_sample(ns: dict) -> None:
         args = [x_0.clone(), t.clone(), ab.clone(), noise.clone()]
         out = call(fn, *args, what=f"q_sample(x_0, t, alpha_bar, noise) with {label}")
         _unchanged([x_0, t, ab, noise], args, ["x_0", "t", "alpha_bar", "noise"], "q_sample")
-        got = _tensor(out, "x_t returned by q_sample", shape=shape)
+        got = as_tensor_array(out, "x_t returned by q_sample", shape=shape)
         want = ref.q_sample(x_0, t, ab, noise).double().numpy()
         variants = _q_variants(x_0.double().numpy(), ab.double().numpy(), t.numpy(),
                                noise.double().numpy())
-        _match(got, want, variants, "q_sample", atol=1e-5, rtol=1e-4,
-               context=f" with {label} (t = {times}); expected sqrt(alpha_bar[t]) x_0 + "
+        match_variants(got, want, variants, "q_sample", atol=1e-5, rtol=1e-4,
+                       context=f" with {label} (t = {times}); expected sqrt(alpha_bar[t]) x_0 + "
                        f"sqrt(1 - alpha_bar[t]) noise per example")
 
 
@@ -372,8 +332,8 @@ def _unpack_noisy(out, x_0: torch.Tensor, T: int, label: str):
     x_t_raw, noise_raw, t_raw = out
     B = x_0.shape[0]
     shape = tuple(x_0.shape)
-    x_t = _tensor(x_t_raw, f"x_t (first output of {label})", shape=shape)
-    noise = _tensor(noise_raw, f"noise (second output of {label})", shape=shape)
+    x_t = as_tensor_array(x_t_raw, f"x_t (first output of {label})", shape=shape)
+    noise = as_tensor_array(noise_raw, f"noise (second output of {label})", shape=shape)
     expect(type(t_raw) is torch.Tensor,
            f"t (third output of {label}) should be a torch.long tensor of shape ({B},), "
            f"got {type(t_raw).__name__}.",
@@ -466,7 +426,7 @@ def _reference_building_blocks(ns: dict):
         "q_sample": (lambda f: f(x_0.clone(), t.clone(), ab.clone(), noise.clone()),
                      ref.q_sample(x_0, t, ab, noise)),
     }
-    saved = {}
+    replacements = {}
     for name, (run, want) in tests.items():
         fn = ns.get(name)
         if not callable(fn):
@@ -478,12 +438,9 @@ def _reference_building_blocks(ns: dict):
         except Exception:  # noqa: BLE001 - a broken helper is replaced like a wrong one
             ok = False
         if not ok:
-            saved[name] = fn
-            ns[name] = getattr(ref, name)
-    try:
+            replacements[name] = getattr(ref, name)
+    with swapped_in(ns, replacements):
         yield
-    finally:
-        ns.update(saved)
 
 
 def check_generate_noisy_samples(ns: dict) -> None:

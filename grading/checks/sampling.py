@@ -23,42 +23,20 @@ own (restored afterwards), so a mistake in a step function costs points in the s
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 import torch
 
 from grading.hidden import (CheckFailed, ConstantModel, DeltaDataModel, GaussianDataModel, RecordingModel,
-                            _StubModel, _time_batch, as_array, call, close, describe_diff, expect, generator, student)
+                            _StubModel, _time_batch, as_tensor_array, call, close, describe_diff, expect,
+                            generator, match_variants, student, swapped_in)
 from grading.reference import forward_process as ref_fp
 from grading.reference import sampling as ref
 
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def _tensor(x, name: str, shape: tuple | None = None) -> np.ndarray:
-    """A student's floating torch.Tensor (exact type) as a float64 array, shape checked."""
-    if type(x) is not torch.Tensor:
-        raise CheckFailed(f"{name} should be a torch.Tensor, got {type(x).__module__}."
-                          f"{type(x).__qualname__}. Convert NumPy results with torch.from_numpy "
-                          f"or torch.as_tensor before returning them.")
-    return as_array(x, name, shape=shape, dtype="float")
-
-
-def _match(got: np.ndarray, want: np.ndarray, variants: list[tuple[str, np.ndarray | None]], what: str,
-           atol: float = 1e-5, rtol: float = 1e-4, context: str = "") -> None:
-    """Pass when ``got`` is close to ``want``; otherwise fail naming the first matching mistake."""
-    if close(got, want, atol=atol, rtol=rtol):
-        return
-    for hint, value in variants:
-        if value is not None and close(got, value, atol=atol, rtol=rtol):
-            raise CheckFailed(
-                f"{what} is wrong{context}: {describe_diff(got, want)}.\n"
-                f"Your output matches a known mistake.\nLikely cause: {hint}")
-    raise CheckFailed(f"{what} is wrong{context}: {describe_diff(got, want)}.")
 
 
 def _linear_beta(T: int = 1000) -> torch.Tensor:
@@ -135,31 +113,6 @@ def _describe_steps(steps: list[int]) -> str:
     if len(steps) <= 8:
         return str(steps)
     return f"[{', '.join(map(str, steps[:4]))}, ..., {', '.join(map(str, steps[-3:]))}] ({len(steps)} calls)"
-
-
-@contextlib.contextmanager
-def _with_reference(ns: dict, fn, names: dict):
-    """Temporarily replace helper functions (by name) in the student's globals with correct ones."""
-    spaces = [ns]
-    g = getattr(fn, "__globals__", None)
-    if isinstance(g, dict) and g is not ns:
-        spaces.append(g)
-    saved = []
-    for space in spaces:
-        for name, value in names.items():
-            saved.append((space, name, space.get(name, _MISSING), name in space))
-            space[name] = value
-    try:
-        yield
-    finally:
-        for space, name, value, present in reversed(saved):
-            if present:
-                space[name] = value
-            else:
-                space.pop(name, None)
-
-
-_MISSING = object()
 
 
 def _ref_p_sample_step(model, x_t, t, beta, z=None):
@@ -251,8 +204,8 @@ def check_p_sample_step(ns):
     z = _noise(shape, 3)
     model = RecordingModel(_FixedNoiseModel(E))
     # with a given z the step is a function: calling it twice gives the same result
-    again = _tensor(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
-    first = _tensor(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
+    again = as_tensor_array(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
+    first = as_tensor_array(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
     expect(close(again, first, atol=0, rtol=0),
            "p_sample_step gave two different results for the same x_t, t and z.",
            hint="the step must use the z it is given, not draw fresh noise itself.")
@@ -260,7 +213,7 @@ def check_p_sample_step(ns):
         model.calls.clear()
         x_in, z_in = x.clone(), z.clone()
         out = call(p_sample_step, model, x_in, t, beta, z_in, what=f"p_sample_step(model, x_t, t={t}, beta, z)")
-        got = _tensor(out, f"p_sample_step(..., t={t}, ...)", shape=shape)
+        got = as_tensor_array(out, f"p_sample_step(..., t={t}, ...)", shape=shape)
         expect(torch.equal(x_in, x) and torch.equal(z_in, z),
                "p_sample_step changed its input x_t or z in place.",
                hint="an in-place operation (`+=`, `.sub_()`) on an argument; compute a new tensor instead.")
@@ -270,26 +223,26 @@ def check_p_sample_step(ns):
                f"p_sample_step(t={t}) called the model at t = {sorted(set(steps))}; expected t = {t}.",
                hint="pass the code index t itself to the model (the same t the model was trained with).")
         want, variants = _step_variants(x.double().numpy(), _eps_of(x, t), z.double().numpy(), t, beta64)
-        _match(got, want, variants, "p_sample_step", atol=2e-5, rtol=2e-4,
-               context=f" at t = {t} (T = 1000, linear schedule, a fixed noise prediction)")
+        match_variants(got, want, variants, "p_sample_step", atol=2e-5, rtol=2e-4,
+                       context=f" at t = {t} (T = 1000, linear schedule, a fixed noise prediction)")
     # float64 inputs and a short schedule (large betas make every coefficient matter)
     sb = _short_beta(10).double()
     x64, z64, E64 = x.double(), z.double(), E.double()
     for t in (0, 4, 9):
         out = call(p_sample_step, _FixedNoiseModel(E64), x64, t, sb, z64,
                    what=f"p_sample_step with float64 inputs (t={t})")
-        got = _tensor(out, f"p_sample_step(..., t={t}, ...) with float64 inputs", shape=shape)
+        got = as_tensor_array(out, f"p_sample_step(..., t={t}, ...) with float64 inputs", shape=shape)
         want, variants = _step_variants(x64.numpy(), _eps_of(x64, t), z64.numpy(), t, sb.numpy())
-        _match(got, want, variants, "p_sample_step", atol=1e-6, rtol=1e-6,
-               context=f" at t = {t} (float64, a 10-step schedule with beta from 0.05 to 0.5)")
+        match_variants(got, want, variants, "p_sample_step", atol=1e-6, rtol=1e-6,
+                       context=f" at t = {t} (float64, a 10-step schedule with beta from 0.05 to 0.5)")
     # the delta-data oracle: from x_t on the forward marginal with z = 0 the step stays on the data
     c = _images((1, 1, 4, 4), 4).double()  # one image (a batch of 2 below)
     ab = torch.cumprod(1 - sb, 0)
     oracle = DeltaDataModel(c, ab)
     x1 = ab[1].sqrt() * c + (1 - ab[1]).sqrt() * _noise((2, 1, 4, 4), 5).double()
-    out0 = _tensor(call(p_sample_step, oracle, x1, 1, sb, torch.zeros_like(x1)), "p_sample_step(...)")
-    x0 = _tensor(call(p_sample_step, oracle, torch.as_tensor(out0), 0, sb, _noise((2, 1, 4, 4), 6).double()),
-                 "p_sample_step(..., t=0, ...)")
+    out0 = as_tensor_array(call(p_sample_step, oracle, x1, 1, sb, torch.zeros_like(x1)), "p_sample_step(...)")
+    x0 = as_tensor_array(call(p_sample_step, oracle, torch.as_tensor(out0), 0, sb, _noise((2, 1, 4, 4), 6).double()),
+                         "p_sample_step(..., t=0, ...)")
     c2 = np.broadcast_to(c.numpy(), (2, 1, 4, 4))
     expect(close(x0, c2, atol=1e-6, rtol=1e-6),
            "With the exact noise predictor of a data set holding one image c, two steps t = 1, 0 "
@@ -327,7 +280,7 @@ def check_posterior_variance(ns):
         b_in = beta.clone()
         out = call(posterior_variance, b_in, what=f"posterior_variance(beta) on {label}")
         T = beta.shape[0]
-        got = _tensor(out, "posterior_variance(beta)", shape=(T,))
+        got = as_tensor_array(out, "posterior_variance(beta)", shape=(T,))
         expect(torch.equal(b_in, beta), "posterior_variance changed beta in place.",
                hint="an in-place operation on beta; compute new tensors instead.")
         b64 = beta.double().numpy()
@@ -336,7 +289,7 @@ def check_posterior_variance(ns):
                f"posterior_variance(beta)[0] is {got[0]:.6g}; expected 0 (on {label}).",
                hint="alpha_bar before step 0 is 1, so beta_tilde[0] = (1 - 1) / (1 - alpha_bar_0) * beta_0 = 0; "
                     "a wrapped index alpha_bar[-1] or a missing special case at t = 0.")
-        _match(got, want, variants, "posterior_variance(beta)", atol=1e-12, rtol=rtol, context=f" on {label}")
+        match_variants(got, want, variants, "posterior_variance(beta)", atol=1e-12, rtol=rtol, context=f" on {label}")
     expect(bool(np.all(got <= b64 * (1 + 1e-5))) and bool(np.all(got >= 0)),
            "posterior_variance(beta) must lie between 0 and beta.")
 
@@ -368,7 +321,7 @@ def _run_loop(fn, model, x_T, beta, variance, record_every, gen, what):
 def check_p_sample_loop(ns):
     p_sample_loop = student(ns, "p_sample_loop")
     given = {"p_sample_step": _ref_p_sample_step, "posterior_variance": ref.posterior_variance}
-    with _with_reference(ns, p_sample_loop, given):
+    with swapped_in(ns, given, fn=p_sample_loop):
         _check_p_sample_loop(p_sample_loop)
 
 
@@ -400,14 +353,14 @@ def _check_p_sample_loop(p_sample_loop):
         raise CheckFailed(f"p_sample_loop must call the model once per step at t = 999, 998, ..., 0 "
                           f"(T = 1000); it called it at {_describe_steps(steps)}."
                           + (f"\nLikely cause: {hint}" if hint else ""))
-    got = _tensor(x0, "x_0 returned by p_sample_loop", shape=shape)
+    got = as_tensor_array(x0, "x_0 returned by p_sample_loop", shape=shape)
     a = 1 - beta.double().numpy()
     k = np.sqrt(np.cumprod(a[::-1])[::-1])  # k[t] = prod_{s >= t} sqrt(alpha_s)
     want = k[0] * x_T.double().numpy()
     if not close(got, want, atol=1e-5, rtol=1e-3):
         again, _ = _run_loop(p_sample_loop, GaussianDataModel(ab), x_T.clone(), beta, "none", 100, generator(99),
                              "p_sample_loop(..., variance='none')")
-        noisy = not close(_tensor(again, "x_0", shape=shape), got, atol=1e-7, rtol=0)
+        noisy = not close(as_tensor_array(again, "x_0", shape=shape), got, atol=1e-7, rtol=0)
         raise CheckFailed(
             "p_sample_loop(..., variance='none') with the Gaussian-data oracle (each mean is sqrt(alpha_t) x_t) "
             f"is wrong: {describe_diff(got, want)}. With variance='none' no noise may be added at any step."
@@ -427,7 +380,7 @@ def _check_p_sample_loop(p_sample_loop):
                f"history[{i}] should be a CPU torch.Tensor, got "
                f"{type(h).__name__}{' on ' + str(h.device) if isinstance(h, torch.Tensor) else ''}.",
                hint="append x.detach().cpu().clone().")
-        hv = _tensor(h, f"history[{i}]", shape=shape)
+        hv = as_tensor_array(h, f"history[{i}]", shape=shape)
         want_h = k[t] * x_T.double().numpy()
         if not close(hv, want_h, atol=1e-5, rtol=1e-3):
             near = [s for s in (t + 1, t - 1) if 0 <= s < 1000 and close(hv, k[s] * x_T.double().numpy(), 1e-5, 1e-3)]
@@ -435,7 +388,7 @@ def _check_p_sample_loop(p_sample_loop):
                               f"{describe_diff(hv, want_h)}."
                               + ("\nLikely cause: x recorded one step too early or too late (record x after "
                                  "computing the step)." if near else ""))
-    expect(close(_tensor(hist[-1], "history[-1]"), got, atol=0, rtol=0),
+    expect(close(as_tensor_array(hist[-1], "history[-1]"), got, atol=0, rtol=0),
            "history[-1] should be the returned x_0 (x after the step t = 0).")
     # record_every that does not divide T
     sb = _short_beta(20)
@@ -454,7 +407,7 @@ def _check_p_sample_loop(p_sample_loop):
     for variance in ("beta", "beta_tilde", "none"):
         out, _ = _run_loop(p_sample_loop, delta, x_T.clone(), beta, variance, 100, generator(3),
                            f"p_sample_loop(..., variance={variance!r})")
-        got = _tensor(out, f"x_0 returned by p_sample_loop(variance={variance!r})", shape=x_T.shape)
+        got = as_tensor_array(out, f"x_0 returned by p_sample_loop(variance={variance!r})", shape=x_T.shape)
         err = got - c.double().numpy()
         if np.max(np.abs(err)) > 2e-3:
             spread = float(np.std(err))
@@ -499,7 +452,7 @@ def _check_p_sample_loop(p_sample_loop):
     for variance, (label, s2) in options.items():
         out, _ = _run_loop(p_sample_loop, gauss, x_T.clone(), sb, variance, 100, generator(4),
                            f"p_sample_loop(..., variance={variance!r})")
-        got = _tensor(out, f"x_0 returned by p_sample_loop(variance={variance!r})", shape=big)
+        got = as_tensor_array(out, f"x_0 returned by p_sample_loop(variance={variance!r})", shape=big)
         outs[variance] = got
         k2, v = _gaussian_output_variance(sb64, s2)
         want = k2 * m2 + v
@@ -526,7 +479,7 @@ def _check_p_sample_loop(p_sample_loop):
     a1, _ = _run_loop(p_sample_loop, gauss, x_T.clone(), sb, "beta", 100, generator(7), "p_sample_loop(...)")
     a2, _ = _run_loop(p_sample_loop, gauss, x_T.clone(), sb, "beta", 100, generator(7), "p_sample_loop(...)")
     a3, _ = _run_loop(p_sample_loop, gauss, x_T.clone(), sb, "beta", 100, generator(8), "p_sample_loop(...)")
-    a1, a2, a3 = (_tensor(a, "x_0", shape=small) for a in (a1, a2, a3))
+    a1, a2, a3 = (as_tensor_array(a, "x_0", shape=small) for a in (a1, a2, a3))
     expect(close(a1, a2, atol=1e-7, rtol=0),
            "p_sample_loop gave different samples for two generators with the same seed.",
            hint="draw z with the generator: torch.randn(x.shape, generator=generator) (not torch.randn_like, "
@@ -599,14 +552,14 @@ def check_ddim_step(ns):
                     "schedule, almost 0), so 1 - ab_t / ab_prev < 0 under a square root; t_prev = -1 means "
                     "alpha_bar_prev = 1." if t_prev == -1 else
                     "\nLikely cause: a negative number under a square root; clamp 1 - ab_prev - sigma^2 at 0."))
-        got = _tensor(out, label, shape=shape)
+        got = as_tensor_array(out, label, shape=shape)
         expect(torch.equal(x_in, x), "ddim_step changed x_t in place.")
         steps = _visited(model, shape[0], "ddim_step")
         expect(len(steps) >= 1 and all(s == t for s in steps),
                f"{label} called the model at t = {sorted(set(steps))}; expected t = {t}.")
         want, variants = _ddim_variants(x.double().numpy(), _eps_of(x, t),
                                         None if zz is None else zz.double().numpy(), t, t_prev, ab, eta)
-        _match(got, want, variants, f"The result of {label}", atol=5e-5, rtol=5e-4)
+        match_variants(got, want, variants, f"The result of {label}", atol=5e-5, rtol=5e-4)
     # the delta-data oracle: the last step (t_prev = -1) lands exactly on the data
     c = _images((1, 1, 4, 4), 23).double()
     ab64 = torch.cumprod(1 - beta.double(), 0)
@@ -614,7 +567,7 @@ def check_ddim_step(ns):
         x_t = ab64[t].sqrt() * c + (1 - ab64[t]).sqrt() * _noise((2, 1, 4, 4), 24 + t).double()
         out = call(ddim_step, DeltaDataModel(c, ab64), x_t, t, -1, ab64, eta=0.0, z=None,
                    what=f"ddim_step(..., t={t}, t_prev=-1, ...)")
-        got = _tensor(out, "ddim_step(..., t_prev=-1)", shape=(2, 1, 4, 4))
+        got = as_tensor_array(out, "ddim_step(..., t_prev=-1)", shape=(2, 1, 4, 4))
         c2 = np.broadcast_to(c.numpy(), (2, 1, 4, 4))
         expect(close(got, c2, atol=1e-6, rtol=1e-6),
                f"With the exact noise predictor of one-image data c, ddim_step(t={t}, t_prev=-1) must return c "
@@ -659,7 +612,7 @@ def _ddim_replay(x_T: np.ndarray, steps: list[int], ab: np.ndarray) -> np.ndarra
 
 def check_ddim_sample(ns):
     ddim_sample = student(ns, "ddim_sample")
-    with _with_reference(ns, ddim_sample, {"ddim_step": _ref_ddim_step}):
+    with swapped_in(ns, {"ddim_step": _ref_ddim_step}, fn=ddim_sample):
         _check_ddim_sample(ddim_sample)
 
 
@@ -676,7 +629,7 @@ def _check_ddim_sample(ddim_sample):
         what = f"ddim_sample(model, x_T, alpha_bar, num_steps={num_steps})"
         out = call(ddim_sample, rec, x_T.clone(), ab_t, num_steps=num_steps, eta=0.0, generator=generator(1),
                    what=what)
-        got = _tensor(out, f"x_0 returned by {what}", shape=shape)
+        got = as_tensor_array(out, f"x_0 returned by {what}", shape=shape)
         _check_taus(_visited(rec, shape[0], "ddim_sample"), 1000, num_steps, what)
         err = np.max(np.abs(got - c.double().numpy()))
         if err > 1e-3:
@@ -693,23 +646,23 @@ def _check_ddim_sample(ddim_sample):
     x_T = _noise(shape, 32)
     out = call(ddim_sample, gauss, x_T.clone(), ab_t, num_steps=20, eta=0.0, generator=generator(2),
                what="ddim_sample(..., num_steps=20, eta=0)")
-    got = _tensor(out, "x_0 returned by ddim_sample", shape=shape)
+    got = as_tensor_array(out, "x_0 returned by ddim_sample", shape=shape)
     steps = _visited(gauss, shape[0], "ddim_sample")
     _check_taus(steps, 1000, 20, "ddim_sample(..., num_steps=20)")
     want = _ddim_replay(x_T.double().numpy(), steps, ab64.numpy())
     one_step = _ddim_replay_pairs(x_T.double().numpy(), [(t, t - 1) for t in steps], ab64.numpy())
-    _match(got, want, [("each step goes from t to t - 1 instead of to the next step of the sub-sequence "
+    match_variants(got, want, [("each step goes from t to t - 1 instead of to the next step of the sub-sequence "
                         "(t_prev must be the next, smaller step; -1 after the last).", one_step)],
-           "ddim_sample (eta = 0, Gaussian-data oracle)", atol=1e-5, rtol=1e-3,
-           context=": every step must go from one step of the sub-sequence to the next, ending with t_prev = -1")
+                   "ddim_sample (eta = 0, Gaussian-data oracle)", atol=1e-5, rtol=1e-3,
+                   context=": every step must go from one step of the sub-sequence to the next, ending with t_prev = -1")
     # 3. eta > 0: noisy (seeded by the generator), and the noise has the eq. 16 size
     big = (8, 1, 32, 32)
     x_T = _noise(big, 33)
     g_model = GaussianDataModel(ab64)
-    det = _tensor(call(ddim_sample, g_model, x_T.clone(), ab_t, num_steps=10, eta=0.0, generator=generator(3),
+    det = as_tensor_array(call(ddim_sample, g_model, x_T.clone(), ab_t, num_steps=10, eta=0.0, generator=generator(3),
                        what="ddim_sample(..., eta=0)"), "ddim_sample(..., eta=0)", shape=big)
     rec = RecordingModel(g_model)
-    outs = [_tensor(call(ddim_sample, model, x_T.clone(), ab_t, num_steps=10, eta=1.0, generator=generator(seed),
+    outs = [as_tensor_array(call(ddim_sample, model, x_T.clone(), ab_t, num_steps=10, eta=1.0, generator=generator(seed),
                          what="ddim_sample(..., eta=1)"), "ddim_sample(..., eta=1)", shape=big)
             for model, seed in ((rec, 3), (g_model, 3), (g_model, 4))]
     steps10 = _visited(rec, big[0], "ddim_sample")  # the steps of the first call, for the variance below
@@ -755,7 +708,7 @@ def _ddim_replay_pairs(x_T, pairs, ab):
 # ----------------------------------------------------------------------------------------------
 def check_sdedit(ns):
     sdedit = student(ns, "sdedit")
-    with _with_reference(ns, sdedit, {"p_sample_step": _ref_p_sample_step}):
+    with swapped_in(ns, {"p_sample_step": _ref_p_sample_step}, fn=sdedit):
         _check_sdedit(sdedit)
 
 
@@ -772,7 +725,7 @@ def _check_sdedit(sdedit):
         x_in = x_0.clone()
         what = f"sdedit(model, x_0, t_start={t_start}, beta)"
         out = call(sdedit, rec, x_in, t_start, beta, generator=generator(5), what=what)
-        got = _tensor(out, f"the result of {what}", shape=shape)
+        got = as_tensor_array(out, f"the result of {what}", shape=shape)
         expect(torch.equal(x_in, x_0), "sdedit changed x_0 in place.")
         steps = _visited(rec, shape[0], "sdedit")
         want_steps = list(range(t_start, -1, -1))
@@ -824,9 +777,9 @@ def _check_sdedit(sdedit):
                    hint="the steps must be Algorithm 2's ancestral steps with sigma_t = sqrt(beta_t) and fresh z.")
     # reproducible with the generator
     m = _FixedNoiseModel(E)
-    o1 = _tensor(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(9)), "sdedit(...)")
-    o2 = _tensor(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(9)), "sdedit(...)")
-    o3 = _tensor(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(10)), "sdedit(...)")
+    o1 = as_tensor_array(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(9)), "sdedit(...)")
+    o2 = as_tensor_array(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(9)), "sdedit(...)")
+    o3 = as_tensor_array(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(10)), "sdedit(...)")
     expect(close(o1, o2, atol=1e-7, rtol=0),
            "sdedit gave different results for two generators with the same seed.",
            hint="draw every noise (the q_sample noise and each z) with the generator.")

@@ -31,20 +31,12 @@ import torch
 from scipy.special import ndtr
 from torch import nn
 
-from grading.hidden import CheckFailed, as_array, as_scalar, call, close, describe_diff, expect, generator, student
+from grading.hidden import (CheckFailed, as_array, as_scalar, as_tensor_array, call, close, describe_diff, expect,
+                            fail_known_mistake, first_match, generator, student, swapped_in)
 
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def _tensor(x, name: str, shape: tuple | None = None) -> np.ndarray:
-    """A student's floating torch.Tensor (exact type) as a float64 array, shape checked."""
-    if type(x) is not torch.Tensor:
-        raise CheckFailed(f"{name} should be a torch.Tensor, got {type(x).__module__}."
-                          f"{type(x).__qualname__}. Convert NumPy results with torch.from_numpy "
-                          f"or torch.as_tensor before returning them.")
-    return as_array(x, name, shape=shape, dtype="float")
 
 
 def _number(x, name: str) -> float:
@@ -54,19 +46,6 @@ def _number(x, name: str) -> float:
     if isinstance(x, (np.floating, np.integer)):
         x = float(x)
     return as_scalar(x, name)
-
-
-def _first_match(got, candidates, tol_fn) -> str | None:
-    for hint, value in candidates:
-        if value is not None and tol_fn(got, value):
-            return hint
-    return None
-
-
-def _fail(message: str, hint: str | None) -> None:
-    if hint:
-        raise CheckFailed(message + "\nYour output matches a known mistake.\nLikely cause: " + hint)
-    raise CheckFailed(message)
 
 
 class _Net(nn.Module):
@@ -166,15 +145,11 @@ def _good_step(eps, sigma, sigma_min):
 
 @contextmanager
 def _correct_helpers(ns: dict, names=("score", "langevin_step_size")):
-    """Temporarily replace the student's helpers graded in other cells by correct ones."""
+    """Temporarily replace the student's helpers graded in other cells by correct ones (only those the
+    notebook defines)."""
     good = {"score": _good_score, "langevin_step_size": _good_step}
-    saved = {n: ns[n] for n in names if n in ns}
-    try:
-        for n in saved:
-            ns[n] = good[n]
+    with swapped_in(ns, {n: good[n] for n in names if n in ns}):
         yield
-    finally:
-        ns.update(saved)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,11 +160,11 @@ def check_geometric_sigmas(ns):
     for sigma_max, sigma_min, L in [(10.0, 0.01, 7), (1.0, 0.01, 10), (31.66, 0.01, 119), (3.0, 2.0, 2)]:
         out = call(geometric_sigmas, sigma_max, sigma_min, L,
                    what=f"geometric_sigmas({sigma_max}, {sigma_min}, {L})")
-        got = _tensor(out, f"geometric_sigmas({sigma_max}, {sigma_min}, {L})", shape=(L,))
+        got = as_tensor_array(out, f"geometric_sigmas({sigma_max}, {sigma_min}, {L})", shape=(L,))
         want = np.geomspace(sigma_max, sigma_min, L)
         if close(got, want, atol=1e-8, rtol=2e-5):
             continue
-        hint = _first_match(got, [
+        hint = first_match(got, [
             ("the levels are in ascending order; the course indexes them as the improved paper does, "
              "sigmas[0] = sigma_max is the LARGEST (reverse the ladder).", want[::-1]),
             ("the levels are evenly spaced (linspace); they must be geometric: equally spaced in "
@@ -197,8 +172,8 @@ def check_geometric_sigmas(ns):
             ("the levels are evenly spaced AND ascending; use a geometric, descending ladder.",
              np.linspace(sigma_min, sigma_max, L)),
         ], lambda a, b: close(a, b, atol=1e-8, rtol=2e-5))
-        _fail(f"geometric_sigmas({sigma_max}, {sigma_min}, {L}) is wrong: {describe_diff(got, want)}. "
-              f"Expected {L} levels from {sigma_max} down to {sigma_min} with a constant ratio.", hint)
+        fail_known_mistake(f"geometric_sigmas({sigma_max}, {sigma_min}, {L}) is wrong: {describe_diff(got, want)}. "
+                           f"Expected {L} levels from {sigma_max} down to {sigma_min} with a constant ratio.", hint)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,13 +202,13 @@ def check_max_pairwise_distance(ns):
         got = _number(out, "max_pairwise_distance(x)")
         if abs(got - want) <= 1e-4 * want + 1e-6:
             continue
-        hint = _first_match(got, [
+        hint = first_match(got, [
             ("you returned the SQUARED distance; technique 1 uses the Euclidean distance itself "
              "(take the square root).", want ** 2),
             ("you returned the mean distance; technique 1 needs the LARGEST pairwise distance.", mean_v),
             ("you returned the mean over all N x N pairs; technique 1 needs the LARGEST distance.", mean_all),
         ], lambda a, b: abs(a - b) <= 1e-4 * abs(b) + 1e-6)
-        _fail(f"max_pairwise_distance on {label}: expected {want:.6g}, got {got:.6g}.", hint)
+        fail_known_mistake(f"max_pairwise_distance on {label}: expected {want:.6g}, got {got:.6g}.", hint)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,7 +240,7 @@ def check_num_noise_levels(ns):
         if got == want:
             continue
         ratio_got = (sigma_max / sigma_min) ** (1 / (got - 1)) if got > 1 and got == int(got) else float("nan")
-        hint = _first_match(got, [
+        hint = first_match(got, [
             ("you rounded down or to the nearest integer; technique 2 needs the SMALLEST L whose ratio "
              "is at most gamma (round up).", math.floor(exact)),
             ("off by one: L levels have L - 1 ratios, so (sigma_max / sigma_min) ** (1 / (L - 1)) <= gamma "
@@ -281,10 +256,10 @@ def check_num_noise_levels(ns):
             ("gamma solves the equation with sqrt(D) instead of sqrt(2 D).",
              math.ceil(1 + math.log(sigma_max / sigma_min) / math.log(_gamma(max(D // 2, 5))))),
         ], lambda a, b: a == b)
-        _fail(f"num_noise_levels({sigma_max}, {sigma_min}, D={D}): expected L = {want} "
-              f"(gamma = {gamma:.5f}, ratio of that ladder {(sigma_max / sigma_min) ** (1 / (want - 1)):.5f} "
-              f"<= gamma, while L - 1 levels give a ratio above gamma), got {got:g}"
-              + (f" (its ratio is {ratio_got:.5f})." if ratio_got == ratio_got else "."), hint)
+        fail_known_mistake(f"num_noise_levels({sigma_max}, {sigma_min}, D={D}): expected L = {want} "
+                           f"(gamma = {gamma:.5f}, ratio of that ladder {(sigma_max / sigma_min) ** (1 / (want - 1)):.5f} "
+                           f"<= gamma, while L - 1 levels give a ratio above gamma), got {got:g}"
+                           + (f" (its ratio is {ratio_got:.5f})." if ratio_got == ratio_got else "."), hint)
         expect(float(got).is_integer(), f"num_noise_levels should return an int, got {got}.")
 
 
@@ -298,22 +273,22 @@ def check_score(ns):
     sigma = torch.tensor([0.5, 1.0, 2.0, 4.0])  # (B,)
     net = _FunctionNet()
     out = call(score, net, x.clone(), sigma.clone(), what="score(net, x, sigma)")
-    got = _tensor(out, "score(net, x, sigma)", shape=tuple(x.shape))
+    got = as_tensor_array(out, "score(net, x, sigma)", shape=tuple(x.shape))
     with torch.no_grad():
         raw = net(x).double().numpy()
     s = sigma.double().numpy().reshape(-1, 1, 1, 1)
     want = raw / s
     if not close(got, want, atol=1e-5, rtol=1e-4):
-        hint = _first_match(got, [
+        hint = first_match(got, [
             ("the network output was not divided by sigma (technique 3: s(x, sigma) = net(x) / sigma).", raw),
             ("divided by sigma**2; technique 3 divides the unconditional output by sigma once.", raw / s ** 2),
             ("multiplied by sigma instead of dividing.", raw * s),
         ], lambda a, b: close(a, b, atol=1e-5, rtol=1e-4))
-        _fail(f"score(net, x, sigma) with sigma = {sigma.tolist()} (one level per example) is wrong: "
-              f"{describe_diff(got, want)}.", hint)
+        fail_known_mistake(f"score(net, x, sigma) with sigma = {sigma.tolist()} (one level per example) is wrong: "
+                           f"{describe_diff(got, want)}.", hint)
     # One level for the whole batch, as a Python float.
     out = call(score, net, x.clone(), 2.5, what="score(net, x, 2.5)")
-    got = _tensor(out, "score(net, x, 2.5)", shape=tuple(x.shape))
+    got = as_tensor_array(out, "score(net, x, 2.5)", shape=tuple(x.shape))
     expect(close(got, raw / 2.5, atol=1e-5, rtol=1e-4),
            f"score(net, x, sigma=2.5) (a float) is wrong: {describe_diff(got, raw / 2.5)}.",
            hint="accept a Python float sigma as well as a (B,) tensor (torch.as_tensor helps).")
@@ -350,21 +325,21 @@ def check_dsm_loss(ns):
         got = _loss_value(call(dsm_loss, net, x.clone(), sigma.clone(), noise.clone(),
                                what="dsm_loss(net, x, sigma, noise)"), "dsm_loss(...)")
         if abs(got) > 1e-3:
-            hint = _first_match(got, [
+            hint = first_match(got, [
                 ("the target has the wrong sign: the score points from x_tilde back to x, "
                  "-(x_tilde - x) / sigma**2 = -noise / sigma, so the residual is sigma * score + noise.",
                  float((0.5 * 4 * sq).mean())),
                 ("the target has the wrong sign (and the squared norm is averaged over pixels).",
                  float((0.5 * 4 * sq / D).mean())),
             ], lambda a, b: abs(a - b) <= 1e-3 * abs(b) + 1e-4)
-            _fail(f"With data at a single point c and the EXACT score -(x - c) / sigma**2 the loss must be 0; "
-                  f"got {got:.6g}.", hint)
+            fail_known_mistake(f"With data at a single point c and the EXACT score -(x - c) / sigma**2 the loss must be 0; "
+                               f"got {got:.6g}.", hint)
         # 2. A zero score: 0.5 ||noise||^2 per example (D / 2 on average).
         want = float((0.5 * sq).mean())
         got = _loss_value(call(dsm_loss, _ZeroNet(), x.clone(), sigma.clone(), noise.clone(),
                                what="dsm_loss(zero net, x, sigma, noise)"), "dsm_loss(...)")
         if abs(got - want) > 1e-4 * want:
-            hint = _first_match(got, [
+            hint = first_match(got, [
                 ("the squared error is averaged over pixels; eq. 2 of the improved paper uses the squared "
                  "NORM: sum over each example's pixels, then the mean over the batch.", want / D),
                 ("the sigma**2 weighting (lambda(sigma) = sigma**2) is missing: with the target -noise / sigma "
@@ -374,8 +349,8 @@ def check_dsm_loss(ns):
                  float((0.5 * sq / sd ** 2).mean()) / D),
                 ("the 0.5 factor is missing.", 2 * want),
             ], lambda a, b: abs(a - b) <= 1e-4 * abs(b))
-            _fail(f"For a network that outputs 0 the loss must be 0.5 * ||noise||^2 averaged over the batch "
-                  f"= {want:.6g} (about D / 2 = {D / 2}); got {got:.6g}.", hint)
+            fail_known_mistake(f"For a network that outputs 0 the loss must be 0.5 * ||noise||^2 averaged over the batch "
+                               f"= {want:.6g} (about D / 2 = {D / 2}); got {got:.6g}.", hint)
         # 3. A generic network on generic data, compared with the formula in float64.
         xr = torch.rand(B, *shape, generator=g) * 2 - 1  # (B, 1, 4, 4)
         net = _FunctionNet(trainable=True)
@@ -388,10 +363,10 @@ def check_dsm_loss(ns):
             want = float((0.5 * ((raw + noise.double()) ** 2).reshape(B, -1).sum(1)).mean())
             wrong_sign = float((0.5 * ((raw - noise.double()) ** 2).reshape(B, -1).sum(1)).mean())
         if abs(got - want) > 2e-4 * want:
-            hint = _first_match(got, [("the target has the wrong sign (use sigma * score + noise).", wrong_sign)],
-                                lambda a, b: abs(a - b) <= 2e-4 * abs(b))
-            _fail(f"dsm_loss on random data with a fixed network: expected {want:.6g}, got {got:.6g}. "
-                  f"The noisy input is x + sigma * noise with one sigma per example.", hint)
+            hint = first_match(got, [("the target has the wrong sign (use sigma * score + noise).", wrong_sign)],
+                               lambda a, b: abs(a - b) <= 2e-4 * abs(b))
+            fail_known_mistake(f"dsm_loss on random data with a fixed network: expected {want:.6g}, got {got:.6g}. "
+                               f"The noisy input is x + sigma * noise with one sigma per example.", hint)
         expect(out.requires_grad, "the loss carries no gradient: do not detach it or convert it to a number.")
         call(out.backward, what="loss.backward()")
         expect(net.a.grad is not None and float(net.a.grad.abs()) > 0,
@@ -409,7 +384,7 @@ def check_langevin_step_size(ns):
         want = eps * sigma ** 2 / sigma_min ** 2
         if abs(got - want) <= 1e-6 * abs(want):
             continue
-        hint = _first_match(got, [
+        hint = first_match(got, [
             ("the step is proportional to sigma; NCSN Algorithm 1 scales it with the VARIANCE: "
              "alpha = eps * sigma**2 / sigma_min**2.", eps * sigma / sigma_min),
             ("the ratio is inverted: the largest levels take the LARGEST steps, alpha = eps * sigma**2 / sigma_min**2.",
@@ -418,8 +393,8 @@ def check_langevin_step_size(ns):
             ("the square root of the ratio was used; the ratio of variances is (sigma / sigma_min)**2.",
              eps * math.sqrt(sigma / sigma_min)),
         ], lambda a, b: abs(a - b) <= 1e-6 * abs(b))
-        _fail(f"langevin_step_size(eps={eps}, sigma={sigma}, sigma_min={sigma_min}): expected {want:.6g}, "
-              f"got {got:.6g}.", hint)
+        fail_known_mistake(f"langevin_step_size(eps={eps}, sigma={sigma}, sigma_min={sigma_min}): expected {want:.6g}, "
+                           f"got {got:.6g}.", hint)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,7 +450,7 @@ def check_annealed_langevin(ns):
         sigmas1 = torch.tensor([sig])
         out = call(annealed_langevin, _LinearNet(c, 1 / sig), x0.clone(), sigmas1, 0.05, 3, denoise=True,
                    generator=generator(1), what="annealed_langevin(..., denoise=True)")
-        got = _tensor(out, "annealed_langevin(...)", shape=tuple(x0.shape))
+        got = as_tensor_array(out, "annealed_langevin(...)", shape=tuple(x0.shape))
         if not close(got, np.full_like(got, c), atol=1e-4, rtol=0):
             spread = float(np.abs(got - c).max())
             raise CheckFailed(
@@ -485,7 +460,7 @@ def check_annealed_langevin(ns):
                 + " (Or noise was added after it.)")
         out = call(annealed_langevin, _LinearNet(c, 1 / sig), x0.clone(), sigmas1, 0.05, 3, denoise=False,
                    generator=generator(1), what="annealed_langevin(..., denoise=False)")
-        got = _tensor(out, "annealed_langevin(..., denoise=False)", shape=tuple(x0.shape))
+        got = as_tensor_array(out, "annealed_langevin(..., denoise=False)", shape=tuple(x0.shape))
         expect(float(np.abs(got - c).max()) > 1e-2,
                "With denoise=False the samples must keep their last noise level; yours all equal c.",
                hint=_VARIANT_HINTS["extradenoise"])
@@ -496,17 +471,17 @@ def check_annealed_langevin(ns):
         x0 = c + gamma * sL * torch.randn(4096, 1, 4, 4, generator=generator(65))  # (4096, 1, 4, 4)
         out = call(annealed_langevin, _LinearNet(c, 1 / sL), x0.clone(), torch.tensor([sL]), eps, T,
                    denoise=False, generator=generator(2), what="annealed_langevin(...)")
-        got = _tensor(out, "annealed_langevin(...)", shape=tuple(x0.shape))
+        got = as_tensor_array(out, "annealed_langevin(...)", shape=tuple(x0.shape))
         ratio = float(np.var(got - c) + np.mean(got - c) ** 2) / sL ** 2
         u = eps / sL ** 2
         want = (1 - u) ** (2 * T) * (gamma ** 2 - 2 / (2 - u)) + 2 / (2 - u)
         if abs(ratio - want) > 0.04 * want:
             _, v2019 = _predict([sL], eps, T, 1 / sL, 0.0, (gamma * sL) ** 2, "2019", denoise=False)
             hint = _VARIANT_HINTS["2019"] if abs(ratio - v2019 / sL ** 2) <= 0.04 * v2019 / sL ** 2 else None
-            _fail(f"One Langevin level (sigma = {sL}, T = {T}, eps = {eps:.3g}) started from variance "
-                  f"(gamma * sigma)**2 with gamma = {gamma}, driven by the exact single-point score, must end "
-                  f"at variance {want:.4f} * sigma**2 (technique 4's formula); yours ends at {ratio:.4f} * sigma**2.",
-                  hint)
+            fail_known_mistake(f"One Langevin level (sigma = {sL}, T = {T}, eps = {eps:.3g}) started from variance "
+                               f"(gamma * sigma)**2 with gamma = {gamma}, driven by the exact single-point score, must end "
+                               f"at variance {want:.4f} * sigma**2 (technique 4's formula); yours ends at {ratio:.4f} * sigma**2.",
+                               hint)
 
         # 3. Several levels with a linear network: exact mean and variance of a Gaussian recursion.
         sig_list = [2.0, 1.0, 0.5]
@@ -516,7 +491,7 @@ def check_annealed_langevin(ns):
             out = call(annealed_langevin, _LinearNet(c, k), x0.clone(), torch.tensor(sig_list), eps, T,
                        denoise=denoise, generator=generator(3),
                        what=f"annealed_langevin(..., denoise={denoise})")
-            got = _tensor(out, "annealed_langevin(...)", shape=tuple(x0.shape)) - c
+            got = as_tensor_array(out, "annealed_langevin(...)", shape=tuple(x0.shape)) - c
             m, v = float(got.mean()), float(got.var())
             want_m, want_v = _predict(sig_list, eps, T, k, m0, v0, "ok", denoise)
             if _stats_match(m, v, want_m, want_v, 0.02, 0.03):
@@ -531,15 +506,15 @@ def check_annealed_langevin(ns):
                 pm, pv = _predict(sig_list, eps, T, k, m0, v0, "ok", not denoise)
                 if _stats_match(m, v, pm, pv, 0.02, 0.03):
                     hint = _VARIANT_HINTS["nodenoise" if denoise else "extradenoise"]
-            _fail(f"annealed_langevin over sigmas {sig_list} (eps = {eps}, {T} steps each, denoise={denoise}) "
-                  f"with the linear network net(x) = -(x - c): the samples should end with mean offset "
-                  f"{want_m:.4f} and variance {want_v:.4f} from c; yours have {m:.4f} and {v:.4f}.", hint)
+            fail_known_mistake(f"annealed_langevin over sigmas {sig_list} (eps = {eps}, {T} steps each, denoise={denoise}) "
+                               f"with the linear network net(x) = -(x - c): the samples should end with mean offset "
+                               f"{want_m:.4f} and variance {want_v:.4f} from c; yours have {m:.4f} and {v:.4f}.", hint)
 
         # 4. The generator drives every draw: same seed -> same samples, other seed -> other samples.
         x0 = torch.randn(4, 1, 4, 4, generator=generator(67))  # (4, 1, 4, 4)
         runs = [call(annealed_langevin, _LinearNet(0.0, 1.0), x0.clone(), torch.tensor(sig_list), eps, 2,
                      generator=generator(seed), what="annealed_langevin(..., generator=...)") for seed in (5, 5, 6)]
-        a, b, d = (_tensor(r, "annealed_langevin(...)", shape=tuple(x0.shape)) for r in runs)
+        a, b, d = (as_tensor_array(r, "annealed_langevin(...)", shape=tuple(x0.shape)) for r in runs)
         expect(np.array_equal(a, b) and not np.array_equal(a, d),
                "annealed_langevin should draw all its noise from `generator`: two runs with generators seeded "
                "alike must give the same samples, and differently seeded ones different samples.",
@@ -584,9 +559,9 @@ def check_choose_step_size(ns):
             ("sigma_L was taken from sigmas[0]; it is the smallest level, sigmas[-1].", None),
             ("T is not n_steps_each.", _best_eps(sL, gamma, 1) if T != 1 else None),
         ]
-        hint = _first_match(got, candidates, lambda a, b: abs(a / b - 1) <= 0.03)
-        _fail(f"{label}: expected eps close to {want:.6g} (variance ratio {_ratio(want, sL, gamma, T):.6f}), got "
-              f"{got:.6g} (ratio {_ratio(got, sL, gamma, T):.6f}, further from 1).", hint)
+        hint = first_match(got, candidates, lambda a, b: abs(a / b - 1) <= 0.03)
+        fail_known_mistake(f"{label}: expected eps close to {want:.6g} (variance ratio {_ratio(want, sL, gamma, T):.6f}), got "
+                           f"{got:.6g} (ratio {_ratio(got, sL, gamma, T):.6f}, further from 1).", hint)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,7 +580,7 @@ def check_inpaint(ns):
         net = _Recorder(_ZeroNet())
         out = call(inpaint, net, x_known.clone(), mask.clone(), torch.tensor(sig_list), eps, T,
                    generator=generator(4), what="inpaint(net, x_known, mask, sigmas, eps, n_steps_each)")
-        got = _tensor(out, "inpaint(...)", shape=tuple(x_known.shape))
+        got = as_tensor_array(out, "inpaint(...)", shape=tuple(x_known.shape))
         kn = got[mask_b.numpy()]
         want_kn = x_known.double()[mask_b].numpy()
         expect(close(kn, want_kn, atol=1e-5, rtol=0),
@@ -624,9 +599,9 @@ def check_inpaint(ns):
                 hint = ("the known pixels are not re-noised at EACH level: after every Langevin step at level "
                         "sigma_i replace them by x_known + sigma_i * z (NCSN appendix B).")
             seen = ", ".join(f"{v:.3g}" for v in stds[:: max(1, len(stds) // 8)])
-            _fail(f"While inpainting over sigmas {sig_list} ({T} steps each), the network should see the known "
-                  f"pixels as x_known + sigma_i * z, i.e. with noise of std sigma_i at level i; no call showed "
-                  f"noise of std {', '.join(str(s) for s in missing)} (stds seen: {seen} ...).", hint)
+            fail_known_mistake(f"While inpainting over sigmas {sig_list} ({T} steps each), the network should see the known "
+                               f"pixels as x_known + sigma_i * z, i.e. with noise of std sigma_i at level i; no call showed "
+                               f"noise of std {', '.join(str(s) for s in missing)} (stds seen: {seen} ...).", hint)
 
         # 2. Unknown pixels follow the improved Langevin update (linear network, start forgotten).
         sig_list, T, eps, k, c = [2.0, 1.0, 0.5], 20, 0.05, 1.0, 1.5
@@ -636,7 +611,7 @@ def check_inpaint(ns):
         unk = (~mask.expand_as(x_known).bool()).numpy()
         out = call(inpaint, _LinearNet(c, k), x_known.clone(), mask.clone(), torch.tensor(sig_list), eps, T,
                    generator=generator(5), what="inpaint(...)")
-        got = _tensor(out, "inpaint(...)", shape=tuple(x_known.shape))[unk] - c
+        got = as_tensor_array(out, "inpaint(...)", shape=tuple(x_known.shape))[unk] - c
         m, v = float(got.mean()), float(got.var())
         ok = [_predict(sig_list, eps, T, k, 0.0, 1.0, "ok", d) for d in (False, True)]
         if not any(_stats_match(m, v, pm, pv, 0.02, 0.04) for pm, pv in ok):
@@ -646,16 +621,16 @@ def check_inpaint(ns):
                        for d in (False, True)):
                     hint = _VARIANT_HINTS[name]
                     break
-            _fail(f"The unknown pixels should follow annealed Langevin dynamics (x + alpha s + sqrt(2 alpha) z, "
-                  f"alpha = eps sigma**2 / sigma_min**2): with net(x) = -(x - c) over sigmas {sig_list} they end "
-                  f"with variance {ok[0][1]:.4f} around c (or {ok[1][1]:.4f} after a final denoising step); "
-                  f"yours have mean offset {m:.4f} and variance {v:.4f}.", hint)
+            fail_known_mistake(f"The unknown pixels should follow annealed Langevin dynamics (x + alpha s + sqrt(2 alpha) z, "
+                               f"alpha = eps sigma**2 / sigma_min**2): with net(x) = -(x - c) over sigmas {sig_list} they end "
+                               f"with variance {ok[0][1]:.4f} around c (or {ok[1][1]:.4f} after a final denoising step); "
+                               f"yours have mean offset {m:.4f} and variance {v:.4f}.", hint)
 
         # 3. Reproducible with the generator.
         x_known = torch.rand(2, 1, 4, 4, generator=generator(70)) * 2 - 1
         runs = [call(inpaint, _ZeroNet(), x_known.clone(), mask.clone(), torch.tensor([1.0, 0.5]), 0.01, 2,
                      generator=generator(seed), what="inpaint(..., generator=...)") for seed in (5, 5, 6)]
-        a, b, d = (_tensor(r, "inpaint(...)", shape=tuple(x_known.shape)) for r in runs)
+        a, b, d = (as_tensor_array(r, "inpaint(...)", shape=tuple(x_known.shape)) for r in runs)
         expect(np.array_equal(a, b) and not np.array_equal(a, d),
                "inpaint should draw all its noise from `generator`: two runs with generators seeded alike must "
                "give the same result, and differently seeded ones different results.",
