@@ -17,58 +17,24 @@ returned noise other than the one used; the cosine schedule without its offset s
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
 import pytest
 
 from grading.checks import forward_process as checks
-from grading.hidden import CheckFailed
+from notebook_support import SolutionNotebook, run_cells
 
-REPO = Path(__file__).resolve().parent.parent
-NB = REPO / "solutions" / "01_forward_process" / "01_forward_process.ipynb"
 ANSWERS = ("linear_beta_schedule", "alphas_from_betas", "forward_step", "q_sample",
            "generate_noisy_samples", "cosine_beta_schedule")
-PRELUDE = "import math\nimport numpy as np\nimport torch\n"
-
-
-def _sources() -> dict[str, str]:
-    nb = nbformat.read(NB, as_version=4)
-    out = {}
-    for cell in nb.cells:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if cell.cell_type == "code" and meta.get("solution") and meta.get("grade_id") in ANSWERS:
-            out[meta["grade_id"]] = cell.source
-    assert set(out) == set(ANSWERS), f"answer cells missing from the notebook: {set(ANSWERS) - set(out)}"
-    return out
-
-
-SOURCES = _sources()
+NOTEBOOK = SolutionNotebook("01_forward_process", checks, answers=ANSWERS,
+                            prelude="import math\nimport numpy as np\nimport torch\n")
+NB = NOTEBOOK.path
+namespace = NOTEBOOK.namespace
 
 
 def patch(grade_id: str, old: str, new: str, count: int = 1) -> str:
     """The solution's answer cell ``grade_id`` with ``old`` replaced by ``new`` (``old`` must occur)."""
-    src = SOURCES[grade_id]
-    assert src.count(old) >= 1, f"{old!r} not found in the solution of {grade_id}; update this test"
-    return src.replace(old, new, count if count > 0 else -1)
-
-
-def namespace(replace: dict[str, str] | None = None) -> dict:
-    """Execute the answer cells (some replaced) in a fresh namespace, as the notebook would."""
-    ns: dict = {}
-    exec(PRELUDE, ns)  # noqa: S102 - our own notebook's code
-    for gid in ANSWERS:
-        exec((replace or {}).get(gid, SOURCES[gid]), ns)  # noqa: S102
-    return ns
-
-
-def check_message(check: str, replace: dict[str, str] | None = None) -> str | None:
-    """Run one hidden check; None when it passes, else its message."""
-    try:
-        checks.CHECKS[check](namespace(replace))
-    except CheckFailed as exc:
-        return str(exc)
-    return None
+    return NOTEBOOK.mutate(grade_id, old, new, count)
+check_message = NOTEBOOK.check_message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,10 +311,7 @@ TEST_CELLS = ["test_linear_beta_schedule", "test_alphas_from_betas", "test_forwa
 
 
 def _run(replace=None, stop_after=None):
-    from grading.runner import format_table, run_notebook
-    res = run_notebook(NB, replace=replace, stop_after=stop_after)
-    print(format_table(res))
-    return res
+    return run_cells(NB, replace=replace, stop_after=stop_after)[0]
 
 
 def _mistake_source(name):

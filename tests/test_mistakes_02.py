@@ -9,58 +9,36 @@ Two layers:
 """
 from __future__ import annotations
 
-import math
 import re
-from pathlib import Path
 
-import nbformat
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from grading.checks import ddpm_training as checks
 from grading.hidden import CheckFailed
+from notebook_support import SolutionNotebook
 
-ROOT = Path(__file__).resolve().parents[1]
-NB = ROOT / "solutions" / "02_ddpm_training" / "02_ddpm_training.ipynb"
 GRADED = ["timestep_embedding", "ddpm_loss", "train_step", "evaluate", "ema_update"]
 
 
-def _sources() -> dict[str, str]:
-    nb = nbformat.read(NB, as_version=4)
-    out = {}
-    for cell in nb.cells:
-        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if gid:
-            out[gid] = cell.source
-    return out
+def _notebook_globals(ns: dict) -> None:
+    """The notebook's globals, which a mistaken answer might use instead of its arguments."""
+    ns["T"] = 1000
+    ns["beta"] = ns["linear_beta_schedule"](ns["T"])
+    _, ns["alpha_bar"] = ns["alphas_from_betas"](ns["beta"])
 
 
-SOURCES = _sources()
-
-
-def _strip_markers(src: str) -> str:
-    return "\n".join(ln for ln in src.splitlines() if "### BEGIN SOLUTION" not in ln and "### END SOLUTION" not in ln)
-
-
-def mutate(gid: str, old: str, new: str) -> str:
-    """The solution source of answer cell ``gid`` with ``old`` replaced by ``new`` (which must occur)."""
-    src = SOURCES[gid]
-    assert old in src, f"{old!r} not found in the solution of {gid}; update the mistake test"
-    return src.replace(old, new)
+NOTEBOOK = SolutionNotebook(
+    "02_ddpm_training", checks, answers=tuple(GRADED), given=("given_forward_process",), name="__main__",
+    prelude="import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n",
+    setup=_notebook_globals)
+NB = NOTEBOOK.path
+mutate = NOTEBOOK.mutate
 
 
 def namespace(**replace: str) -> dict:
     """The notebook's globals as far as the graded functions go: the given cell, then every answer."""
-    ns = {"torch": torch, "F": F, "math": math, "np": np, "__name__": "__main__"}
-    exec(SOURCES["given_forward_process"], ns)
-    ns["T"] = 1000  # the notebook's globals, which a mistaken answer might use instead of its arguments
-    ns["beta"] = ns["linear_beta_schedule"](ns["T"])
-    _, ns["alpha_bar"] = ns["alphas_from_betas"](ns["beta"])
-    for gid in GRADED:
-        exec(_strip_markers(replace.get(gid, SOURCES[gid])), ns)
-    return ns
+    return NOTEBOOK.namespace(replace)
 
 
 def run_check(name: str, ns: dict) -> None:

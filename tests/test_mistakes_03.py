@@ -15,68 +15,25 @@ the solution when it changes; a missing ``old`` fails the test loudly.
 """
 from __future__ import annotations
 
-import importlib
-import sys
 import textwrap
-from pathlib import Path
 
-import nbformat
-import numpy as np
 import pytest
 import torch
 
+from notebook_support import SolutionNotebook, run_cells
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "solutions" / "03_sampling" / "03_sampling.ipynb"
 GIVEN = ("given_schedule", "given_embedding", "given_oracles")
 ANSWERS = ("p_sample_step", "posterior_variance", "p_sample_loop", "ddim_step", "ddim_sample", "sdedit")
-
-
-def _sources() -> dict[str, str]:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    out = {}
-    for cell in nb.cells:
-        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if gid:
-            out[gid] = cell.source
-    return out
-
-
-SOURCES = _sources()
-
-
-def _strip_markers(src: str) -> str:
-    return "\n".join(ln for ln in src.splitlines() if "### BEGIN SOLUTION" not in ln and "### END SOLUTION" not in ln)
-
-
-def mutate(gid: str, *edits: tuple[str, str]) -> str:
-    """The solution's answer cell ``gid`` with each ``old`` replaced by ``new`` (``old`` must occur)."""
-    src = SOURCES[gid]
-    for old, new in edits:
-        assert old in src, f"the solution of {gid} no longer contains {old!r}; update this mistake"
-        src = src.replace(old, new)
-    return src
-
-
-def namespace(replace: dict[str, str] | None = None) -> dict:
-    """Run the given cells and the answer cells (with replacements) like the notebook does."""
-    ns: dict = {}
-    exec("import math, time\nimport numpy as np\nimport torch\nfrom torch import nn\n", ns)
-    for gid in GIVEN + ANSWERS:
-        src = (replace or {}).get(gid, SOURCES[gid])
-        exec(compile(_strip_markers(src), f"<cell {gid}>", "exec"), ns)
-    return ns
-
-
-def fresh_hidden():
-    """``grading.hidden`` as a fresh kernel imports it: no other grading module loaded before."""
-    for name in [m for m in sys.modules if m == "grading" or m.startswith("grading.")]:
-        sys.modules.pop(name)
-    return importlib.import_module("grading.hidden")
+SOLUTION = SolutionNotebook("03_sampling", answers=ANSWERS, given=GIVEN,
+                            prelude="import math, time\nimport numpy as np\nimport torch\nfrom torch import nn\n")
+NOTEBOOK = SOLUTION.path
+mutate = SOLUTION.mutate_many
+namespace = SOLUTION.namespace
 
 
 def run_check(question: str, replace: dict[str, str] | None = None, ns: dict | None = None) -> None:
     torch.set_num_threads(1)
-    fresh_hidden().run("03_sampling", question, namespace(replace) if ns is None else ns)
+    SOLUTION.run_hidden(question, replace, ns)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,8 +335,7 @@ GROUPS = {
 
 @pytest.mark.slow
 def test_runner_solution_passes_every_test_cell():
-    from grading.runner import run_notebook
-    res = run_notebook(NOTEBOOK)
+    res, _ = run_cells(NOTEBOOK)
     tests = {gid: r for gid, r in res.items() if gid.startswith("test_")}
     assert set(tests) == {f"test_{a}" for a in ANSWERS}
     failed = {gid: r.message for gid, r in tests.items() if not r.passed}
@@ -389,9 +345,8 @@ def test_runner_solution_passes_every_test_cell():
 @pytest.mark.slow
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_runner_mistakes_lose_points_in_their_cells(group):
-    from grading.runner import run_notebook
     cases = [_M[name] for name in GROUPS[group]]
-    res = run_notebook(NOTEBOOK, replace={c[1]: c[2] for c in cases})
+    res, _ = run_cells(NOTEBOOK, replace={c[1]: c[2] for c in cases})
     for _, gid, _, _, _ in cases:
         r = res[f"test_{gid}"]
         assert not r.passed and r.points == 0, f"test_{gid} should lose its points: {r}"

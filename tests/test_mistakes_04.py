@@ -18,60 +18,20 @@ group norm, another order of random draws, ``p_sample_step`` reused through a wr
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import nbformat
 import pytest
 
 from grading.checks import conditional as checks
-from grading.hidden import CheckFailed
+from notebook_support import SolutionNotebook, run_cells, run_nbval_fast
 
-REPO = Path(__file__).resolve().parent.parent
-NB = REPO / "solutions" / "04_conditional" / "04_conditional.ipynb"
 ASSIGNMENT = "04_conditional"
 ANSWERS = ("AdaptiveGroupNorm", "conditional_ddpm_loss", "p_sample_loop_conditional")
-PRELUDE = "import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\nfrom torch import nn\n"
-
-
-def _cells() -> dict[str, str]:
-    nb = nbformat.read(NB, as_version=4)
-    out = {}
-    for cell in nb.cells:
-        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
-        if cell.cell_type == "code" and gid:
-            out[gid] = cell.source
-    return out
-
-
-CELLS = _cells()
-
-
-def patch(grade_id: str, old: str, new: str) -> str:
-    """The solution's answer cell ``grade_id`` with ``old`` replaced by ``new`` (``old`` must occur)."""
-    src = CELLS[grade_id]
-    assert old in src, f"{old!r} not found in the solution of {grade_id}; update this test"
-    return src.replace(old, new)
-
-
-def namespace(replace: dict[str, str] | None = None) -> dict:
-    ns: dict = {"__name__": "__notebook__"}
-    exec(PRELUDE, ns)  # noqa: S102 - our own notebook's code
-    exec(CELLS["given_earlier_weeks"], ns)  # noqa: S102
-    for gid in ANSWERS:
-        exec((replace or {}).get(gid, CELLS[gid]), ns)  # noqa: S102
-    return ns
-
-
-def check_message(check: str, replace: dict[str, str] | None = None) -> str | None:
-    try:
-        checks.CHECKS[check](namespace(replace))
-    except CheckFailed as exc:
-        return str(exc)
-    return None
+NOTEBOOK = SolutionNotebook(
+    ASSIGNMENT, checks, answers=ANSWERS, given=("given_earlier_weeks",), name="__notebook__",
+    prelude="import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\nfrom torch import nn\n")
+NB = NOTEBOOK.path
+patch = NOTEBOOK.mutate
+namespace = NOTEBOOK.namespace
+check_message = NOTEBOOK.check_message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,10 +39,7 @@ def check_message(check: str, replace: dict[str, str] | None = None) -> str | No
 
 
 def test_every_test_cell_calls_its_check():
-    for gid in ANSWERS:
-        src = CELLS[f"test_{gid}"]
-        assert f'_hidden.run("{ASSIGNMENT}", "{gid}", globals())' in src
-    assert set(checks.CHECKS) == set(ANSWERS)
+    NOTEBOOK.assert_test_cells_call_checks()
 
 
 @pytest.mark.parametrize("check", ANSWERS)
@@ -255,10 +212,7 @@ GROUPS = {
 
 
 def _run(replace=None):
-    from grading.runner import format_table, run_notebook
-    res = run_notebook(NB, replace=replace, stop_after=TEST_CELLS[-1])
-    assert set(res) == set(TEST_CELLS), format_table(res)
-    return res, format_table(res)
+    return run_cells(NB, replace=replace, stop_after=TEST_CELLS[-1], expect_cells=TEST_CELLS)
 
 
 @pytest.mark.slow
@@ -282,11 +236,6 @@ def test_runner_mistakes_lose_points_in_their_cells(group):
 @pytest.mark.slow
 def test_fast_mode_runs_top_to_bottom_within_90_s():
     """nbval in fast mode (slow cells included, as nbgrader runs them): no error, at most 90 s."""
-    env = dict(os.environ, DIFFUSION_FAST="1")
-    start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:python",
-                        "-p", "no:cacheprovider", "-q", str(NB)], env=env, cwd=REPO, capture_output=True,
-                       text=True, timeout=600)
-    elapsed = time.perf_counter() - start
+    r, elapsed = run_nbval_fast(NB)
     assert r.returncode == 0, r.stdout[-4000:]
     assert elapsed <= 90, f"fast mode took {elapsed:.0f} s (budget 90 s)"

@@ -20,70 +20,24 @@ or do not equal x_known at the end.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
 import pytest
 
 from grading.checks import score_matching as checks
-from grading.hidden import CheckFailed
+from notebook_support import SolutionNotebook, run_cells
 
-REPO = Path(__file__).resolve().parent.parent
-NB = REPO / "solutions" / "06_score_matching" / "06_score_matching.ipynb"
 ANSWERS = ("score", "dsm_loss", "max_pairwise_distance", "num_noise_levels", "geometric_sigmas",
            "langevin_step_size", "choose_step_size", "annealed_langevin", "inpaint")
-GIVEN = ("given_technique4_ratio",)
 TEST_CELLS = tuple(f"test_{name}" for name in ANSWERS)
-PRELUDE = ("import math\nimport numpy as np\nimport torch\nfrom scipy.optimize import minimize_scalar\n"
-           "from scipy.stats import norm\n")
-
-
-def _sources() -> dict[str, str]:
-    nb = nbformat.read(NB, as_version=4)
-    out = {}
-    for cell in nb.cells:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if cell.cell_type == "code" and meta.get("grade_id") in ANSWERS + GIVEN:
-            out[meta["grade_id"]] = cell.source
-    assert set(out) == set(ANSWERS + GIVEN), f"cells missing from the notebook: {set(ANSWERS + GIVEN) - set(out)}"
-    return out
-
-
-SOURCES = _sources()
-
-
-def patch(grade_id: str, old: str, new: str) -> str:
-    """The solution's answer cell ``grade_id`` with ``old`` replaced by ``new`` (``old`` must occur)."""
-    src = SOURCES[grade_id]
-    assert src.count(old) >= 1, f"{old!r} not found in the solution of {grade_id}; update this test"
-    return src.replace(old, new)
-
-
-def body(grade_id: str, new_body: str) -> str:
-    """The answer cell with its solution region replaced by ``new_body`` (indented 4 spaces)."""
-    src = SOURCES[grade_id]
-    head, rest = src.split("    ### BEGIN SOLUTION\n")
-    _, tail = rest.split("    ### END SOLUTION")
-    lines = "".join("    " + ln + "\n" if ln.strip() else "\n" for ln in new_body.strip("\n").split("\n"))
-    return head + lines + tail.lstrip("\n")
-
-
-def namespace(replace: dict[str, str] | None = None) -> dict:
-    """Execute the answer cells (some replaced) in a fresh namespace, as the notebook would."""
-    ns: dict = {}
-    exec(PRELUDE, ns)  # noqa: S102 - our own notebook's code
-    for gid in GIVEN + ANSWERS:
-        exec((replace or {}).get(gid, SOURCES[gid]), ns)  # noqa: S102
-    return ns
-
-
-def check_message(check: str, replace: dict[str, str] | None = None) -> str | None:
-    """Run one hidden check; None when it passes, else its message."""
-    try:
-        checks.CHECKS[check](namespace(replace))
-    except CheckFailed as exc:
-        return str(exc)
-    return None
+NOTEBOOK = SolutionNotebook(
+    "06_score_matching", checks, answers=ANSWERS, given=("given_technique4_ratio",),
+    prelude=("import math\nimport numpy as np\nimport torch\nfrom scipy.optimize import minimize_scalar\n"
+             "from scipy.stats import norm\n"))
+NB = NOTEBOOK.path
+patch = NOTEBOOK.mutate
+body = NOTEBOOK.body
+namespace = NOTEBOOK.namespace
+check_message = NOTEBOOK.check_message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,10 +256,7 @@ def test_annealed_langevin_ignoring_the_generator_fails():
 # Cell runner: the notebook in a kernel, mistaken answer cells lose the points of their own cell
 # ----------------------------------------------------------------------------------------------
 def _run(replace=None):
-    from grading.runner import format_table, run_notebook
-    res = run_notebook(NB, replace=replace)
-    print(format_table(res))
-    return res
+    return run_cells(NB, replace=replace)[0]
 
 
 @pytest.mark.slow
