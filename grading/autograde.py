@@ -71,6 +71,11 @@ class Template:
     hidden_lines: set[str] = field(default_factory=set)
 
 
+
+def _shorten(text: str, limit: int = 160) -> str:
+    """One log line's worth of the notes; the full text is in grades.csv."""
+    return text if len(text) <= limit else text[:limit - 25] + f"... (+{len(text) - limit + 25} chars)"
+
 def _graded_cells(nb: dict) -> list[dict]:
     out = []
     for c in nb["cells"]:
@@ -629,7 +634,7 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
                                        if j.result.get("error") else ""))
             log.info("%s/%s: %s/%s%s%s", s, a, grow["auto_score"], grow["auto_max"],
                      " (review)" if grow["review"] else "",
-                     f" [{grow['notes']}]" if grow["notes"] else "")
+                     f" [{_shorten(grow['notes'])}]" if grow["notes"] else "")
             report.graded += 1
             save_state(out, state)
 

@@ -39,6 +39,11 @@ class Sanitized:
     notes: list[str] = field(default_factory=list)
 
 
+# The metadata that decides how a cell is graded; bookkeeping keys (checksum, cell_type) that the
+# release adds are restored silently.
+_GRADING_KEYS = ("grade", "solution", "locked", "task", "points", "grade_id")
+
+
 def _nbg(cell) -> dict:
     m = cell.get("metadata", {}).get("nbgrader")
     return m if isinstance(m, dict) else {}
@@ -157,8 +162,8 @@ def sanitize(raw: bytes | str | None, release_nb: dict) -> Sanitized:
             notes.append(f"unknown graded cell {gid}: metadata dropped")
             continue
         want = _nbg(rel_graded[gid])
-        mine = {k: v for k, v in _nbg(cell).items() if k != "checksum"}
-        if mine != {k: v for k, v in want.items() if k != "checksum"}:
+        mine = {k: _nbg(cell).get(k) or None for k in _GRADING_KEYS}
+        if mine != {k: want.get(k) or None for k in _GRADING_KEYS}:
             notes.append(f"nbgrader metadata of {gid} restored from the release")
         cell["metadata"]["nbgrader"] = copy.deepcopy(want)
 
