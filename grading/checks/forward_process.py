@@ -171,8 +171,8 @@ def check_alphas_from_betas(ns: dict) -> None:
         a = 1 - b
         want_ab = np.cumprod(a)
         match_variants(alpha, a, [("the outputs are swapped: return (alpha, alpha_bar).", want_ab),
-                          ("alpha = beta; alpha is 1 - beta.", b),
-                          ("alpha = sqrt(1 - beta); alpha is 1 - beta (no square root).", np.sqrt(a))],
+                                  ("alpha = beta; alpha is 1 - beta.", b),
+                                  ("alpha = sqrt(1 - beta); alpha is 1 - beta (no square root).", np.sqrt(a))],
                        "alpha", atol=1e-6, rtol=1e-5, context=f" for {label}")
         exclusive = np.concatenate([[1.0], want_ab[:-1]])
         variants = [

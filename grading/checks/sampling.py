@@ -652,18 +652,21 @@ def _check_ddim_sample(ddim_sample):
     want = _ddim_replay(x_T.double().numpy(), steps, ab64.numpy())
     one_step = _ddim_replay_pairs(x_T.double().numpy(), [(t, t - 1) for t in steps], ab64.numpy())
     match_variants(got, want, [("each step goes from t to t - 1 instead of to the next step of the sub-sequence "
-                        "(t_prev must be the next, smaller step; -1 after the last).", one_step)],
+                                "(t_prev must be the next, smaller step; -1 after the last).", one_step)],
                    "ddim_sample (eta = 0, Gaussian-data oracle)", atol=1e-5, rtol=1e-3,
-                   context=": every step must go from one step of the sub-sequence to the next, ending with t_prev = -1")
+                   context=": every step must go from one step of the sub-sequence to the next, "
+                           "ending with t_prev = -1")
     # 3. eta > 0: noisy (seeded by the generator), and the noise has the eq. 16 size
     big = (8, 1, 32, 32)
     x_T = _noise(big, 33)
     g_model = GaussianDataModel(ab64)
-    det = as_tensor_array(call(ddim_sample, g_model, x_T.clone(), ab_t, num_steps=10, eta=0.0, generator=generator(3),
-                       what="ddim_sample(..., eta=0)"), "ddim_sample(..., eta=0)", shape=big)
+    det = as_tensor_array(call(ddim_sample, g_model, x_T.clone(), ab_t, num_steps=10, eta=0.0,
+                               generator=generator(3), what="ddim_sample(..., eta=0)"),
+                          "ddim_sample(..., eta=0)", shape=big)
     rec = RecordingModel(g_model)
-    outs = [as_tensor_array(call(ddim_sample, model, x_T.clone(), ab_t, num_steps=10, eta=1.0, generator=generator(seed),
-                         what="ddim_sample(..., eta=1)"), "ddim_sample(..., eta=1)", shape=big)
+    outs = [as_tensor_array(call(ddim_sample, model, x_T.clone(), ab_t, num_steps=10, eta=1.0,
+                                 generator=generator(seed), what="ddim_sample(..., eta=1)"),
+                            "ddim_sample(..., eta=1)", shape=big)
             for model, seed in ((rec, 3), (g_model, 3), (g_model, 4))]
     steps10 = _visited(rec, big[0], "ddim_sample")  # the steps of the first call, for the variance below
     _check_taus(steps10, 1000, 10, "ddim_sample(..., num_steps=10, eta=1.0)")

@@ -256,10 +256,11 @@ def check_num_noise_levels(ns):
             ("gamma solves the equation with sqrt(D) instead of sqrt(2 D).",
              math.ceil(1 + math.log(sigma_max / sigma_min) / math.log(_gamma(max(D // 2, 5))))),
         ], lambda a, b: a == b)
-        fail_known_mistake(f"num_noise_levels({sigma_max}, {sigma_min}, D={D}): expected L = {want} "
-                           f"(gamma = {gamma:.5f}, ratio of that ladder {(sigma_max / sigma_min) ** (1 / (want - 1)):.5f} "
-                           f"<= gamma, while L - 1 levels give a ratio above gamma), got {got:g}"
-                           + (f" (its ratio is {ratio_got:.5f})." if ratio_got == ratio_got else "."), hint)
+        fail_known_mistake(
+            f"num_noise_levels({sigma_max}, {sigma_min}, D={D}): expected L = {want} "
+            f"(gamma = {gamma:.5f}, ratio of that ladder {(sigma_max / sigma_min) ** (1 / (want - 1)):.5f} "
+            f"<= gamma, while L - 1 levels give a ratio above gamma), got {got:g}"
+            + (f" (its ratio is {ratio_got:.5f})." if ratio_got == ratio_got else "."), hint)
         expect(float(got).is_integer(), f"num_noise_levels should return an int, got {got}.")
 
 
@@ -332,8 +333,9 @@ def check_dsm_loss(ns):
                 ("the target has the wrong sign (and the squared norm is averaged over pixels).",
                  float((0.5 * 4 * sq / D).mean())),
             ], lambda a, b: abs(a - b) <= 1e-3 * abs(b) + 1e-4)
-            fail_known_mistake(f"With data at a single point c and the EXACT score -(x - c) / sigma**2 the loss must be 0; "
-                               f"got {got:.6g}.", hint)
+            fail_known_mistake(
+                f"With data at a single point c and the EXACT score -(x - c) / sigma**2 the loss must be 0; "
+                f"got {got:.6g}.", hint)
         # 2. A zero score: 0.5 ||noise||^2 per example (D / 2 on average).
         want = float((0.5 * sq).mean())
         got = _loss_value(call(dsm_loss, _ZeroNet(), x.clone(), sigma.clone(), noise.clone(),
@@ -349,8 +351,9 @@ def check_dsm_loss(ns):
                  float((0.5 * sq / sd ** 2).mean()) / D),
                 ("the 0.5 factor is missing.", 2 * want),
             ], lambda a, b: abs(a - b) <= 1e-4 * abs(b))
-            fail_known_mistake(f"For a network that outputs 0 the loss must be 0.5 * ||noise||^2 averaged over the batch "
-                               f"= {want:.6g} (about D / 2 = {D / 2}); got {got:.6g}.", hint)
+            fail_known_mistake(
+                f"For a network that outputs 0 the loss must be 0.5 * ||noise||^2 averaged over the batch "
+                f"= {want:.6g} (about D / 2 = {D / 2}); got {got:.6g}.", hint)
         # 3. A generic network on generic data, compared with the formula in float64.
         xr = torch.rand(B, *shape, generator=g) * 2 - 1  # (B, 1, 4, 4)
         net = _FunctionNet(trainable=True)
@@ -478,10 +481,11 @@ def check_annealed_langevin(ns):
         if abs(ratio - want) > 0.04 * want:
             _, v2019 = _predict([sL], eps, T, 1 / sL, 0.0, (gamma * sL) ** 2, "2019", denoise=False)
             hint = _VARIANT_HINTS["2019"] if abs(ratio - v2019 / sL ** 2) <= 0.04 * v2019 / sL ** 2 else None
-            fail_known_mistake(f"One Langevin level (sigma = {sL}, T = {T}, eps = {eps:.3g}) started from variance "
-                               f"(gamma * sigma)**2 with gamma = {gamma}, driven by the exact single-point score, must end "
-                               f"at variance {want:.4f} * sigma**2 (technique 4's formula); yours ends at {ratio:.4f} * sigma**2.",
-                               hint)
+            fail_known_mistake(
+                f"One Langevin level (sigma = {sL}, T = {T}, eps = {eps:.3g}) started from variance "
+                f"(gamma * sigma)**2 with gamma = {gamma}, driven by the exact single-point score, must end "
+                f"at variance {want:.4f} * sigma**2 (technique 4's formula); yours ends at {ratio:.4f} * sigma**2.",
+                hint)
 
         # 3. Several levels with a linear network: exact mean and variance of a Gaussian recursion.
         sig_list = [2.0, 1.0, 0.5]
@@ -506,9 +510,10 @@ def check_annealed_langevin(ns):
                 pm, pv = _predict(sig_list, eps, T, k, m0, v0, "ok", not denoise)
                 if _stats_match(m, v, pm, pv, 0.02, 0.03):
                     hint = _VARIANT_HINTS["nodenoise" if denoise else "extradenoise"]
-            fail_known_mistake(f"annealed_langevin over sigmas {sig_list} (eps = {eps}, {T} steps each, denoise={denoise}) "
-                               f"with the linear network net(x) = -(x - c): the samples should end with mean offset "
-                               f"{want_m:.4f} and variance {want_v:.4f} from c; yours have {m:.4f} and {v:.4f}.", hint)
+            fail_known_mistake(
+                f"annealed_langevin over sigmas {sig_list} (eps = {eps}, {T} steps each, denoise={denoise}) "
+                f"with the linear network net(x) = -(x - c): the samples should end with mean offset "
+                f"{want_m:.4f} and variance {want_v:.4f} from c; yours have {m:.4f} and {v:.4f}.", hint)
 
         # 4. The generator drives every draw: same seed -> same samples, other seed -> other samples.
         x0 = torch.randn(4, 1, 4, 4, generator=generator(67))  # (4, 1, 4, 4)
@@ -560,8 +565,9 @@ def check_choose_step_size(ns):
             ("T is not n_steps_each.", _best_eps(sL, gamma, 1) if T != 1 else None),
         ]
         hint = first_match(got, candidates, lambda a, b: abs(a / b - 1) <= 0.03)
-        fail_known_mistake(f"{label}: expected eps close to {want:.6g} (variance ratio {_ratio(want, sL, gamma, T):.6f}), got "
-                           f"{got:.6g} (ratio {_ratio(got, sL, gamma, T):.6f}, further from 1).", hint)
+        fail_known_mistake(
+            f"{label}: expected eps close to {want:.6g} (variance ratio {_ratio(want, sL, gamma, T):.6f}), got "
+            f"{got:.6g} (ratio {_ratio(got, sL, gamma, T):.6f}, further from 1).", hint)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -599,9 +605,10 @@ def check_inpaint(ns):
                 hint = ("the known pixels are not re-noised at EACH level: after every Langevin step at level "
                         "sigma_i replace them by x_known + sigma_i * z (NCSN appendix B).")
             seen = ", ".join(f"{v:.3g}" for v in stds[:: max(1, len(stds) // 8)])
-            fail_known_mistake(f"While inpainting over sigmas {sig_list} ({T} steps each), the network should see the known "
-                               f"pixels as x_known + sigma_i * z, i.e. with noise of std sigma_i at level i; no call showed "
-                               f"noise of std {', '.join(str(s) for s in missing)} (stds seen: {seen} ...).", hint)
+            fail_known_mistake(
+                f"While inpainting over sigmas {sig_list} ({T} steps each), the network should see the known "
+                f"pixels as x_known + sigma_i * z, i.e. with noise of std sigma_i at level i; no call showed "
+                f"noise of std {', '.join(str(s) for s in missing)} (stds seen: {seen} ...).", hint)
 
         # 2. Unknown pixels follow the improved Langevin update (linear network, start forgotten).
         sig_list, T, eps, k, c = [2.0, 1.0, 0.5], 20, 0.05, 1.0, 1.5
@@ -621,10 +628,11 @@ def check_inpaint(ns):
                        for d in (False, True)):
                     hint = _VARIANT_HINTS[name]
                     break
-            fail_known_mistake(f"The unknown pixels should follow annealed Langevin dynamics (x + alpha s + sqrt(2 alpha) z, "
-                               f"alpha = eps sigma**2 / sigma_min**2): with net(x) = -(x - c) over sigmas {sig_list} they end "
-                               f"with variance {ok[0][1]:.4f} around c (or {ok[1][1]:.4f} after a final denoising step); "
-                               f"yours have mean offset {m:.4f} and variance {v:.4f}.", hint)
+            fail_known_mistake(
+                f"The unknown pixels should follow annealed Langevin dynamics (x + alpha s + sqrt(2 alpha) z, "
+                f"alpha = eps sigma**2 / sigma_min**2): with net(x) = -(x - c) over sigmas {sig_list} they end "
+                f"with variance {ok[0][1]:.4f} around c (or {ok[1][1]:.4f} after a final denoising step); "
+                f"yours have mean offset {m:.4f} and variance {v:.4f}.", hint)
 
         # 3. Reproducible with the generator.
         x_known = torch.rand(2, 1, 4, 4, generator=generator(70)) * 2 - 1
