@@ -171,6 +171,25 @@ def run_cells(path: Path, replace: dict[str, str] | None = None, stop_after: str
     return res, table
 
 
+def assert_every_cell_passes(res: dict, cells, max_points: float | None = None) -> None:
+    """Runner results ``res`` are exactly the test cells ``cells`` and every one passed (the messages
+    of those that did not are shown); with ``max_points``, the cells are worth that much in all."""
+    assert set(res) == set(cells), sorted(res)
+    failed = {k: r.message for k, r in res.items() if not r.passed}
+    assert not failed, failed
+    if max_points is not None:
+        assert sum(r.max_points for r in res.values()) == max_points
+
+
+def assert_only_replaced_cells_fail(res: dict, answers, replace: dict[str, str], table: str = "") -> None:
+    """In runner results ``res``: the test cell ``test_<gid>`` of every replaced answer lost all its
+    points, and the test cell of every other answer passed (a mistake costs its own cell only)."""
+    for gid in answers:
+        assert res[f"test_{gid}"].passed == (gid not in replace), table
+        if gid in replace:
+            assert res[f"test_{gid}"].points == 0, table
+
+
 def run_nbval_fast(path: Path, timeout: float = 600) -> tuple[subprocess.CompletedProcess, float]:
     """Run the notebook top to bottom under nbval in fast mode (slow cells included, as nbgrader runs
     them) in a subprocess; returns the finished process and the seconds it took."""
@@ -180,3 +199,10 @@ def run_nbval_fast(path: Path, timeout: float = 600) -> tuple[subprocess.Complet
                         "-p", "no:cacheprovider", "-q", str(path)], env=env, cwd=REPO, capture_output=True,
                        text=True, timeout=timeout)
     return r, time.perf_counter() - start
+
+
+def assert_fast_mode_within(path: Path, budget_s: float = 90) -> None:
+    """nbval in fast mode (slow cells included, as nbgrader runs them): no error, at most ``budget_s``."""
+    r, elapsed = run_nbval_fast(path)
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert elapsed <= budget_s, f"fast mode took {elapsed:.0f} s (budget {budget_s:g} s)"
