@@ -598,16 +598,21 @@ def _check_taus(steps: list[int], T: int, num_steps: int, what: str) -> None:
                hint="space the steps evenly, e.g. torch.linspace(T - 1, 0, num_steps).round().long().")
 
 
-def _ddim_replay(x_T: np.ndarray, steps: list[int], ab: np.ndarray) -> np.ndarray:
-    """Deterministic DDIM (eta = 0) with the Gaussian-data oracle along the given steps."""
+def _ddim_replay_pairs(x_T: np.ndarray, pairs: list[tuple[int, int]], ab: np.ndarray) -> np.ndarray:
+    """Deterministic DDIM (eta = 0, eq. 12) with the Gaussian-data oracle ``eps = sqrt(1 - ab_t) x``,
+    one step from t to t_prev for each ``(t, t_prev)`` of ``pairs`` (t_prev = -1: alpha_bar = 1)."""
     x = x_T.copy()
-    prevs = steps[1:] + [-1]
-    for t, tp in zip(steps, prevs):
+    for t, tp in pairs:
         a_t, a_p = ab[t], (ab[tp] if tp >= 0 else 1.0)
         eps = math.sqrt(1 - a_t) * x
         x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
         x = math.sqrt(a_p) * x0 + math.sqrt(1 - a_p) * eps
     return x
+
+
+def _ddim_replay(x_T: np.ndarray, steps: list[int], ab: np.ndarray) -> np.ndarray:
+    """Deterministic DDIM (eta = 0) with the Gaussian-data oracle along the given steps, then to -1."""
+    return _ddim_replay_pairs(x_T, list(zip(steps, steps[1:] + [-1])), ab)
 
 
 def check_ddim_sample(ns):
@@ -694,16 +699,6 @@ def _check_ddim_sample(ddim_sample):
            f"{v:.4f} (sigma of eq. 16 at every step but the last), got {var:.4f}.",
            hint="sigma(eta) = eta * sqrt((1 - ab_prev) / (1 - ab_t)) * sqrt(1 - ab_t / ab_prev), "
                 "with z drawn fresh at every step.")
-
-
-def _ddim_replay_pairs(x_T, pairs, ab):
-    x = x_T.copy()
-    for t, tp in pairs:
-        a_t, a_p = ab[t], (ab[tp] if tp >= 0 else 1.0)
-        eps = math.sqrt(1 - a_t) * x
-        x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-        x = math.sqrt(a_p) * x0 + math.sqrt(1 - a_p) * eps
-    return x
 
 
 # ----------------------------------------------------------------------------------------------
