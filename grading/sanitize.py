@@ -23,6 +23,8 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
+from .tamper import _nbg, _src  # the notebook-JSON accessors both modules need
+
 NOISY_NOTEBOOK_META = ("widgets", "colab", "vscode", "accelerator", "gpuClass", "interpreter",
                        "toc", "varInspector", "celltoolbar", "jupytext", "papermill", "orig_nbformat")
 NOISY_CELL_META = ("execution", "colab", "vscode", "outputId", "id", "ExecuteTime", "executionInfo",
@@ -42,16 +44,6 @@ class Sanitized:
 # The metadata that decides how a cell is graded; bookkeeping keys (checksum, cell_type) that the
 # release adds are restored silently.
 _GRADING_KEYS = ("grade", "solution", "locked", "task", "points", "grade_id")
-
-
-def _nbg(cell) -> dict:
-    m = cell.get("metadata", {}).get("nbgrader")
-    return m if isinstance(m, dict) else {}
-
-
-def _src(cell) -> str:
-    s = cell.get("source", "")
-    return "".join(s) if isinstance(s, list) else str(s)
 
 
 def parse(raw: bytes | str | None) -> tuple[dict | None, str | None]:

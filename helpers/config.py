@@ -66,6 +66,16 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (live plots and widget progress bars), False in scripts and tests."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
 def describe() -> str:
     """One line for a notebook's first cell: mode and device."""
     mode = "FAST mode (shortened training and sampling)" if FAST else "full mode"

@@ -17,6 +17,8 @@ import torch
 
 import matplotlib.pyplot as plt
 
+from .config import in_notebook
+
 
 def _to_numpy_images(x) -> np.ndarray:
     """-> float array (B, H, W) in [0, 1] from [-1, 1] images (B, 1, H, W), (B, H, W) or (H, W)."""
@@ -97,15 +99,6 @@ def plot_trajectory(history: Sequence, n_samples: int = 8, times: Sequence | Non
     return fig
 
 
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and hasattr(shell, "kernel")
-
-
 class LossPlot:
     """A loss curve that redraws while training.
 
@@ -125,7 +118,7 @@ class LossPlot:
         self.xs: dict[str, list] = {k: [] for k in self.names}
         self.ys: dict[str, list] = {k: [] for k in self.names}
         self.xlabel, self.ylabel, self.logy, self.title = xlabel, ylabel, logy, title
-        self.live = _in_notebook() if live is None else live
+        self.live = in_notebook() if live is None else live
         self.path = Path(path) if path is not None else None
         self.save_every = max(1, int(save_every))
         self._n_added = 0

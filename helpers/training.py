@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .config import checkpoint_dir
+from .config import checkpoint_dir, in_notebook
 
 CHECKPOINT_FORMAT = 1
 
@@ -195,15 +195,6 @@ def copy_for_ema(model: nn.Module) -> nn.Module:
     return ema
 
 
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and hasattr(shell, "kernel")
-
-
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str | None = None,
              disable: bool | None = None, **kwargs):
     """A tqdm progress bar: a widget in Jupyter (when ipywidgets is installed), text elsewhere.
@@ -214,7 +205,7 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
     if disable is None:
         flag = os.environ.get("DIFFUSION_PROGRESS", "").strip().lower()
         disable = flag in ("0", "false", "no", "off") or bool(os.environ.get("NBGRADER_EXECUTION"))
-    if _in_notebook():
+    if in_notebook():
         try:
             import ipywidgets  # noqa: F401  (tqdm's notebook bar needs it)
             from tqdm.notebook import tqdm
