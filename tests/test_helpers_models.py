@@ -78,8 +78,13 @@ def test_unet_shape_and_gradients_reach_every_parameter(emb, gen):
 
 def test_default_width_parameter_count(emb):
     """The course text's U-Net at width 16 (GroupNorm(1), bilinear Up, attention at 8x8 and 4x4)."""
+    backbone = count_parameters(ScoreNet())
+    assert backbone == 810_561
+    d = 64
+    time_mlp = 2 * (d * d + d)
+    projections = sum(d * c + c for c in (32, 64, 64, 32, 16, 16))
     n = count_parameters(UNet(emb))
-    assert n == count_parameters(ScoreNet()) == 810_561
+    assert n == backbone + time_mlp + projections == 833_441
     assert count_parameters(UNetConditional(emb)) == n + 11 * 64  # plus the label embedding
 
 
@@ -119,18 +124,27 @@ def test_unet_rejects_integer_images_and_bad_embedding(emb):
         UNet(16)
 
 
-def test_time_enters_at_every_level_with_its_channel_count(gen):
+def test_time_encoded_once_and_projected_to_every_level(gen):
     dims = []
 
     def recording(t, dim):
         dims.append(dim)
         return _local_embedding(t, dim)
-    model = UNet(recording, width=W)
+    model = _seeded(lambda: UNet(recording, width=W))
     x = torch.randn(2, 1, 32, 32, generator=gen)
     a = model(x, torch.tensor([3, 3]))
-    assert sorted(set(dims)) == [W, 2 * W, 4 * W]
+    assert dims == [4 * W], "one call of the time embedding per forward pass, with dim 4 * width"
     b = model(x, torch.tensor([800, 800]))
     assert not torch.allclose(a, b), "the output must depend on t"
+    widths = [p[1].out_features for p in model.net.cond_proj]
+    assert widths == [2 * W, 4 * W, 4 * W, 2 * W, W, W], "one projection per level, to its channel count"
+    for k, proj in enumerate(model.net.cond_proj):  # every level's projection matters
+        saved = proj[1].bias.detach().clone()
+        with torch.no_grad():
+            proj[1].bias.add_(1.0)
+            changed = model(x, torch.tensor([3, 3]))
+            proj[1].bias.copy_(saved)
+        assert not torch.allclose(changed, a), f"level {k}'s projection has no effect"
 
 
 def test_float_and_scalar_t_accepted(emb, gen):
@@ -223,7 +237,7 @@ def test_adaptive_norm_receives_cond_from_label_and_time(emb, gen):
         model(x, t, y)
     finally:
         LocalAdaptiveGroupNorm.forward = orig
-    want = model.label_embedding(y) + emb(t, 4 * W)
+    want = model.label_embedding(y) + model.time_mlp(emb(t, 4 * W))
     assert torch.allclose(seen[0], want, atol=1e-6)
 
 
