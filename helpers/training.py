@@ -1,11 +1,14 @@
-"""Training utilities: running means, checkpoints, reuse of trained models, EMA copies, progress bars.
+"""Training utilities: running means, checkpoints, reuse of trained models, EMA copies, progress
+bars, and mixed precision where it pays (:func:`autocast`).
 
 The exponential-moving-average *update* is a graded function (``ema_update``, notebook 02); this
 module only makes the frozen copy that it updates (:func:`copy_for_ema`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
 import os
 import time
@@ -178,6 +181,56 @@ def load_or_train(name: str, build_fn: Callable[[], nn.Module],
     save_checkpoint(path, model, config, step, **extra)
     say(f"Saved {name} to {path}")
     return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixed precision
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_has_amx_bf16() -> bool:
+    """True when the CPU multiplies bfloat16 in hardware (Intel AMX), where bf16 is about 1.35x faster."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def amp_dtype(device: torch.device | str | None = None) -> torch.dtype | None:
+    """The autocast dtype worth using for training on ``device``, or None for plain float32.
+
+    bfloat16 on a CUDA GPU that supports it and on a CPU with AMX; None elsewhere (on other CPUs bf16
+    is slower than float32) and when the environment sets ``DIFFUSION_AMP=0``.
+    """
+    if os.environ.get("DIFFUSION_AMP", "").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    kind = torch.device(device).type if device is not None else "cpu"
+    if kind == "cuda":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+    if kind == "cpu":
+        return torch.bfloat16 if _cpu_has_amx_bf16() else None
+    return None
+
+
+def autocast(device: torch.device | str | None = None):
+    """Context manager for the forward and backward pass of a training step: bf16 autocast where
+    :func:`amp_dtype` says it pays, else a no-op.
+
+    Weights, optimizer state and the loss stay float32; matrix products and convolutions run in
+    bfloat16. Sampling and evaluation should run outside it (float32), as the notebooks do.
+
+    >>> with autocast(DEVICE):
+    ...     loss = train_step(model, optimizer, x_0, alpha_bar)
+    """
+    dtype = amp_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    kind = torch.device(device).type if device is not None else "cpu"
+    return torch.autocast(kind, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------

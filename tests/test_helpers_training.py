@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from helpers import config, training
-from helpers.training import Metrics, copy_for_ema, load_checkpoint, load_or_train, save_checkpoint
+from helpers.training import (Metrics, _cpu_has_amx_bf16, amp_dtype, autocast, copy_for_ema, load_checkpoint,
+                              load_or_train, save_checkpoint)
 
 
 @pytest.fixture
@@ -133,3 +134,44 @@ def test_seed_everything_reproducible_and_typed():
     with pytest.raises(TypeError):
         config.seed_everything(1.5)
     assert "torch" in config.describe()
+
+
+# ----------------------------------------------------------------------------------------------
+# autocast
+
+
+def test_autocast_off_by_environment(monkeypatch):
+    monkeypatch.setenv("DIFFUSION_AMP", "0")
+    assert amp_dtype("cpu") is None
+    with autocast("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_autocast_on_cpu_follows_the_hardware(monkeypatch):
+    monkeypatch.delenv("DIFFUSION_AMP", raising=False)
+    want = torch.bfloat16 if _cpu_has_amx_bf16() else None
+    assert amp_dtype("cpu") == want
+    assert amp_dtype(torch.device("cpu")) == want
+    lin = torch.nn.Linear(4, 4)
+    with autocast("cpu"):
+        out = lin(torch.randn(2, 4))
+    assert out.dtype == (want or torch.float32)
+    assert lin.weight.dtype == torch.float32, "weights stay float32 under autocast"
+
+
+def test_autocast_training_step_keeps_float32_loss_and_learns():
+    """A bf16 step still returns a float32 loss and lowers it on a fixed batch."""
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(32, 8, generator=gen), torch.randn(32, 8, generator=gen)
+    losses = []
+    for _ in range(30):
+        with autocast("cpu"):
+            loss = ((model(x) - y) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses.append(loss.item())
+        assert loss.dtype == torch.float32
+    assert losses[-1] < 0.7 * losses[0]
