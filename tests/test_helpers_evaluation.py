@@ -48,6 +48,39 @@ def test_class_accuracy_and_confidence_with_stub():
         ev.confident_fraction(x, 1.5, classifier=stub)
 
 
+class StubWithRejection(StubClassifier):
+    """As StubClassifier, plus an eleventh "not a digit" output that wins when pixel (0, 2) > 0."""
+
+    def forward(self, x):
+        digits = super().forward(x)
+        junk = 20.0 * (x[:, 0, 0, 2] > 0).float()[:, None]
+        return torch.cat([digits, junk], dim=1)
+
+
+def test_not_a_digit_output_is_never_confident_nor_correct():
+    stub = StubWithRejection()
+    x = coded([0, 1, 2, 3], [True, True, True, False])
+    x[1, 0, 0, 2] = 1.0  # sharp digit 1, but "not a digit" wins
+    probs = ev.predict_proba(x, classifier=stub)
+    assert probs.shape == (4, 10)
+    assert probs[1].sum() < 0.01 and probs[0].sum() > 0.99
+    assert ev.confident_fraction(x, 0.9, classifier=stub) == pytest.approx(2 / 4)
+    assert ev.class_accuracy(x, torch.tensor([0, 1, 2, 3]), classifier=stub) == pytest.approx(3 / 4)
+    assert ev.non_digit_fraction(x, classifier=stub) == pytest.approx(1 / 4)
+    assert ev.non_digit_fraction(x, classifier=StubClassifier()) == 0.0
+
+
+def test_non_digits_cover_every_kind_in_range(gen):
+    x = ev.non_digits(400, gen)
+    assert x.shape == (400, 1, 32, 32) and x.min() >= -1 and x.max() <= 1
+    flat = x.flatten(1)
+    constant = (flat.max(1).values - flat.min(1).values) < 1e-6
+    assert 0.15 < constant.float().mean() < 0.35, "about a quarter constant images"
+    rough = (x[..., 1:, :] - x[..., :-1, :]).abs().mean((1, 2, 3))  # neighbour differences
+    assert (rough > 0.3).float().mean() > 0.3, "white and uniform noise"
+    assert ((rough > 1e-3) & (rough < 0.15)).float().mean() > 0.1, "smooth blobs"
+
+
 def test_diversity_is_mean_pairwise_feature_distance(gen):
     stub = StubClassifier()
     x = torch.rand(6, 1, 32, 32, generator=gen) - 0.5
@@ -108,6 +141,11 @@ def test_classifier_trains_to_95_percent_and_is_cached(tmp_path, monkeypatch, ca
     noise = torch.rand(200, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert base < ev.fid_to_data(noise, classifier=clf) / 5
     assert ev.diversity(x[:100], classifier=clf) > ev.diversity(x[:1].repeat(100, 1, 1, 1), classifier=clf)
+    # noise, blank images and blobs of other draws than training's are read as "not a digit"
+    junk = ev.non_digits(200, torch.Generator().manual_seed(99))
+    assert ev.non_digit_fraction(junk, classifier=clf) > 0.95
+    assert ev.confident_fraction(junk, 0.9, classifier=clf) < 0.03
+    assert ev.non_digit_fraction(x, classifier=clf) < 0.02, "real digits are digits"
 
 
 def test_fast_mode_classifier_is_cached_apart(tmp_path, monkeypatch):
