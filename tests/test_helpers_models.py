@@ -79,12 +79,12 @@ def test_unet_shape_and_gradients_reach_every_parameter(emb, gen):
 def test_default_width_parameter_count(emb):
     """The course text's U-Net at width 16 (GroupNorm(1), bilinear Up, attention at 8x8 and 4x4)."""
     backbone = count_parameters(ScoreNet())
-    assert backbone == 810_561
+    assert backbone == 812_881
     d = 64
     time_mlp = 2 * (d * d + d)
     projections = sum(d * c + c for c in (32, 64, 64, 32, 16, 16))
     n = count_parameters(UNet(emb))
-    assert n == backbone + time_mlp + projections == 833_441
+    assert n == backbone + time_mlp + projections == 835_761
     assert count_parameters(UNetConditional(emb)) == n + 11 * 64  # plus the label embedding
 
 
@@ -145,6 +145,18 @@ def test_time_encoded_once_and_projected_to_every_level(gen):
             changed = model(x, torch.tensor([3, 3]))
             proj[1].bias.copy_(saved)
         assert not torch.allclose(changed, a), f"level {k}'s projection has no effect"
+
+
+def test_output_depends_on_the_size_of_the_input(emb, gen):
+    """A bias-free conv followed by GroupNorm(1) would make the network blind to x -> c x (c > 0)."""
+    x = torch.randn(2, 1, 32, 32, generator=gen)
+    t = torch.tensor([500, 500])
+    for model, args in ((_seeded(lambda: UNet(emb, width=W)).eval(), (t,)),
+                        (_seeded(lambda: ScoreNet(width=W)).eval(), ()),
+                        (_seeded(lambda: UNetConditional(emb, width=W)).eval(), (t, torch.tensor([1, 2])))):
+        with torch.no_grad():
+            a, b = model(x, *args), model(3 * x, *args)
+        assert (a - b).abs().max() > 1e-2, f"{type(model).__name__} ignores the scale of its input"
 
 
 def test_float_and_scalar_t_accepted(emb, gen):
