@@ -34,12 +34,13 @@ for one example does not depend on the rest of the batch.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 TimeEmbedding = Callable[[torch.Tensor, int], torch.Tensor]
 IMAGE_SIZE = 32
@@ -170,6 +171,10 @@ class SelfAttention(nn.Module):
     """Pre-LayerNorm multi-head self-attention over the pixels, then a residual feed-forward block.
 
     ``forward(x)``: x (B, C, S, S) -> (B, C, S, S); attention over the S*S positions with 4 heads.
+
+    On the CPU the attention runs on PyTorch's plain "math" kernel: the fused (flash) kernel is slow to
+    back-propagate through sequences this short (64 and 16 positions). Measured on a 2-core CPU with
+    bf16 autocast, batch 64: 414 -> 525 training images/s for the whole U-Net, with the same result.
     """
 
     def __init__(self, channels: int, size: int, heads: int = 4):
@@ -188,7 +193,8 @@ class SelfAttention(nn.Module):
         B, C, H, W = x.shape
         seq = x.flatten(2).transpose(1, 2)  # (B, H*W, C)
         h = self.ln(seq)
-        seq = self.mha(h, h, h, need_weights=False)[0] + seq
+        with sdpa_kernel([SDPBackend.MATH]) if x.device.type == "cpu" else nullcontext():
+            seq = self.mha(h, h, h, need_weights=False)[0] + seq
         seq = self.ff(seq) + seq
         return seq.transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
 
