@@ -306,3 +306,30 @@ def test_loss_falls_on_a_fixed_batch(emb, gen):
         opt.step()
         losses.append(loss.item())
     assert math.isfinite(losses[-1]) and losses[-1] < 0.5 * losses[0], losses
+
+
+def test_self_attention_is_plain_scaled_dot_product_attention(gen):
+    # The CPU path picks PyTorch's math kernel (faster to back-propagate); it must still compute
+    # softmax(q k^T / sqrt(d)) v with the module's own weights, forwards and backwards.
+    sa = models.SelfAttention(16, 4)
+    x = torch.randn(3, 16, 4, 4, generator=gen, requires_grad=True)  # (B, C, S, S)
+    out = sa(x)
+
+    def explicit(x):
+        B, C, H, W = x.shape
+        seq = x.flatten(2).transpose(1, 2)  # (B, L, C)
+        h = sa.ln(seq)
+        q, k, v = nn.functional.linear(h, sa.mha.in_proj_weight, sa.mha.in_proj_bias).chunk(3, dim=-1)
+        split = lambda z: z.reshape(B, H * W, 4, C // 4).transpose(1, 2)  # (B, heads, L, C / heads)
+        q, k, v = split(q), split(k), split(v)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(C // 4), dim=-1)  # (B, heads, L, L)
+        a = (att @ v).transpose(1, 2).reshape(B, H * W, C)
+        seq = sa.mha.out_proj(a) + seq
+        seq = sa.ff(seq) + seq
+        return seq.transpose(1, 2).reshape(B, C, H, W)
+
+    ref = explicit(x)
+    assert torch.allclose(out, ref, atol=1e-5)
+    g_out, = torch.autograd.grad(out.square().sum(), x)
+    g_ref, = torch.autograd.grad(ref.square().sum(), x)
+    assert torch.allclose(g_out, g_ref, atol=1e-4)
