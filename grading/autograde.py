@@ -50,6 +50,7 @@ GRADES_COLUMNS = ["student", "assignment", "auto_score", "auto_max", "manual_poi
 QUESTION_COLUMNS = ["student", "assignment", "cell_id", "points", "max_points", "passed", "message"]
 KERNEL_NAME = "diffusion-grader"
 UID_BASE = 61000
+IPC_PATH_MAX = 96  # a Unix socket path has at most 107 bytes; the kernel appends "-<port>"
 
 
 class ToolError(RuntimeError):
@@ -342,12 +343,17 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
         home = job_dir / "home"
         for name, var in (("data", "DIFFUSION_DATA_DIR"), ("checkpoints", "DIFFUSION_CHECKPOINT_DIR")):
             _scratch_links(Path(os.environ.get(var) or course.REPO_ROOT / name), home / name)
+        # The kernel talks to nbgrader over Unix sockets in its own home (0700, its uid), not
+        # over TCP ports on localhost: no other job can take those ports between the moment
+        # jupyter_client picks them and the kernel binds them (the kernel would die at start,
+        # and the student would score 0), or connect to another student's kernel.
+        ipc = str(home / "zmq")
         env = {"JUPYTER_PATH": str(job_dir / "kernels"), "HOME": str(home),
                "DIFFUSION_DATA_DIR": str(home / "data"),
                "DIFFUSION_CHECKPOINT_DIR": str(home / "checkpoints")}
         (job_dir / "job.json").write_text(json.dumps(
             {"assignment": a, "student": s, "kernel_name": KERNEL_NAME, "timeout": timeout,
-             "env": env}))
+             "env": env, "ipc": ipc if len(ipc.encode()) <= IPC_PATH_MAX else None}))
         os.chmod(job_dir, 0o711)
         os.chmod(course_dir, 0o711)
         os.chmod(course_dir / "gradebook.db", 0o600)
@@ -383,9 +389,21 @@ def first_line(text: str | None) -> str:
     return ""
 
 
+KERNEL_DID_NOT_START = "Kernel died before replying to kernel_info"
+
+
+def kernel_did_not_start(result: dict | None) -> bool:
+    """Whether a job failed because its kernel died before it ran any cell: never the student's
+    doing (their code had not run yet), so the job is worth running again."""
+    return bool(result) and not result.get("ok") and KERNEL_DID_NOT_START in (result.get("error") or "")
+
+
 def describe_failure(error: str | None) -> str:
     """One line saying why nbgrader could not grade a notebook."""
     text = error or ""
+    if KERNEL_DID_NOT_START in text:
+        return ("the grading kernel died before it ran any cell (a problem of the grading machine, "
+                "not of this notebook): run autograde again to grade it")
     if "DeadKernelError" in text or "Kernel died" in text:
         return ("the kernel died while running the notebook (the code ended Python, e.g. "
                 "os._exit, a crash, or ran out of memory)")
@@ -625,8 +643,9 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
                     dest = out / "autograded" / s / a / f"{nb_name}.ipynb"
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(data)
-            state["submissions"][f"{s}/{a}"] = {
-                "digest": j.digest, "grades": grow, "questions": qrows,
+            state["submissions"][f"{s}/{a}"] = {  # no digest: the next run grades it again
+                "digest": None if kernel_did_not_start(j.result) else j.digest,
+                "grades": grow, "questions": qrows,
                 "seconds": (j.result or {}).get("wall_seconds")}
             if j.result and not j.result.get("ok"):
                 log.warning("%s/%s: autograde problem: %s", s, a,
@@ -651,7 +670,12 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
         def run_in_slot(j: Job, i: int) -> dict:
             sl = slots.get()
             try:
-                return run_job(j, i, workdir, mode, timeout, sl, protect)
+                result = run_job(j, i, workdir, mode, timeout, sl, protect)
+                if kernel_did_not_start(result):
+                    log.warning("%s/%s: the kernel died before running any cell; trying again",
+                                j.sub.student, j.tpl.assignment)
+                    result = run_job(j, i, workdir, mode, timeout, sl, protect)
+                return result
             finally:
                 slots.put(sl)
 

@@ -206,3 +206,49 @@ def test_student_code_cannot_write_outside_its_job(tmp_path):
     assert row["auto_score"] == "0" and "file write" in row["review"]   # and flagged statically
     q = {r["cell_id"]: r for r in read_csv(out / "questions.csv")}
     assert "ran as 2/2" in q["test_square"]["message"]                  # the code did run
+
+
+def test_a_kernel_that_dies_before_any_cell_is_tried_again(tmp_path, monkeypatch):
+    """A kernel that dies at start (e.g. it could not open its sockets) is the machine's fault,
+    never the student's: the job runs once more; if that fails too, the notes say so and the next
+    run grades the student again. The kernel talks over Unix sockets, not localhost ports."""
+    import json
+
+    import grading.autograde as ag
+
+    real, failing, started = ag._kernel_spec, set(), []
+
+    def kernel_spec(job_dir, mode, uid, protect):
+        real(job_dir, mode, uid, protect)
+        started.append(job_dir)
+        if len(started) in failing:
+            spec = job_dir / "kernels" / "kernels" / ag.KERNEL_NAME / "kernel.json"
+            argv = [sys.executable, "-c", "raise SystemExit(3)", "{connection_file}"]
+            spec.write_text(json.dumps({**json.loads(spec.read_text()), "argv": argv}))
+
+    monkeypatch.setattr(ag, "_kernel_spec", kernel_spec)
+    ipc_check = ("from ipykernel.kernelapp import IPKernelApp\n"
+                 "assert IPKernelApp.instance().transport == 'ipc', IPKernelApp.instance().transport\n"
+                 "def square(x):\n    return x * x")
+    d = tmp_path / "subs" / "flaky" / A
+    d.mkdir(parents=True)
+    (d / f"{A}.ipynb").write_bytes(gc.dump(gc.with_answer(gc.perfect(), "square", ipc_check)))
+    out = tmp_path / "out"
+
+    def run() -> dict:
+        autograde(tmp_path / "subs", out=out, jobs=1, timeout=TIMEOUT, root=gc.COURSE,
+                  progress=False)
+        return read_csv(out / "grades.csv")[0]
+
+    failing.update({1, 2})                   # fails twice: reported, not held against the student
+    row = run()
+    assert len(started) == 2 and row["auto_score"] == "0"
+    assert "died before it ran any cell" in row["notes"] and "run autograde again" in row["notes"]
+    failing.clear()                           # the same submission again, without --force
+    row = run()
+    assert len(started) == 3 and row["auto_score"] == "3", row["notes"]
+    failing.add(4)                            # fails once: the second try grades it
+    autograde(tmp_path / "subs", out=out, jobs=1, timeout=TIMEOUT, root=gc.COURSE,
+              progress=False, force=True)
+    row = read_csv(out / "grades.csv")[0]
+    assert len(started) == 5 and row["auto_score"] == "3" and row["notes"] == "", row["notes"]
