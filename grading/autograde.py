@@ -11,8 +11,10 @@ Pipeline (the parent process is trusted; student code only ever runs in a kernel
    submissions are not regraded unless ``--force``).
 4. Jobs run ``python -m grading.worker`` in their own temporary course copy (own gradebook copy,
    cwd inside it), ``--jobs`` at a time. As root, each job's kernel runs under its own
-   unprivileged uid (``grading.kernel_launcher``): the repository, the course gradebook and the
-   other jobs are read-only or invisible to student code.
+   unprivileged uid (``grading.kernel_launcher``), in a read-only mount namespace where it must:
+   the repository, the course gradebook and the other jobs are read-only or invisible to student
+   code, and no other process can be signalled. Whatever the job's uid still runs afterwards is
+   killed. The kernel talks to nbgrader over Unix sockets in its own folder.
 5. The parent alone writes the course gradebook, ``grades.csv``, ``questions.csv``, the feedback
    HTML (``feedback/<student>/<assignment>/<nb>.html``, hidden tests removed and checked) and the
    graded notebooks (``autograded/<student>/<assignment>/``).
@@ -32,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -178,10 +181,11 @@ def can_drop_privileges() -> tuple[bool, str]:
 def isolation_mode(protect: list[Path], workdir: Path) -> tuple[str, str]:
     """``("uid" | "sandbox" | "none", explanation)``: how student kernels are confined.
 
-    ``uid``: an unprivileged uid per job. ``sandbox`` (root, when no other uid can run this
-    Python): a private mount namespace where everything but the job's scratch folder is
-    read-only, and no capabilities. ``none``: not root; kernels run as the grader's user, each in
-    its own throw-away course copy.
+    ``uid``: an unprivileged uid per job. ``sandbox`` (root, when no other uid can reach this
+    Python as installed): an unprivileged uid per job too, in a private mount namespace where
+    the folders closed to other users are opened only on the way to Python, and everything but
+    the job's scratch folder is read-only. ``none``: not root; kernels run as the grader's
+    user, each in its own throw-away course copy.
     """
     ok, why = can_drop_privileges()
     if ok:
@@ -191,7 +195,8 @@ def isolation_mode(protect: list[Path], workdir: Path) -> tuple[str, str]:
     home = workdir / "probe-home"
     home.mkdir(exist_ok=True)
     cmd = [shutil.which("unshare"), "-m", "--propagation", "private", "--", sys.executable, "-m",
-           "grading.kernel_launcher", "--sandbox", "--probe", "--home", str(home)]
+           "grading.kernel_launcher", "--sandbox", "--probe", "--home", str(home),
+           "--uid", str(UID_BASE - 1), "--gid", str(UID_BASE - 1)]
     for p in protect:
         cmd += ["--protect", str(p)]
     try:
@@ -201,8 +206,8 @@ def isolation_mode(protect: list[Path], workdir: Path) -> tuple[str, str]:
     finally:
         shutil.rmtree(home, ignore_errors=True)
     if r.returncode == 0 and "sandbox-ok" in r.stdout:
-        return "sandbox", (f"{why}; student kernels run in a read-only mount namespace without "
-                           "capabilities (only their scratch folder is writable)")
+        return "sandbox", (f"{why}; student kernels run as unprivileged uids {UID_BASE}+ in a "
+                           "read-only mount namespace (only their scratch folder is writable)")
     return "none", f"{why}; read-only sandbox unavailable: {(r.stderr or r.stdout).strip()[-300:]}"
 
 
@@ -260,12 +265,62 @@ def _kernel_spec(job_dir: Path, mode: str, uid: int, protect: list[Path]) -> Non
         argv = launcher + ["--uid", str(uid), "--gid", str(uid), "-f", "{connection_file}"]
     elif mode == "sandbox":
         argv = [shutil.which("unshare") or "unshare", "-m", "--propagation", "private", "--"] + \
-            launcher + ["--sandbox"] + [a for p in protect for a in ("--protect", str(p))] + \
-            ["-f", "{connection_file}"]
+            launcher + ["--sandbox", "--uid", str(uid), "--gid", str(uid)] + \
+            [a for p in protect for a in ("--protect", str(p))] + ["-f", "{connection_file}"]
     else:
         argv = launcher + ["-f", "{connection_file}"]
     (kdir / "kernel.json").write_text(json.dumps(
         {"argv": argv, "display_name": "Python 3 (grading)", "language": "python"}))
+
+
+class UidPool:
+    """The unprivileged uids that student kernels run as: one per running job, never shared with
+    a job of another autograde run on this machine (a lock file per uid, in a folder only root
+    can write), so a student's code can neither signal nor read another running kernel."""
+
+    SIZE = 4000
+
+    def __init__(self) -> None:
+        self.dir = Path("/run/diffusion-grading-uids")
+        try:
+            self.dir.mkdir(mode=0o700, exist_ok=True)
+            st = self.dir.stat()
+            if st.st_uid != 0 or st.st_mode & 0o077:
+                raise PermissionError(f"{self.dir} is not root's own folder")
+        except OSError as exc:  # no shared folder: uids are unique within this run only
+            log.warning("uid locks: %s; another autograde run at the same time may reuse uids", exc)
+            self.dir = Path(tempfile.mkdtemp(prefix="uid-locks-"))
+        self.next = int.from_bytes(os.urandom(2), "big") % self.SIZE
+        self.lock = threading.Lock()
+
+    def claim(self) -> tuple[int, object]:
+        import fcntl
+
+        with self.lock:
+            for _ in range(self.SIZE):
+                uid = UID_BASE + self.next
+                self.next = (self.next + 1) % self.SIZE
+                fh = open(self.dir / f"{uid}.lock", "w")
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    fh.close()
+                    continue
+                return uid, fh
+        raise ToolError(f"all {self.SIZE} grading uids are in use")
+
+
+def reap_uid(uid: int) -> None:
+    """Kill every process of ``uid`` (what a student's code left running, e.g. a daemon, must not
+    meet the next job that gets this uid): ``kill -KILL -1`` run as that uid."""
+    if uid < UID_BASE:
+        raise ValueError(f"not a grading uid: {uid}")
+    kill = shutil.which("kill") or "/bin/kill"
+    try:
+        subprocess.run([kill, "-KILL", "-1"], user=uid, group=uid, extra_groups=[], cwd="/",
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("could not stop the processes of uid %d: %s", uid, exc)
 
 
 class WorkerSlot:
@@ -326,11 +381,15 @@ def _scratch_links(src: Path, dest: Path) -> None:
 
 
 def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
-            slot: WorkerSlot, protect: list[Path] = ()) -> dict:
+            slot: WorkerSlot, protect: list[Path] = (), uids: UidPool | None = None) -> dict:
     """Run one job on a fresh copy of the template course in a worker slot; returns its result."""
     a, s = job.tpl.assignment, job.sub.student
     job_dir = Path(tempfile.mkdtemp(prefix=f"job-{index:04d}-", dir=workdir))
+    uid, uid_lock = uids.claim() if uids is not None else (UID_BASE + index % UidPool.SIZE, None)
+    confined = mode in ("uid", "sandbox")
     try:
+        if confined:
+            reap_uid(uid)
         course_dir = job_dir / "course"
         shutil.copytree(job.tpl.root / course.SOURCE_DIR, course_dir / course.SOURCE_DIR)
         shutil.copyfile(job.tpl.db, course_dir / "gradebook.db")
@@ -339,7 +398,7 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
         for name, nb in job.notebooks.items():
             if nb is not None:
                 (sub_dir / f"{name}.ipynb").write_text(json.dumps(nb, indent=1))
-        _kernel_spec(job_dir, mode, UID_BASE + index % 4000, list(protect))
+        _kernel_spec(job_dir, mode, uid, list(protect))
         home = job_dir / "home"
         for name, var in (("data", "DIFFUSION_DATA_DIR"), ("checkpoints", "DIFFUSION_CHECKPOINT_DIR")):
             _scratch_links(Path(os.environ.get(var) or course.REPO_ROOT / name), home / name)
@@ -376,6 +435,10 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
         result["_files"] = keep
         return result
     finally:
+        if confined:
+            reap_uid(uid)
+        if uid_lock is not None:
+            uid_lock.close()
         shutil.rmtree(job_dir, ignore_errors=True)
 
 
@@ -664,17 +727,18 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
 
         slots: queue.Queue = queue.Queue()
         all_slots = [WorkerSlot(workdir) for _ in range(min(jobs, max(1, len(to_run))))]
+        uids = UidPool() if mode in ("uid", "sandbox") else None
         for sl in all_slots:
             slots.put(sl)
 
         def run_in_slot(j: Job, i: int) -> dict:
             sl = slots.get()
             try:
-                result = run_job(j, i, workdir, mode, timeout, sl, protect)
+                result = run_job(j, i, workdir, mode, timeout, sl, protect, uids)
                 if kernel_did_not_start(result):
                     log.warning("%s/%s: the kernel died before running any cell; trying again",
                                 j.sub.student, j.tpl.assignment)
-                    result = run_job(j, i, workdir, mode, timeout, sl, protect)
+                    result = run_job(j, i, workdir, mode, timeout, sl, protect, uids)
                 return result
             finally:
                 slots.put(sl)

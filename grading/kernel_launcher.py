@@ -1,20 +1,27 @@
-"""Start a grading kernel so that student code cannot write outside its own scratch folder.
+"""Start a grading kernel so that student code cannot write outside its own scratch folder, nor
+reach another job's kernel or the grader's processes.
 
-Two ways, chosen by ``grading.autograde`` when the grader runs as root:
+Two ways, chosen by ``grading.autograde`` when the grader runs as root; both run the kernel as an
+unprivileged uid of its own (one per running job, see ``grading.autograde.UidPool``), so it cannot
+signal, trace or read the memory of any other process:
 
-``--uid U --gid G --home H`` (an unprivileged user can run the venv's Python):
+``--uid U --gid G --home H`` (the unprivileged uid can run the venv's Python as it is):
     copy the connection file (written 0600 by jupyter_client) into ``H`` for ``U``, set resource
     limits, drop to ``U:G`` with no supplementary groups and ``exec`` ipykernel. The repository,
     the gradebooks and the other jobs (owned by root or other uids) are then read-only or
     invisible to student code.
 
-``--sandbox --home H`` (run under ``unshare -m --propagation private``; used when no other
-uid can run the venv's Python, e.g. a Python installed under ``/root``):
-    in the kernel's private mount namespace, bind ``H`` onto itself, remount every other mount
-    read-only (``/proc``, ``/sys`` and ``/dev`` excepted), check that each ``--protect`` path is no
-    longer writable, then ``exec`` ipykernel through ``setpriv`` with an empty capability
-    bounding set and ``no_new_privs``: uid 0 without capabilities cannot remount, so the
-    repository, the gradebooks and the other jobs stay read-only; only ``H`` is writable.
+``--sandbox --uid U --gid G --home H`` (run under ``unshare -m --propagation private``; used when
+the unprivileged uid cannot reach the venv's Python, e.g. a Python installed under ``/root``):
+    in the kernel's private mount namespace, where a folder on the way to Python, its libraries,
+    the course packages or ``H`` is closed to other users (``/root``), cover it with an empty
+    tmpfs and bind back only the entries on that way (``/root/.pyenv``), so the rest of it stays
+    hidden; bind ``H`` onto itself and remount every other mount read-only (``/proc``, ``/sys`` and ``/dev``
+    excepted) and check that each ``--protect`` path is no longer writable; then ``exec``
+    ipykernel through ``setpriv`` as ``U:G`` with an empty capability bounding set and
+    ``no_new_privs``. Without ``--uid`` (older callers) the kernel stays uid 0 without
+    capabilities, which can still signal every root process: ``grading.autograde`` always passes
+    one.
 
 ``--probe`` runs a self-test instead of the kernel (used once per autograde run).
 """
@@ -61,7 +68,73 @@ def _mountpoints() -> list[str]:
     return sorted(set(points), key=len, reverse=True)
 
 
-def _sandbox(home: str, protect: list[str]) -> None:
+def _closed(d: str) -> bool:
+    """Whether an unprivileged uid (not the owner, in none of the groups) cannot enter ``d``."""
+    try:
+        return not os.stat(d).st_mode & 0o001
+    except OSError:
+        return False
+
+
+def _needed_paths() -> list[str]:
+    """What the kernel's Python must reach: itself, its standard library and every import path."""
+    paths = {sys.executable, os.path.realpath(sys.executable), sys.prefix, sys.base_prefix,
+             sys.exec_prefix, sys.base_exec_prefix}
+    paths.update(p for p in sys.path if p)
+    return sorted({os.path.realpath(p) for p in paths if os.path.exists(p)})
+
+
+def _mount(source: str, target: str, fstype: str | None = None, flags: int = 0,
+           data: str | None = None) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    enc = (lambda x: None if x is None else x.encode())
+    if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
+
+
+MS_BIND, MS_REC = 4096, 16384
+
+
+def _open_up(needed: list[str]) -> list[str]:
+    """Inside the mount namespace, give other users a way through each closed folder that lies on
+    the way to a ``needed`` path: an empty tmpfs (mode 755) over the folder, with only the needed
+    entries bound back from the original (reached through a file descriptor opened before the
+    tmpfs covered it). Returns the folders covered."""
+    covered = []
+    for _ in range(16):  # one level per pass: /root, then /root/x if that is closed too, ...
+        todo: dict[str, set[str]] = {}
+        for path in needed:
+            parts = path.strip("/").split("/")
+            for depth in range(1, len(parts)):
+                folder = "/" + "/".join(parts[:depth])
+                if _closed(folder):
+                    todo.setdefault(folder, set()).add(parts[depth])
+                    break
+        if not todo:
+            return covered
+        for folder, children in sorted(todo.items(), key=lambda kv: -len(kv[0])):
+            fd = os.open(folder, os.O_PATH | os.O_DIRECTORY)
+            try:
+                _mount("tmpfs", folder, "tmpfs", 0, "mode=755,size=1m")
+                for child in sorted(children):
+                    src, dst = f"/proc/self/fd/{fd}/{child}", os.path.join(folder, child)
+                    if os.path.isdir(src):
+                        os.mkdir(dst)
+                    else:
+                        open(dst, "w").close()
+                    _mount(src, dst, None, MS_BIND | MS_REC)
+            finally:
+                os.close(fd)
+            covered.append(folder)
+    raise SystemExit("sandbox: too many closed folders on the way to Python")
+
+
+def _sandbox(home: str, protect: list[str], open_up: bool = False) -> None:
+    if open_up:  # before the bind below, which a tmpfs over one of home's folders would hide
+        _open_up(_needed_paths() + [home])
     subprocess.run(["mount", "--bind", home, home], check=True)
     for mp in _mountpoints():
         if mp == home or mp.startswith(("/proc", "/sys", "/dev")):
@@ -98,34 +171,37 @@ def main(argv: list[str] | None = None) -> None:
     else:
         cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", args.connection_file] + rest
 
+    gid = args.gid if args.gid is not None else args.uid
     if args.uid is not None:
-        conn = os.path.join(home, "kernel-connection.json")
+        if args.uid < 1000:
+            raise SystemExit(f"refusing to run student code as uid {args.uid}")
         if args.connection_file:
+            conn = os.path.join(home, "kernel-connection.json")
             shutil.copyfile(args.connection_file, conn)
             cmd[cmd.index(args.connection_file)] = conn
         for dirpath, dirnames, filenames in os.walk(home):
             for name in dirnames + filenames:
-                os.lchown(os.path.join(dirpath, name), args.uid, args.gid)
-        os.chown(home, args.uid, args.gid)
+                os.lchown(os.path.join(dirpath, name), args.uid, gid)
+        os.chown(home, args.uid, gid)
         os.chmod(home, 0o700)
         try:
             resource.setrlimit(resource.RLIMIT_NPROC, (512, 512))  # counted per uid
         except (ValueError, OSError):
             pass
         env.update(USER="student", LOGNAME="student")
+    if args.sandbox:
+        _sandbox(home, [os.path.abspath(x) for x in args.protect], open_up=args.uid is not None)
+        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        who = [] if args.uid is None else [f"--reuid={args.uid}", f"--regid={gid}", "--clear-groups"]
+        os.execve(setpriv, [setpriv] + who + ["--bounding-set=-all", "--inh-caps=-all",
+                                              "--no-new-privs", "--"] + cmd, env)
+    if args.uid is not None:
         os.setgroups([])
-        os.setgid(args.gid if args.gid is not None else args.uid)
+        os.setgid(gid)
         os.setuid(args.uid)
         if os.getuid() != args.uid or os.geteuid() != args.uid:
             raise SystemExit("could not drop privileges")
-        os.execve(cmd[0], cmd, env)
-    if args.sandbox:
-        _sandbox(home, [os.path.abspath(x) for x in args.protect])
-        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-        os.execve(setpriv, [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs",
-                            "--"] + cmd, env)
     os.execve(cmd[0], cmd, env)
-
 
 if __name__ == "__main__":
     main()

@@ -182,8 +182,11 @@ def test_rubric_and_demo_on_the_fixture(capsys):
 
 
 def test_student_code_cannot_write_outside_its_job(tmp_path):
-    """Root only: the kernel runs under another uid or in a read-only sandbox."""
+    """Root only: the kernel runs under an unprivileged uid of its own (in a read-only sandbox
+    where it must): it cannot write outside its job, signal the grader's processes, or leave a
+    process running after its job."""
     import os
+    import subprocess
 
     from grading.autograde import isolation_mode
 
@@ -196,6 +199,10 @@ def test_student_code_cannot_write_outside_its_job(tmp_path):
     targets = [course.REPO_ROOT / "pwned.txt", out / "pwned.txt", tmp_path / "pwned.txt"]
     attack = ("import pathlib\nfor p in %r:\n    try:\n        pathlib.Path(p).write_text('x')\n"
               "    except OSError as e:\n        print('blocked', p, e)\n"
+              "import os, subprocess\n"
+              "for pid in (os.getppid(), 1):\n    try:\n        os.kill(pid, 0)\n"
+              "        print('SIGNALLED', pid)\n    except OSError:\n        pass\n"
+              "subprocess.Popen(['sleep', '4321'], start_new_session=True)\n"
               "def square(x):\n    return x * x") % [str(t) for t in targets]
     d = tmp_path / "subs" / "mallory" / A
     d.mkdir(parents=True)
@@ -206,6 +213,11 @@ def test_student_code_cannot_write_outside_its_job(tmp_path):
     assert row["auto_score"] == "0" and "file write" in row["review"]   # and flagged statically
     q = {r["cell_id"]: r for r in read_csv(out / "questions.csv")}
     assert "ran as 2/2" in q["test_square"]["message"]                  # the code did run
+    nb = gc.load(out / "autograded" / "mallory" / A / f"{A}.ipynb")
+    printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert printed.count("blocked") == 3 and "SIGNALLED" not in printed, printed
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "sleep 4321" not in ps                                        # killed with its job
 
 
 def test_a_kernel_that_dies_before_any_cell_is_tried_again(tmp_path, monkeypatch):
