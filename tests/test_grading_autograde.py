@@ -226,7 +226,7 @@ def test_a_kernel_that_dies_before_any_cell_is_tried_again(tmp_path, monkeypatch
     run grades the student again. The kernel talks over Unix sockets, not localhost ports."""
     import json
 
-    import grading.autograde as ag
+    import grading.autograde as ag  # the module as imported now (other tests may purge grading.*),
 
     real, failing, started = ag._kernel_spec, set(), []
 
@@ -248,19 +248,19 @@ def test_a_kernel_that_dies_before_any_cell_is_tried_again(tmp_path, monkeypatch
     out = tmp_path / "out"
 
     def run() -> dict:
-        autograde(tmp_path / "subs", out=out, jobs=1, timeout=TIMEOUT, root=gc.COURSE,
-                  progress=False)
+        ag.autograde(tmp_path / "subs", out=out, jobs=1, timeout=TIMEOUT, root=gc.COURSE,
+                     progress=False)   # ... so the patched _kernel_spec is the one it calls
         return read_csv(out / "grades.csv")[0]
 
     failing.update({1, 2})                   # fails twice: reported, not held against the student
     row = run()
-    assert len(started) == 2 and row["auto_score"] == "0"
+    assert len(started) == 2 and row["auto_score"] == "0", row["notes"]
     assert "died before it ran any cell" in row["notes"] and "run autograde again" in row["notes"]
     failing.clear()                           # the same submission again, without --force
     row = run()
     assert len(started) == 3 and row["auto_score"] == "3", row["notes"]
     failing.add(4)                            # fails once: the second try grades it
-    autograde(tmp_path / "subs", out=out, jobs=1, timeout=TIMEOUT, root=gc.COURSE,
-              progress=False, force=True)
+    ag.autograde(tmp_path / "subs", out=out, jobs=1, timeout=TIMEOUT, root=gc.COURSE,
+                 progress=False, force=True)
     row = read_csv(out / "grades.csv")[0]
     assert len(started) == 5 and row["auto_score"] == "3" and row["notes"] == "", row["notes"]
