@@ -16,8 +16,11 @@ numeric last expression gives partial credit, anything else full points.
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,8 +141,17 @@ def run_notebook(path, replace: dict[str, str] | None = None, skip_tags=("slow",
     def on_executed(cell, cell_index, execute_reply):  # nbgrader's Execute.on_cell_executed
         replies[cell_index] = execute_reply
 
+    # Unix sockets in a private folder rather than localhost ports: with many kernels starting at
+    # once (parallel tests, several graders) a port picked for one kernel can be taken by another
+    # process before the kernel binds it, and the kernel then dies at start.
+    from jupyter_client.manager import AsyncKernelManager
+
+    sockets = tempfile.mkdtemp(prefix="kernel-")
+    ipc = os.path.join(sockets, "k")
+    km = AsyncKernelManager(kernel_name="python3", **(
+        {"transport": "ipc", "ip": ipc} if len(ipc.encode()) <= 96 else {}))
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+        nb, km=km, timeout=timeout, kernel_name="python3", allow_errors=True,
         interrupt_on_timeout=True, raise_on_iopub_timeout=False, startup_timeout=120,
         error_on_timeout={"ename": "CellTimeoutError",
                           "evalue": f"cell did not finish within {timeout} s",
@@ -151,33 +163,36 @@ def run_notebook(path, replace: dict[str, str] | None = None, skip_tags=("slow",
     pattern = _warning_pattern()
     results: dict[str, CellResult] = {}
     skip = set(skip_tags or ())
-    with client.setup_kernel(env=kernel_env, cwd=str(path.parent), stderr=subprocess.DEVNULL):
-        for index, cell in enumerate(nb.cells):
-            if index > last:
-                break
-            tags = set(cell.get("metadata", {}).get("tags", []))
-            if cell.cell_type != "code":
-                continue
-            if tags & skip:
+    try:
+        with client.setup_kernel(env=kernel_env, cwd=str(path.parent), stderr=subprocess.DEVNULL):
+            for index, cell in enumerate(nb.cells):
+                if index > last:
+                    break
+                tags = set(cell.get("metadata", {}).get("tags", []))
+                if cell.cell_type != "code":
+                    continue
+                if tags & skip:
+                    if is_test_cell(cell):
+                        m = nbgrader_meta(cell)
+                        results[m["grade_id"]] = CellResult(
+                            m["grade_id"], False, 0.0, float(m.get("points", 0)),
+                            f"skipped (tag {', '.join(sorted(tags & skip))})")
+                    continue
+                t0 = time.perf_counter()
+                client.execute_cell(cell, index)
+                reply = replies.get(index)
+                if reply is not None and reply["content"].get("status") == "error":
+                    if not any(o.get("output_type") == "error" for o in cell.outputs):
+                        cell.outputs.append(nbformat.v4.new_output(
+                            "error", ename=reply["content"].get("ename", "Error"),
+                            evalue=reply["content"].get("evalue", ""),
+                            traceback=reply["content"].get("traceback", [])))
                 if is_test_cell(cell):
-                    m = nbgrader_meta(cell)
-                    results[m["grade_id"]] = CellResult(
-                        m["grade_id"], False, 0.0, float(m.get("points", 0)),
-                        f"skipped (tag {', '.join(sorted(tags & skip))})")
-                continue
-            t0 = time.perf_counter()
-            client.execute_cell(cell, index)
-            reply = replies.get(index)
-            if reply is not None and reply["content"].get("status") == "error":
-                if not any(o.get("output_type") == "error" for o in cell.outputs):
-                    cell.outputs.append(nbformat.v4.new_output(
-                        "error", ename=reply["content"].get("ename", "Error"),
-                        evalue=reply["content"].get("evalue", ""),
-                        traceback=reply["content"].get("traceback", [])))
-            if is_test_cell(cell):
-                r = score_cell(cell, pattern)
-                r.seconds = time.perf_counter() - t0
-                results[r.grade_id] = r
+                    r = score_cell(cell, pattern)
+                    r.seconds = time.perf_counter() - t0
+                    results[r.grade_id] = r
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     return results
 
 
