@@ -178,6 +178,18 @@ def can_drop_privileges() -> tuple[bool, str]:
     return True, f"student kernels run as unprivileged uids {UID_BASE}+"
 
 
+def readable_by_others(path: Path) -> bool:
+    """Whether a user who is neither the owner nor in the group can read ``path``."""
+    path = Path(path).resolve()
+    try:
+        if any(not os.stat(d).st_mode & 0o001 for d in path.parents):
+            return False
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return bool(mode & 0o004) and (not path.is_dir() or bool(mode & 0o001))
+
+
 def isolation_mode(protect: list[Path], workdir: Path) -> tuple[str, str]:
     """``("uid" | "sandbox" | "none", explanation)``: how student kernels are confined.
 
@@ -369,6 +381,12 @@ class WorkerSlot:
         self.log.close()
 
 
+def shared_dirs() -> tuple[Path, Path]:
+    """The course's data and checkpoint folders, which every job's kernel reads."""
+    return (Path(os.environ.get("DIFFUSION_DATA_DIR") or course.REPO_ROOT / "data"),
+            Path(os.environ.get("DIFFUSION_CHECKPOINT_DIR") or course.REPO_ROOT / "checkpoints"))
+
+
 def _scratch_links(src: Path, dest: Path) -> None:
     """``dest`` holding a symlink to every file of ``src``: a notebook reads the course's data and
     checkpoints through it, and its own writes (helpers write to a temporary file, then
@@ -400,8 +418,8 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
                 (sub_dir / f"{name}.ipynb").write_text(json.dumps(nb, indent=1))
         _kernel_spec(job_dir, mode, uid, list(protect))
         home = job_dir / "home"
-        for name, var in (("data", "DIFFUSION_DATA_DIR"), ("checkpoints", "DIFFUSION_CHECKPOINT_DIR")):
-            _scratch_links(Path(os.environ.get(var) or course.REPO_ROOT / name), home / name)
+        for src, name in zip(shared_dirs(), ("data", "checkpoints")):
+            _scratch_links(src, home / name)
         # The kernel talks to nbgrader over Unix sockets in its own home (0700, its uid), not
         # over TCP ports on localhost: no other job can take those ports between the moment
         # jupyter_client picks them and the kernel binds them (the kernel would die at start,
@@ -659,6 +677,13 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
     protect = [root, out, workdir, course.REPO_ROOT]
     mode, why = isolation_mode(protect, workdir)
     log.info("isolation: %s", why)
+    if mode == "uid":  # (the sandbox opens the way to them itself)
+        for src in shared_dirs():
+            hidden = [f for f in ([src] + sorted(src.iterdir()) if src.is_dir() else [])
+                      if not readable_by_others(f)]
+            if hidden:
+                log.warning("student kernels (unprivileged uids) cannot read %s: make it readable "
+                            "by other users, or its notebooks will fail", hidden[0])
     try:
         templates: dict[str, Template] = {}
         for a in sorted({s.assignment for s in subs}):

@@ -14,14 +14,14 @@ signal, trace or read the memory of any other process:
 ``--sandbox --uid U --gid G --home H`` (run under ``unshare -m --propagation private``; used when
 the unprivileged uid cannot reach the venv's Python, e.g. a Python installed under ``/root``):
     in the kernel's private mount namespace, where a folder on the way to Python, its libraries,
-    the course packages or ``H`` is closed to other users (``/root``), cover it with an empty
-    tmpfs and bind back only the entries on that way (``/root/.pyenv``), so the rest of it stays
-    hidden; bind ``H`` onto itself and remount every other mount read-only (``/proc``, ``/sys`` and ``/dev``
-    excepted) and check that each ``--protect`` path is no longer writable; then ``exec``
-    ipykernel through ``setpriv`` as ``U:G`` with an empty capability bounding set and
-    ``no_new_privs``. Without ``--uid`` (older callers) the kernel stays uid 0 without
-    capabilities, which can still signal every root process: ``grading.autograde`` always passes
-    one.
+    the course packages, ``H`` or what the links in ``H`` point to (data, checkpoints) is closed
+    to other users (``/root``), cover it with an empty tmpfs and bind back only the entries on
+    that way (``/root/.pyenv``), so the rest of it stays hidden; bind ``H`` onto itself and
+    remount every other mount read-only (``/proc``, ``/sys`` and ``/dev`` excepted) and check
+    that each ``--protect`` path is no longer writable; then ``exec`` ipykernel through
+    ``setpriv`` as ``U:G`` with an empty capability bounding set and ``no_new_privs``. Without
+    ``--uid`` the kernel would stay uid 0 without capabilities, which can still signal every root
+    process: ``grading.autograde`` always passes one.
 
 ``--probe`` runs a self-test instead of the kernel (used once per autograde run).
 """
@@ -132,9 +132,20 @@ def _open_up(needed: list[str]) -> list[str]:
     raise SystemExit("sandbox: too many closed folders on the way to Python")
 
 
+def _link_targets(home: str) -> list[str]:
+    """Where the links in ``home`` lead (the course's data and checkpoints)."""
+    targets = []
+    for dirpath, dirnames, filenames in os.walk(home):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) and os.path.exists(path):
+                targets.append(os.path.realpath(path))
+    return targets
+
+
 def _sandbox(home: str, protect: list[str], open_up: bool = False) -> None:
     if open_up:  # before the bind below, which a tmpfs over one of home's folders would hide
-        _open_up(_needed_paths() + [home])
+        _open_up(_needed_paths() + _link_targets(home) + [home])
     subprocess.run(["mount", "--bind", home, home], check=True)
     for mp in _mountpoints():
         if mp == home or mp.startswith(("/proc", "/sys", "/dev")):

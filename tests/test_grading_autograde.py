@@ -264,3 +264,34 @@ def test_a_kernel_that_dies_before_any_cell_is_tried_again(tmp_path, monkeypatch
                  progress=False, force=True)
     row = read_csv(out / "grades.csv")[0]
     assert len(started) == 5 and row["auto_score"] == "3" and row["notes"] == "", row["notes"]
+
+
+def test_sandboxed_kernel_reads_course_data_in_a_closed_folder(tmp_path, monkeypatch):
+    """Sandbox mode (root, Python under a folder closed to other users): the job's uid still
+    reads the course's data and checkpoints when they lie in a closed folder too (here pytest's
+    0700 temporary root), through the links in its home."""
+    import os
+
+    from grading.autograde import isolation_mode
+
+    if os.geteuid() != 0:
+        pytest.skip("not root")
+    mode, why = isolation_mode([course.REPO_ROOT], tmp_path)
+    if mode != "sandbox":
+        pytest.skip(f"isolation is {mode!r} here: {why}")
+    data = tmp_path / "closed" / "data"
+    data.mkdir(parents=True)
+    os.chmod(tmp_path / "closed", 0o700)
+    (data / "digits.txt").write_text("4")
+    monkeypatch.setenv("DIFFUSION_DATA_DIR", str(data))
+    answer = ("import os, pathlib\n"
+              "n = int((pathlib.Path.home() / 'data' / 'digits.txt').read_text())\n"
+              "assert n == 4 and os.getuid() != 0\n"
+              "def square(x):\n    return x * x")
+    d = tmp_path / "subs" / "reader" / A
+    d.mkdir(parents=True)
+    (d / f"{A}.ipynb").write_bytes(gc.dump(gc.with_answer(gc.perfect(), "square", answer)))
+    autograde(tmp_path / "subs", out=tmp_path / "out", jobs=1, timeout=TIMEOUT, root=gc.COURSE,
+              progress=False)
+    row = read_csv(tmp_path / "out" / "grades.csv")[0]
+    assert row["auto_score"] == "3", (row["notes"], row["review"])
