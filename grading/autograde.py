@@ -53,7 +53,6 @@ GRADES_COLUMNS = ["student", "assignment", "auto_score", "auto_max", "manual_poi
 QUESTION_COLUMNS = ["student", "assignment", "cell_id", "points", "max_points", "passed", "message"]
 KERNEL_NAME = "diffusion-grader"
 UID_BASE = 61000
-IPC_PATH_MAX = 96  # a Unix socket path has at most 107 bytes; the kernel appends "-<port>"
 
 
 class ToolError(RuntimeError):
@@ -420,17 +419,15 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
         home = job_dir / "home"
         for src, name in zip(shared_dirs(), ("data", "checkpoints")):
             _scratch_links(src, home / name)
-        # The kernel talks to nbgrader over Unix sockets in its own home (0700, its uid), not
-        # over TCP ports on localhost: no other job can take those ports between the moment
-        # jupyter_client picks them and the kernel binds them (the kernel would die at start,
-        # and the student would score 0), or connect to another student's kernel.
-        ipc = str(home / "zmq")
+        # The kernel's Unix sockets lie in its own home (0700, its uid): no other job can take
+        # its ports before it binds them (it would die at start), or connect to it.
+        kernel_manager = course.ipc_kernel(str(home / "zmq"))
         env = {"JUPYTER_PATH": str(job_dir / "kernels"), "HOME": str(home),
                "DIFFUSION_DATA_DIR": str(home / "data"),
                "DIFFUSION_CHECKPOINT_DIR": str(home / "checkpoints")}
         (job_dir / "job.json").write_text(json.dumps(
             {"assignment": a, "student": s, "kernel_name": KERNEL_NAME, "timeout": timeout,
-             "env": env, "ipc": ipc if len(ipc.encode()) <= IPC_PATH_MAX else None}))
+             "env": env, "kernel_manager": kernel_manager}))
         os.chmod(job_dir, 0o711)
         os.chmod(course_dir, 0o711)
         os.chmod(course_dir / "gradebook.db", 0o600)

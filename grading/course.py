@@ -67,6 +67,14 @@ def grading_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def ipc_kernel(ip: str) -> dict[str, str]:
+    """``KernelManager`` settings for a kernel on Unix sockets ``<ip>-<n>`` rather than localhost
+    ports: when many kernels start at once, a port picked for one kernel can be taken by another
+    process before the kernel binds it, and the kernel dies at start. ``{}`` (TCP) when the path
+    would pass the 107-byte limit of a socket path."""
+    return {"transport": "ipc", "ip": ip} if len(ip.encode()) <= 96 else {}
+
+
 def load_config(root: Path | str, db_url: str | None = None):
     """The course's nbgrader ``Config`` with ``CourseDirectory.root`` (and ``db_url``) set.
 

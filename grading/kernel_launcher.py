@@ -98,12 +98,11 @@ def _mount(source: str, target: str, fstype: str | None = None, flags: int = 0,
 MS_BIND, MS_REC = 4096, 16384
 
 
-def _open_up(needed: list[str]) -> list[str]:
+def _open_up(needed: list[str]) -> None:
     """Inside the mount namespace, give other users a way through each closed folder that lies on
     the way to a ``needed`` path: an empty tmpfs (mode 755) over the folder, with only the needed
     entries bound back from the original (reached through a file descriptor opened before the
-    tmpfs covered it). Returns the folders covered."""
-    covered = []
+    tmpfs covered it)."""
     for _ in range(16):  # one level per pass: /root, then /root/x if that is closed too, ...
         todo: dict[str, set[str]] = {}
         for path in needed:
@@ -114,8 +113,8 @@ def _open_up(needed: list[str]) -> list[str]:
                     todo.setdefault(folder, set()).add(parts[depth])
                     break
         if not todo:
-            return covered
-        for folder, children in sorted(todo.items(), key=lambda kv: -len(kv[0])):
+            return
+        for folder, children in todo.items():  # the first closed folder of each path: none nest
             fd = os.open(folder, os.O_PATH | os.O_DIRECTORY)
             try:
                 _mount("tmpfs", folder, "tmpfs", 0, "mode=755,size=1m")
@@ -128,7 +127,6 @@ def _open_up(needed: list[str]) -> list[str]:
                     _mount(src, dst, None, MS_BIND | MS_REC)
             finally:
                 os.close(fd)
-            covered.append(folder)
     raise SystemExit("sandbox: too many closed folders on the way to Python")
 
 
@@ -213,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.getuid() != args.uid or os.geteuid() != args.uid:
             raise SystemExit("could not drop privileges")
     os.execve(cmd[0], cmd, env)
+
 
 if __name__ == "__main__":
     main()

@@ -141,15 +141,10 @@ def run_notebook(path, replace: dict[str, str] | None = None, skip_tags=("slow",
     def on_executed(cell, cell_index, execute_reply):  # nbgrader's Execute.on_cell_executed
         replies[cell_index] = execute_reply
 
-    # Unix sockets in a private folder rather than localhost ports: with many kernels starting at
-    # once (parallel tests, several graders) a port picked for one kernel can be taken by another
-    # process before the kernel binds it, and the kernel then dies at start.
     from jupyter_client.manager import AsyncKernelManager
 
-    sockets = tempfile.mkdtemp(prefix="kernel-")
-    ipc = os.path.join(sockets, "k")
-    km = AsyncKernelManager(kernel_name="python3", **(
-        {"transport": "ipc", "ip": ipc} if len(ipc.encode()) <= 96 else {}))
+    sockets = tempfile.mkdtemp(prefix="kernel-")  # the kernel's Unix sockets, removed at the end
+    km = AsyncKernelManager(kernel_name="python3", **course.ipc_kernel(os.path.join(sockets, "k")))
     client = NotebookClient(
         nb, km=km, timeout=timeout, kernel_name="python3", allow_errors=True,
         interrupt_on_timeout=True, raise_on_iopub_timeout=False, startup_timeout=120,

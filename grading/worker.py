@@ -63,9 +63,8 @@ def run_job(job: Path) -> dict:
     overrides = {"Execute.kernel_name": spec.get("kernel_name") or "python3"}
     if spec.get("timeout"):
         overrides["Execute.timeout"] = int(spec["timeout"])
-    if spec.get("ipc"):  # Unix sockets <ipc>-<n> in the job's home instead of localhost ports
-        overrides["KernelManager.transport"] = "ipc"
-        overrides["KernelManager.ip"] = spec["ipc"]
+    for name, value in (spec.get("kernel_manager") or {}).items():  # Unix sockets in its home
+        overrides[f"KernelManager.{name}"] = value
     api = course.make_api(root, db_url=f"sqlite:///{root / 'gradebook.db'}", **overrides)
     pattern = api.config.IgnorePattern.pattern
     result = {"student": s, "assignment": a, "ok": False, "error": None, "notebooks": {},
