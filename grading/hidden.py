@@ -62,13 +62,6 @@ def fail_known_mistake(message: str, hint: str | None) -> None:
 # ----------------------------------------------------------------------------------------------
 # Conversions: only genuine tensors and arrays are trusted
 # ----------------------------------------------------------------------------------------------
-_DTYPE_NAMES = {
-    "long": (torch.int64, np.int64),
-    "float32": (torch.float32, np.float32),
-    "float": (None, None),  # any floating dtype
-}
-
-
 def as_array(x: Any, name: str, shape: tuple | None = None, dtype: str | None = None,
              finite: bool = True) -> np.ndarray:
     """Convert a student's output to a fresh NumPy array (float64, or int64 for ``dtype='long'``).
@@ -76,7 +69,20 @@ def as_array(x: Any, name: str, shape: tuple | None = None, dtype: str | None = 
     Accepts exactly ``torch.Tensor`` or ``np.ndarray`` (no subclasses, no look-alikes), checks the
     shape (``None`` entries match any size) and the dtype family, and rejects NaN and infinity.
     """
-    if type(x) is torch.Tensor:
+    from .records import ObjectRecord, TensorRecord
+
+    if isinstance(x, TensorRecord):  # what a student's kernel returned (trusted checks)
+        if not x.exact:
+            raise CheckFailed(f"{name} should be a torch.Tensor, got a subclass of torch.Tensor.")
+        torch_dtype = getattr(torch, x.dtype.removeprefix("torch."), None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise CheckFailed(f"{name} has an unknown dtype {x.dtype}.")
+        arr = np.array(x.array, copy=True)
+    elif isinstance(x, ObjectRecord):
+        if x.type.startswith("tensor ("):
+            raise CheckFailed(f"{name} is a {x.type}; expected a real dense CPU tensor.")
+        raise CheckFailed(f"{name} should be a torch.Tensor, got {x.type}.")
+    elif type(x) is torch.Tensor:
         if x.is_complex():
             raise CheckFailed(f"{name} is a complex tensor; expected real values.")
         torch_dtype = x.dtype
@@ -121,10 +127,14 @@ def as_tensor_array(x: Any, name: str, shape: tuple | None = None) -> np.ndarray
     Like ``as_array(x, name, shape, dtype="float")`` but for functions the spec says return a tensor:
     a NumPy array is refused with a message that says how to convert it.
     """
-    if type(x) is not torch.Tensor:
-        raise CheckFailed(f"{name} should be a torch.Tensor, got {type(x).__module__}."
-                          f"{type(x).__qualname__}. Convert NumPy results with torch.from_numpy "
-                          f"or torch.as_tensor before returning them.")
+    from .records import TensorRecord, type_name
+
+    if type(x) is not torch.Tensor and not isinstance(x, TensorRecord):
+        kind = type_name(x) if not isinstance(x, np.ndarray) else "numpy.ndarray"
+        if type(x).__module__ not in ("builtins", "numpy", "grading.records"):
+            kind = f"{type(x).__module__}.{type(x).__qualname__}"
+        raise CheckFailed(f"{name} should be a torch.Tensor, got {kind}. Convert NumPy results with "
+                          f"torch.from_numpy or torch.as_tensor before returning them.")
     return as_array(x, name, shape=shape, dtype="float")
 
 
@@ -292,90 +302,11 @@ def generator(seed: int) -> torch.Generator:
 # ----------------------------------------------------------------------------------------------
 # Stub models: noise predictors whose truth is known
 # ----------------------------------------------------------------------------------------------
-def _time_batch(t: Any, batch: int) -> torch.Tensor:
-    """Accept t as a long (B,) tensor (the convention), a 0-d tensor or an int; return (B,) long."""
-    t = torch.as_tensor(t)
-    if t.is_floating_point():
-        t = t.round()
-    t = t.long().reshape(-1).cpu()
-    if t.numel() == 1:
-        t = t.expand(batch)
-    if t.numel() != batch:
-        raise ValueError(f"the model expects t of shape ({batch},), got {tuple(t.shape)}")
-    return t
-
-
-class _StubModel(nn.Module):
-    """Base of the stub models: a module (so .eval()/.to() work) with one dummy parameter."""
-
-    def __init__(self):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def _coef(self, values: torch.Tensor, t: Any, x: torch.Tensor) -> torch.Tensor:
-        idx = _time_batch(t, x.shape[0])
-        out = values.to(torch.float64)[idx]  # (B,)
-        return out.reshape(-1, *([1] * (x.dim() - 1))).to(dtype=x.dtype, device=x.device)
-
-
-class ConstantModel(_StubModel):
-    """Predicts the same noise value everywhere: ``model(x, t[, y]) = value``."""
-
-    def __init__(self, value: float = 0.0):
-        super().__init__()
-        self.value = float(value)
-
-    def forward(self, x, t, *rest):
-        return torch.full_like(x, self.value) + 0.0 * self.dummy
-
-
-class DeltaDataModel(_StubModel):
-    """The exact noise predictor when every training image equals ``c``.
-
-    ``eps*(x_t, t) = (x_t - sqrt(alpha_bar[t]) c) / sqrt(1 - alpha_bar[t])``; a correct DDPM sampler
-    driven by it returns ``c`` exactly.
-    """
-
-    def __init__(self, c: torch.Tensor | float, alpha_bar: torch.Tensor):
-        super().__init__()
-        self.c = torch.as_tensor(c, dtype=torch.float64)
-        self.alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).cpu()
-
-    def forward(self, x, t, *rest):
-        sqrt_ab = self._coef(self.alpha_bar.sqrt(), t, x)
-        sqrt_1m = self._coef((1 - self.alpha_bar).sqrt(), t, x)
-        return (x - sqrt_ab * self.c.to(x.dtype).to(x.device)) / sqrt_1m
-
-
-class GaussianDataModel(_StubModel):
-    """The exact noise predictor when x_0 ~ N(0, I): ``eps*(x_t, t) = sqrt(1 - alpha_bar[t]) x_t``."""
-
-    def __init__(self, alpha_bar: torch.Tensor):
-        super().__init__()
-        self.alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).cpu()
-
-    def forward(self, x, t, *rest):
-        return self._coef((1 - self.alpha_bar).sqrt(), t, x) * x
-
-
-class RecordingModel(_StubModel):
-    """Wraps a model and records every call: ``calls`` is a list of dicts with x, t, rest, training,
-    grad_enabled (CPU clones)."""
-
-    def __init__(self, inner: nn.Module | None = None):
-        super().__init__()
-        self.inner = inner if inner is not None else ConstantModel(0.0)
-        self.calls: list[dict] = []
-
-    def forward(self, x, t, *rest):
-        self.calls.append({
-            "x": x.detach().to("cpu").clone(),
-            "t": torch.as_tensor(t).detach().to("cpu").clone(),
-            "rest": [torch.as_tensor(r).detach().to("cpu").clone() for r in rest],
-            "training": self.training,
-            "grad_enabled": torch.is_grad_enabled(),
-        })
-        return self.inner(x, t, *rest)
+# The stub models live in ``gradeprobe.stubs`` (they run in the kernel for trusted checks too).
+from gradeprobe.stubs import (ConstantModel, DeltaDataModel, GaussianDataModel,  # noqa: E402,F401
+                              RecordingModel)
+from gradeprobe.stubs import StubModel as _StubModel  # noqa: E402,F401
+from gradeprobe.stubs import time_batch as _time_batch  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------------------------
