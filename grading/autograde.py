@@ -422,12 +422,15 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
         # The kernel's Unix sockets lie in its own home (0700, its uid): no other job can take
         # its ports before it binds them (it would die at start), or connect to it.
         kernel_manager = course.ipc_kernel(str(home / "zmq"))
+        # The trusted checks' plans and the kernel's records (``gradeprobe``) lie in its home.
         env = {"JUPYTER_PATH": str(job_dir / "kernels"), "HOME": str(home),
                "DIFFUSION_DATA_DIR": str(home / "data"),
-               "DIFFUSION_CHECKPOINT_DIR": str(home / "checkpoints")}
+               "DIFFUSION_CHECKPOINT_DIR": str(home / "checkpoints"),
+               "GRADEPROBE_DIR": str(home / "probe")}
         (job_dir / "job.json").write_text(json.dumps(
             {"assignment": a, "student": s, "kernel_name": KERNEL_NAME, "timeout": timeout,
-             "env": env, "kernel_manager": kernel_manager}))
+             "env": env, "kernel_manager": kernel_manager, "job_dir": str(job_dir),
+             "probe_dir": str(home / "probe"), "probe_rel": "home/probe"}))
         os.chmod(job_dir, 0o711)
         os.chmod(course_dir, 0o711)
         os.chmod(course_dir / "gradebook.db", 0o600)

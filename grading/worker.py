@@ -13,13 +13,15 @@ failing hidden assert does not show its source.
 from __future__ import annotations
 
 import json
+import os
 import re
+import secrets
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from . import course
+from . import course, verdict
 from .runner import STDERR_MESSAGE, error_message, is_test_cell, nbgrader_meta
 
 
@@ -56,6 +58,37 @@ def strip_tracebacks(nb_path: Path, pattern: str) -> tuple[dict[str, str], dict[
     return messages, other_errors
 
 
+def apply_verdicts(api, a: str, s: str, out_dir: Path, sessions: dict, job_dir: Path,
+                   probe_rel: str) -> None:
+    """Judge the trusted checks from the records the kernel left, then make the job's gradebook and
+    graded notebook say so: a failed verdict scores its cell 0 and becomes the cell's error output
+    (in place of a visible assert's, since it names the likely cause)."""
+    import nbformat
+
+    for nb_name, nb_sessions in sessions.items():
+        nb_path = out_dir / f"{nb_name}.ipynb"
+        if not nb_sessions or not nb_path.is_file():
+            continue
+        verdicts = verdict.judge_checks(nb_sessions, str(job_dir), f"{probe_rel}/records")
+        failed = {gid: v.message for gid, v in verdicts.items() if not v.passed}
+        if not failed:
+            continue
+        nb = nbformat.read(nb_path, as_version=4)
+        for cell in nb.cells:
+            gid = nbgrader_meta(cell).get("grade_id")
+            if cell.cell_type == "code" and gid in failed:
+                cell.outputs = [o for o in cell.outputs if o.get("output_type") != "error"] + [
+                    nbformat.v4.new_output("error", ename="CheckFailed", evalue=failed[gid],
+                                           traceback=[f"CheckFailed: {failed[gid]}"])]
+        nbformat.write(nb, nb_path)
+        with course.quiet_nbgrader(), api.gradebook as gb:
+            snb = gb.find_submission_notebook(nb_name, a, s)
+            for g in snb.grades:
+                if g.name in failed:
+                    g.auto_score = 0.0
+            gb.db.commit()
+
+
 def run_job(job: Path) -> dict:
     spec = json.loads((job / "job.json").read_text())
     root = job / "course"
@@ -69,6 +102,14 @@ def run_job(job: Path) -> dict:
     pattern = api.config.IgnorePattern.pattern
     result = {"student": s, "assignment": a, "ok": False, "error": None, "notebooks": {},
               "messages": {}, "feedback": {}, "autograded": {}}
+    # Trusted checks: plan them with a seed the kernel never sees, judge after nbgrader ran.
+    probe_home = spec.get("probe_dir")
+    sessions: dict[str, dict] = {}
+    if probe_home:
+        seed = secrets.randbits(62)
+        for nb_path in course.assignment_notebooks(root, a):
+            sessions[nb_path.stem] = verdict.plan_checks(course.read_json(nb_path),
+                                                         os.path.join(probe_home, "plan"), seed)
     t0 = time.perf_counter()
     res = api.autograde(a, s, force=True, create=True)  # its log (stderr) goes to the slot's log
     result["autograde_seconds"] = round(time.perf_counter() - t0, 2)
@@ -78,6 +119,8 @@ def run_job(job: Path) -> dict:
                      if re.match(r"^\s*[\w.]+(Error|Exception)\b", ln) and "Warning" not in ln]
         result["error"] = "\n".join(key_lines[-5:] + [(res.get("error") or "")[-2000:]])
     out_dir = root / "autograded" / s / a
+    if res["success"] and any(sessions.values()):
+        apply_verdicts(api, a, s, out_dir, sessions, Path(spec["job_dir"]), spec["probe_rel"])
     for nb_path in sorted(out_dir.glob("*.ipynb")):
         result["messages"][nb_path.stem], result.setdefault("cell_errors", {})[nb_path.stem] = \
             strip_tracebacks(nb_path, pattern)

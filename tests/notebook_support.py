@@ -144,13 +144,20 @@ class SolutionNotebook:
     def run_hidden(self, question: str, replace: dict[str, str] | None = None, ns: dict | None = None) -> None:
         """Run the check as the hidden part of a test cell does: ``grading.hidden.run`` freshly imported
         (see :func:`fresh_hidden`). Raises ``CheckFailed`` (an AssertionError) when the check fails."""
-        fresh_hidden().run(self.assignment, question, self.namespace(replace) if ns is None else ns)
+        ns = self.namespace(replace) if ns is None else ns
+        if f'gradeprobe.run("{self.assignment}", "{question}", globals())' in self.cells.get(f"test_{question}", ""):
+            fresh_hidden()  # the trusted form: plan, execute and judge as a grading run would
+            importlib.import_module("gradeprobe").run(self.assignment, question, ns)
+            return
+        fresh_hidden().run(self.assignment, question, ns)
 
     def assert_test_cells_call_checks(self) -> None:
         """Every answer has a test cell ``test_<answer>`` whose hidden part runs the check of that
         name, and the checks module has exactly these checks."""
         for gid in self.answers:
-            assert f'_hidden.run("{self.assignment}", "{gid}", globals())' in self.cells[f"test_{gid}"], gid
+            line = (f'_hidden.run("{self.assignment}", "{gid}", globals())',
+                    f'gradeprobe.run("{self.assignment}", "{gid}", globals())')
+            assert any(x in self.cells[f"test_{gid}"] for x in line), gid
         assert set(self.checks.CHECKS) == set(self.answers)
 
 

@@ -10,19 +10,22 @@ Conventions (COURSE_SPEC.md): code index ``t`` in ``{0, ..., T-1}`` is the paper
 
 Random functions are tested through relations (the returned noise and t reproduce x_t) and
 statistics over many draws, never by replaying a generator, so any order of random draws passes.
+
+Every check is trusted (``grading.verdict``): before its ``yield`` it only asks for calls, whose
+inputs are drawn from the grading run's secret seed (``p.gen``); the kernel runs them and sends
+back plain data; after the ``yield`` the check judges in the grader's own process.
 """
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
 from grading.hidden import (INDEXING_ERROR_HINTS, CheckFailed, as_array, as_tensor_array, close, describe_diff,
-                            expect, generator, match_variants, student, swapped_in)
-from grading.hidden import call as _call
+                            expect, match_variants)
+from grading.records import TensorRecord
 from grading.reference import forward_process as ref
+from grading.verdict import Outcome, Probe, expect_unchanged, trusted
 
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
@@ -30,9 +33,9 @@ from grading.reference import forward_process as ref
 _F64 = np.float64
 
 
-def call(fn, *args, what=None, **kwargs):
-    """``grading.hidden.call`` with a likely cause added for the indexing errors students meet most."""
-    return _call(fn, *args, what=what, error_hints=INDEXING_ERROR_HINTS, **kwargs)
+def ask(p: Probe, fn: str, *args, what=None, **kwargs) -> Outcome:
+    """``p.call`` with a likely cause added for the indexing errors students meet most."""
+    return p.call(fn, *args, what=what, error_hints=INDEXING_ERROR_HINTS, **kwargs)
 
 
 def _per_example(coef: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -40,38 +43,34 @@ def _per_example(coef: np.ndarray, like: np.ndarray) -> np.ndarray:
     return coef.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def _random_beta(T: int, seed: int, low: float = 0.02, high: float = 0.3) -> torch.Tensor:
+def _random_beta(T: int, g: torch.Generator, low: float = 0.02, high: float = 0.3) -> torch.Tensor:
     """A float32 schedule whose neighbouring values differ a lot (so off-by-one errors show)."""
-    g = generator(seed)
     return (low + (high - low) * torch.rand(T, generator=g, dtype=torch.float64)).float()  # (T,)
 
 
-def _inputs(shape: tuple, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(shape: tuple, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [-1, 1] and standard normal noise, float32, of ``shape``."""
-    g = generator(seed)
     x = torch.rand(shape, generator=g) * 2 - 1  # (B, C, H, W)
     noise = torch.randn(shape, generator=g)  # (B, C, H, W)
     return x, noise
 
 
-def _unchanged(before: list[torch.Tensor], after: list[torch.Tensor], names: list[str], fn: str) -> None:
-    for b, a, n in zip(before, after, names):
-        expect(torch.equal(b, a), f"{fn} changed its input `{n}` in place.",
-               hint="an in-place operation (`+=`, `.mul_()`, `x[...] = ...`) on an argument; "
-                    "compute a new tensor instead.")
-
-
 # ----------------------------------------------------------------------------------------------
 # linear_beta_schedule
 # ----------------------------------------------------------------------------------------------
-def check_linear_beta_schedule(ns: dict) -> None:
-    fn = student(ns, "linear_beta_schedule")
-    for kwargs in ({}, {"T": 10, "beta_start": 1e-3, "beta_end": 0.05}, {"T": 2}):
+@trusted
+def check_linear_beta_schedule(p: Probe):
+    cases = [{}, {"T": 10, "beta_start": 1e-3, "beta_end": 0.05}, {"T": 2}]
+    outs = [ask(p, "linear_beta_schedule", **kwargs,
+                what=f"linear_beta_schedule({', '.join(f'{k}={v}' for k, v in kwargs.items())})")
+            for kwargs in cases]
+    yield
+    for kwargs, out in zip(cases, outs):
         args = dict({"T": 1000, "beta_start": 1e-4, "beta_end": 0.02}, **kwargs)
         T = args["T"]
         want = np.linspace(args["beta_start"], args["beta_end"], T, dtype=_F64)
-        label = f"linear_beta_schedule({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
-        got = as_tensor_array(call(fn, **kwargs, what=label), label, shape=(T,))
+        label = out.what
+        got = as_tensor_array(out.value, label, shape=(T,))
         variants = [
             ("the schedule stops one step short of beta_end (torch.arange(beta_start, beta_end, "
              "step) or torch.linspace(beta_start, beta_end, T + 1)[:-1]): it must reach beta_end "
@@ -98,13 +97,17 @@ def _cosine_variant(T: int, s: float, max_beta: float | None) -> np.ndarray:
     return beta if max_beta is None else np.minimum(beta, max_beta)
 
 
-def check_cosine_beta_schedule(ns: dict) -> None:
-    fn = student(ns, "cosine_beta_schedule")
+@trusted
+def check_cosine_beta_schedule(p: Probe):
     cases = [({}, 1000, 0.008, 0.999), ({"T": 50}, 50, 0.008, 0.999),
              ({"T": 20, "s": 0.1, "max_beta": 0.5}, 20, 0.1, 0.5)]
-    for kwargs, T, s, max_beta in cases:
-        label = f"cosine_beta_schedule({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
-        got = as_tensor_array(call(fn, **kwargs, what=label), label, shape=(T,))
+    outs = [ask(p, "cosine_beta_schedule", **kwargs,
+                what=f"cosine_beta_schedule({', '.join(f'{k}={v}' for k, v in kwargs.items())})")
+            for kwargs, *_ in cases]
+    yield
+    for (kwargs, T, s, max_beta), out in zip(cases, outs):
+        label = out.what
+        got = as_tensor_array(out.value, label, shape=(T,))
         want = ref.cosine_beta_schedule(T, s, max_beta).double().numpy()
         steps = np.arange(T + 1, dtype=_F64)
         f = np.cos(((steps / T) + s) / (1 + s) * math.pi / 2) ** 2
@@ -151,16 +154,17 @@ def check_cosine_beta_schedule(ns: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 # alphas_from_betas
 # ----------------------------------------------------------------------------------------------
-def check_alphas_from_betas(ns: dict) -> None:
-    fn = student(ns, "alphas_from_betas")
-    cases = [("a random schedule of 12 steps", _random_beta(12, seed=1)),
+@trusted
+def check_alphas_from_betas(p: Probe):
+    cases = [("a random schedule of 12 steps", _random_beta(12, p.gen(1))),
              ("the linear schedule of 1000 steps", ref.linear_beta_schedule(1000)),
-             ("a float64 schedule of 5 steps", _random_beta(5, seed=2).double())]
-    for label, beta in cases:
+             ("a float64 schedule of 5 steps", _random_beta(5, p.gen(2)).double())]
+    outs = [ask(p, "alphas_from_betas", beta, what=f"alphas_from_betas({label})") for label, beta in cases]
+    yield
+    for (label, beta), call_out in zip(cases, outs):
         T = beta.shape[0]
-        beta_in = beta.clone()
-        out = call(fn, beta_in, what=f"alphas_from_betas({label})")
-        _unchanged([beta], [beta_in], ["beta"], "alphas_from_betas")
+        out = call_out.value
+        expect_unchanged(call_out, {"beta": beta}, "alphas_from_betas")
         expect(isinstance(out, (tuple, list)) and len(out) == 2,
                f"alphas_from_betas should return a pair (alpha, alpha_bar), got "
                f"{type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
@@ -229,21 +233,26 @@ def _forward_variants(x: np.ndarray, b_t: np.ndarray, beta: np.ndarray, t: np.nd
     return out
 
 
-def check_forward_step(ns: dict) -> None:
-    fn = student(ns, "forward_step")
+@trusted
+def check_forward_step(p: Probe):
     cases = [
-        ("a random schedule, interior times", _random_beta(20, seed=3), [3, 17, 8, 11, 5],
+        ("a random schedule, interior times", _random_beta(20, p.gen(3)), [3, 17, 8, 11, 5],
          (5, 1, 3, 4)),
         ("the linear schedule, times 0 and T - 1 included", ref.linear_beta_schedule(1000),
          [0, 999, 500, 1, 998, 250], (6, 1, 4, 6)),
-        ("a batch as wide as the image", _random_beta(10, seed=4), [0, 9, 4, 2], (4, 1, 3, 4)),
+        ("a batch as wide as the image", _random_beta(10, p.gen(4)), [0, 9, 4, 2], (4, 1, 3, 4)),
     ]
+    inputs, outs = [], []
     for i, (label, beta, times, shape) in enumerate(cases):
         t = torch.tensor(times, dtype=torch.long)  # (B,)
-        x_prev, noise = _inputs(shape, seed=10 + i)
-        args = [x_prev.clone(), t.clone(), beta.clone(), noise.clone()]
-        out = call(fn, *args, what=f"forward_step(x_prev, t, beta, noise) with {label}")
-        _unchanged([x_prev, t, beta, noise], args, ["x_prev", "t", "beta", "noise"], "forward_step")
+        x_prev, noise = _inputs(shape, p.gen(10 + i))
+        inputs.append((t, x_prev, noise))
+        outs.append(ask(p, "forward_step", x_prev, t, beta, noise,
+                        what=f"forward_step(x_prev, t, beta, noise) with {label}"))
+    yield
+    for (label, beta, times, shape), (t, x_prev, noise), call_out in zip(cases, inputs, outs):
+        out = call_out.value
+        expect_unchanged(call_out, {"x_prev": x_prev, "t": t, "beta": beta, "noise": noise}, "forward_step")
         got = as_tensor_array(out, "x_t returned by forward_step", shape=shape)
         want = ref.forward_step(x_prev, t, beta, noise).double().numpy()
         b = beta.double().numpy()
@@ -296,9 +305,9 @@ def _q_variants(x0: np.ndarray, ab: np.ndarray, t: np.ndarray, noise: np.ndarray
     return out
 
 
-def check_q_sample(ns: dict) -> None:
-    fn = student(ns, "q_sample")
-    random_ab = torch.cumprod(1 - _random_beta(20, seed=5), 0)  # (20,)
+@trusted
+def check_q_sample(p: Probe):
+    random_ab = torch.cumprod(1 - _random_beta(20, p.gen(5)), 0)  # (20,)
     linear_ab = torch.cumprod(1 - ref.linear_beta_schedule(1000), 0)  # (1000,)
     cases = [
         ("a random schedule, interior times", random_ab, [3, 17, 8, 11, 5], (5, 1, 3, 4)),
@@ -306,12 +315,17 @@ def check_q_sample(ns: dict) -> None:
          [0, 999, 500, 1, 998, 100], (6, 1, 4, 6)),
         ("a batch as wide as the image", random_ab, [0, 19, 7, 2], (4, 1, 3, 4)),
     ]
+    inputs, outs = [], []
     for i, (label, ab, times, shape) in enumerate(cases):
         t = torch.tensor(times, dtype=torch.long)  # (B,)
-        x_0, noise = _inputs(shape, seed=20 + i)
-        args = [x_0.clone(), t.clone(), ab.clone(), noise.clone()]
-        out = call(fn, *args, what=f"q_sample(x_0, t, alpha_bar, noise) with {label}")
-        _unchanged([x_0, t, ab, noise], args, ["x_0", "t", "alpha_bar", "noise"], "q_sample")
+        x_0, noise = _inputs(shape, p.gen(20 + i))
+        inputs.append((t, x_0, noise))
+        outs.append(ask(p, "q_sample", x_0, t, ab, noise,
+                        what=f"q_sample(x_0, t, alpha_bar, noise) with {label}"))
+    yield
+    for (label, ab, times, shape), (t, x_0, noise), call_out in zip(cases, inputs, outs):
+        out = call_out.value
+        expect_unchanged(call_out, {"x_0": x_0, "t": t, "alpha_bar": ab, "noise": noise}, "q_sample")
         got = as_tensor_array(out, "x_t returned by q_sample", shape=shape)
         want = ref.q_sample(x_0, t, ab, noise).double().numpy()
         variants = _q_variants(x_0.double().numpy(), ab.double().numpy(), t.numpy(),
@@ -332,13 +346,16 @@ def _unpack_noisy(out, x_0: torch.Tensor, T: int, label: str):
     x_t_raw, noise_raw, t_raw = out
     B = x_0.shape[0]
     shape = tuple(x_0.shape)
-    x_t = as_tensor_array(x_t_raw, f"x_t (first output of {label})", shape=shape)
+    # (x_t may be NaN where the student's own alphas_from_betas or q_sample is wrong: judged below)
+    x_t = as_array(x_t_raw, f"x_t (first output of {label})", shape=shape, dtype="float", finite=False)
+    as_tensor_array(x_t_raw if isinstance(x_t_raw, TensorRecord) else x_t_raw, f"x_t (first output of {label})",
+                    shape=shape) if np.all(np.isfinite(x_t)) else None
     noise = as_tensor_array(noise_raw, f"noise (second output of {label})", shape=shape)
-    expect(type(t_raw) is torch.Tensor,
+    expect(isinstance(t_raw, TensorRecord) and t_raw.exact,
            f"t (third output of {label}) should be a torch.long tensor of shape ({B},), "
            f"got {type(t_raw).__name__}.",
            hint="return the tensor of times itself, not a list, an int or a NumPy array.")
-    expect(t_raw.dtype == torch.long,
+    expect(t_raw.dtype == "torch.int64",
            f"t (third output of {label}) should have dtype torch.long, got {t_raw.dtype}.",
            hint="draw the times with torch.randint (which returns int64); do not convert them to float.")
     expect(tuple(t_raw.shape) == (B,),
@@ -408,74 +425,81 @@ def _chi_square_uniform(t: np.ndarray, T: int) -> tuple[float, float]:
     return stat, float(p)
 
 
-@contextmanager
-def _reference_building_blocks(ns: dict):
-    """Swap a wrong ``q_sample`` or ``alphas_from_betas`` of the student for the reference one.
-
-    ``generate_noisy_samples`` may call the student's own ``q_sample`` and ``alphas_from_betas``;
-    a mistake there already costs the points of their cells, so it must not cost these ones too.
-    The student's function looks its helpers up in the notebook globals ``ns``, which we patch for
-    the duration of the check and restore afterwards.
-    """
-    beta = _random_beta(6, seed=50)
-    x_0, noise = _inputs((3, 1, 2, 2), seed=51)
-    t = torch.tensor([0, 5, 2], dtype=torch.long)
-    ab = torch.cumprod(1 - beta, 0)
-    tests = {
-        "alphas_from_betas": (lambda f: f(beta.clone())[1], ab),
-        "q_sample": (lambda f: f(x_0.clone(), t.clone(), ab.clone(), noise.clone()),
-                     ref.q_sample(x_0, t, ab, noise)),
-    }
-    replacements = {}
-    for name, (run, want) in tests.items():
-        fn = ns.get(name)
-        if not callable(fn):
+def _own_blocks_explain(out: Outcome, x_0: torch.Tensor, beta: torch.Tensor, x_t: np.ndarray,
+                        noise: np.ndarray, t: np.ndarray) -> bool:
+    """Whether ``x_t`` is what the student's own ``q_sample`` returned for the right inputs: x_0, the
+    returned t and noise, and alpha_bar = cumprod(1 - beta) or what their own ``alphas_from_betas``
+    gave for this beta. A mistake in those building blocks already costs the points of their own
+    cells, so it must not cost these ones too."""
+    good_ab = [np.cumprod(1 - beta.double().numpy())]
+    for c in out.wrapped("alphas_from_betas") or []:
+        if isinstance(c.value, (tuple, list)) and len(c.value) == 2 and isinstance(c.value[1], TensorRecord):
+            good_ab.append(c.value[1].array.astype(_F64))
+    x0 = x_0.double().numpy()
+    for c in out.wrapped("q_sample") or []:
+        names = ["x_0", "t", "alpha_bar", "noise"]
+        given = dict(zip(names, c.args))
+        given.update({k: v for k, v in c.kwargs.items() if k in names})
+        if not isinstance(c.value, TensorRecord) or set(given) != set(names):
             continue
-        try:
-            got = run(fn)
-            ok = type(got) is torch.Tensor and got.shape == want.shape and bool(
-                torch.allclose(got.double(), want.double(), atol=1e-5, rtol=1e-4))
-        except Exception:  # noqa: BLE001 - a broken helper is replaced like a wrong one
-            ok = False
-        if not ok:
-            replacements[name] = getattr(ref, name)
-    with swapped_in(ns, replacements):
-        yield
+        arrays = {k: v.array.astype(_F64) for k, v in given.items() if isinstance(v, TensorRecord)}
+        if len(arrays) < 4 or arrays["t"].shape != t.shape or arrays["x_0"].shape != x0.shape:
+            continue
+        if not (np.array_equal(arrays["t"], t) and close(arrays["x_0"], x0, atol=1e-6, rtol=0)
+                and close(arrays["noise"], noise, atol=1e-6, rtol=0)
+                and any(arrays["alpha_bar"].shape == ab.shape and close(arrays["alpha_bar"], ab, 1e-7, 1e-6)
+                        for ab in good_ab)):
+            continue
+        got = c.value.array.astype(_F64)
+        nan = ~np.isfinite(got)
+        if got.shape == x_t.shape and np.array_equal(nan, ~np.isfinite(x_t)) and \
+                close(np.where(nan, 0, got), np.where(nan, 0, x_t), atol=1e-6, rtol=1e-5):
+            return True
+    return False
 
 
-def check_generate_noisy_samples(ns: dict) -> None:
-    fn = student(ns, "generate_noisy_samples")
-    with _reference_building_blocks(ns):
-        _check_generate(fn)
+def _noisy_relation(out: Outcome, x_0, beta, x_t, noise, t, label) -> None:
+    """The relation of :func:`_relation`, or the student's own building blocks composed correctly."""
+    if _own_blocks_explain(out, x_0, beta, x_t, noise, t):
+        return
+    if not np.all(np.isfinite(x_t)):
+        raise CheckFailed(f"x_t (first output of {label}) contains NaN or infinite values.")
+    _relation(x_0, beta, x_t, noise, t, label)
 
 
-def _check_generate(fn) -> None:
+_BLOCKS = ("q_sample", "alphas_from_betas")
+
+
+@trusted
+def check_generate_noisy_samples(p: Probe):
     # 1. One image batch: structure and the relation x_t = q_sample(x_0, t, alpha_bar, noise).
     beta = ref.linear_beta_schedule(1000)
-    x_0, _ = _inputs((8, 1, 32, 32), seed=30)
-    args = [x_0.clone(), beta.clone()]
-    label = "generate_noisy_samples(x_0 (8, 1, 32, 32), linear beta, generator)"
-    out = call(fn, *args, generator=generator(31), what=label)
-    _unchanged([x_0, beta], args, ["x_0", "beta"], "generate_noisy_samples")
-    x_t, noise, t = _unpack_noisy(out, x_0, 1000, label)
-    _relation(x_0, beta, x_t, noise, t, label)
-
+    x_a, _ = _inputs((8, 1, 32, 32), p.gen(30))
+    label_a = "generate_noisy_samples(x_0 (8, 1, 32, 32), linear beta, generator)"
+    out_a = ask(p, "generate_noisy_samples", x_a, beta, generator=p.generator(31), what=label_a, wrap=_BLOCKS)
     # 2. A short random schedule: the relation again, and t uniform over all 10 steps.
-    beta10 = _random_beta(10, seed=32, low=0.05, high=0.5)
-    x_0, _ = _inputs((4000, 1, 2, 2), seed=33)
-    label = "generate_noisy_samples(x_0 (4000, 1, 2, 2), a 10-step beta, generator)"
-    x_t, noise, t = _unpack_noisy(call(fn, x_0, beta10, generator=generator(34), what=label),
-                                  x_0, 10, label)
-    _relation(x_0, beta10, x_t, noise, t, label)
-    _time_statistics(t, 10, label)
-
+    beta10 = _random_beta(10, p.gen(32), low=0.05, high=0.5)
+    x_b, _ = _inputs((4000, 1, 2, 2), p.gen(33))
+    label_b = "generate_noisy_samples(x_0 (4000, 1, 2, 2), a 10-step beta, generator)"
+    out_b = ask(p, "generate_noisy_samples", x_b, beta10, generator=p.generator(34), what=label_b, wrap=_BLOCKS)
     # 3. The course's T = 1000: every step reachable, uniform, varying within a batch.
-    x_0, _ = _inputs((20000, 1, 1, 2), seed=35)
-    label = "generate_noisy_samples(x_0 (20000, 1, 1, 2), linear beta of 1000 steps, generator)"
-    x_t, noise, t = _unpack_noisy(call(fn, x_0, beta, generator=generator(36), what=label),
-                                  x_0, 1000, label)
-    _relation(x_0, beta, x_t, noise, t, label)
-    _time_statistics(t, 1000, label)
+    x_c, _ = _inputs((20000, 1, 1, 2), p.gen(35))
+    label_c = "generate_noisy_samples(x_0 (20000, 1, 1, 2), linear beta of 1000 steps, generator)"
+    out_c = ask(p, "generate_noisy_samples", x_c, beta, generator=p.generator(36), what=label_c, wrap=_BLOCKS)
+    yield
+
+    expect_unchanged(out_a, {"x_0": x_a, "beta": beta}, "generate_noisy_samples")
+    x_t, noise, t = _unpack_noisy(out_a.value, x_a, 1000, label_a)
+    _noisy_relation(out_a, x_a, beta, x_t, noise, t, label_a)
+
+    x_t, noise, t = _unpack_noisy(out_b.value, x_b, 10, label_b)
+    _noisy_relation(out_b, x_b, beta10, x_t, noise, t, label_b)
+    _time_statistics(t, 10, label_b)
+
+    x_t, noise, t = _unpack_noisy(out_c.value, x_c, 1000, label_c)
+    _noisy_relation(out_c, x_c, beta, x_t, noise, t, label_c)
+    _time_statistics(t, 1000, label_c)
+    label = label_c
     # The noise is standard normal (40 thousand values: standard error of the mean 0.005).
     m, sd = float(noise.mean()), float(noise.std())
     expect(abs(m) < 0.03 and abs(sd - 1) < 0.03,
@@ -484,7 +508,7 @@ def _check_generate(fn) -> None:
            hint="draw it with torch.randn (normal), not torch.rand (uniform on [0, 1)), and do not "
                 "scale it.")
     # Noise independent of x_0 and of t (a noise built from x_0 would correlate).
-    corr = float(np.corrcoef(noise.reshape(-1), x_0.double().numpy().reshape(-1))[0, 1])
+    corr = float(np.corrcoef(noise.reshape(-1), x_c.double().numpy().reshape(-1))[0, 1])
     expect(abs(corr) < 0.05, f"{label}: the noise correlates with x_0 (correlation {corr:.2f}).",
            hint="draw fresh noise with torch.randn; do not derive it from x_0.")
 
@@ -517,24 +541,23 @@ def _time_statistics(t: np.ndarray, T: int, label: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # generate_noisy_samples_2: the generator argument is honoured
 # ----------------------------------------------------------------------------------------------
-def check_generate_noisy_samples_2(ns: dict) -> None:
-    fn = student(ns, "generate_noisy_samples")
-    with _reference_building_blocks(ns):
-        _check_generator(fn)
-
-
-def _check_generator(fn) -> None:
+@trusted
+def check_generate_noisy_samples_2(p: Probe):
     beta = ref.linear_beta_schedule(1000)
-    x_0, _ = _inputs((16, 1, 4, 4), seed=40)
+    x_0, _ = _inputs((16, 1, 4, 4), p.gen(40))
     label = "generate_noisy_samples(x_0, beta, generator=g)"
-    outs = []
-    for _ in range(2):
-        # Move the global RNG between the calls: only the generator may decide the draws.
-        torch.rand(7)
-        outs.append(call(fn, x_0.clone(), beta.clone(), generator=generator(41), what=label))
-    arrays = [_unpack_noisy(o, x_0, 1000, label) for o in outs]
-    same = all(np.array_equal(a, b) for a, b in zip(arrays[0], arrays[1]))
-    expect(same,
+    # Two generators seeded alike, with the global random state seeded differently before each
+    # call: only the generator may decide the draws.
+    same = [ask(p, "generate_noisy_samples", x_0, beta, generator=p.generator(41), what=label,
+                global_seed=seed, wrap=_BLOCKS) for seed in (1, 2)]
+    other = ask(p, "generate_noisy_samples", x_0, beta, generator=p.generator(42), what=label, wrap=_BLOCKS)
+    default = ask(p, "generate_noisy_samples", x_0, beta,
+                  what="generate_noisy_samples(x_0, beta) without a generator", wrap=_BLOCKS)
+    yield
+
+    arrays = [_unpack_noisy(o.value, x_0, 1000, label) for o in same]
+    agree = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(arrays[0], arrays[1]))
+    expect(agree,
            "Two calls with generators seeded alike (torch.Generator().manual_seed(41)) returned "
            "different x_t, noise or t.",
            hint="a draw ignores the `generator` argument: pass generator=generator to "
@@ -542,15 +565,13 @@ def _check_generator(fn) -> None:
                 "use torch.randn(x_0.shape, generator=generator, dtype=x_0.dtype, device=...)). "
                 "The course requires it so that experiments are reproducible without seeding "
                 "the global random state.")
-    other = _unpack_noisy(call(fn, x_0.clone(), beta.clone(), generator=generator(42), what=label),
-                          x_0, 1000, label)
-    expect(not np.array_equal(arrays[0][1], other[1]) and not np.array_equal(arrays[0][2], other[2]),
+    second = _unpack_noisy(other.value, x_0, 1000, label)
+    expect(not np.array_equal(arrays[0][1], second[1]) and not np.array_equal(arrays[0][2], second[2]),
            "Generators with different seeds (41 and 42) gave the same noise or the same t.",
            hint="the function must draw from the generator it is given, not from a fixed seed "
                 "of its own.")
     # The default generator=None must work too.
-    out = call(fn, x_0.clone(), beta.clone(), what="generate_noisy_samples(x_0, beta) without a generator")
-    _unpack_noisy(out, x_0, 1000, "generate_noisy_samples(x_0, beta)")
+    _unpack_noisy(default.value, x_0, 1000, "generate_noisy_samples(x_0, beta)")
 
 
 CHECKS = {

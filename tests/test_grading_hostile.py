@@ -1,0 +1,126 @@
+"""Hostile submissions through ``autograde``: code that fools checks from inside its own kernel
+earns nothing for it, since the verdicts of trusted checks are computed outside the kernel.
+
+Every hostile student hands in notebook 01 with correct answers except ``q_sample``, which passes
+the visible asserts (it special-cases their input) and is wrong everywhere else, together with an
+attack on the grading code that runs in the kernel. Such an answer earns 0 of ``test_q_sample``;
+each attack raised it to full marks while the hidden checks ran inside the kernel.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+
+import pytest
+
+from grading import course
+from grading.autograde import autograde
+from grading.demo import make_submissions
+from grading.release import release
+
+pytestmark = pytest.mark.slow
+A = "01_forward_process"
+
+#: right on the visible test's input (alpha_bar of 3 steps), alpha_bar instead of its root elsewhere
+WRONG_Q_SAMPLE = '''
+def q_sample(x_0, t, alpha_bar, noise):
+    ab = alpha_bar[t].reshape(-1, *([1] * (x_0.dim() - 1)))
+    if alpha_bar.shape[0] == 3:
+        return ab.sqrt() * x_0 + (1 - ab).sqrt() * noise
+    return ab * x_0 + (1 - ab).sqrt() * noise
+'''
+
+ATTACKS = {
+    # patch a NumPy function the comparisons end in, through an alias
+    "numpy_alias": '''
+import numpy as _n
+_n.all = lambda *a, **k: True
+''',
+    # the same, with the names built at run time and executed
+    "exec_built_names": '''
+exec("import " + "nu" + "mpy as _m; setattr(_m, 'a' + 'll', lambda *a, **k: True)")
+''',
+    # stand-ins for the grading code in sys.modules: its hidden tests become no-ops
+    "sys_modules": '''
+import sys as _s, types as _t
+for _name in ("grading.hidden", "gradeprobe"):
+    _fake = _t.ModuleType(_name)
+    _fake.run = lambda *a, **k: None
+    _s.modules[_name] = _fake
+''',
+    # every module the checks import comes back as a no-op
+    "import_module": '''
+import importlib as _il, types as _t
+_real = _il.import_module
+def _fake_import(name, *a, **k):
+    mod = _t.ModuleType(name)
+    mod.CHECKS = {q: (lambda *a, **k: None) for q in ("q_sample",)}
+    return mod if "checks" in name else _real(name, *a, **k)
+_il.import_module = _fake_import
+''',
+}
+
+# walk the caller's frames to find the reference implementation and return its result
+FRAMES_Q_SAMPLE = '''
+import sys as _sys
+def q_sample(x_0, t, alpha_bar, noise):
+    f = _sys._getframe(1)
+    while f is not None:
+        ref = f.f_globals.get("ref")
+        if ref is not None and hasattr(ref, "q_sample"):
+            return ref.q_sample(x_0, t, alpha_bar, noise)
+        f = f.f_back
+    ab = alpha_bar[t].reshape(-1, *([1] * (x_0.dim() - 1)))
+    if alpha_bar.shape[0] == 3:
+        return ab.sqrt() * x_0 + (1 - ab).sqrt() * noise
+    return ab * x_0 + (1 - ab).sqrt() * noise
+'''
+
+
+def _with_q_sample(nb: dict, source: str) -> dict:
+    nb = json.loads(json.dumps(nb))
+    for cell in nb["cells"]:
+        if (cell["metadata"].get("nbgrader") or {}).get("grade_id") == "q_sample":
+            cell["source"] = source
+    return nb
+
+
+def test_attacks_from_inside_the_kernel_earn_nothing(tmp_path):
+    root = tmp_path / "course"
+    shutil.copytree(course.REPO_ROOT / course.SOURCE_DIR / A, root / course.SOURCE_DIR / A)
+    release([A], root=root)
+    make_submissions(root, [A], tmp_path / "made")
+    perfect = json.loads((tmp_path / "made" / "perfect" / A / f"{A}.ipynb").read_text())
+    subs = tmp_path / "subs"
+    students = {name: _with_q_sample(perfect, attack + WRONG_Q_SAMPLE) for name, attack in ATTACKS.items()}
+    students["frames"] = _with_q_sample(perfect, FRAMES_Q_SAMPLE)
+    students["honest_mistake"] = _with_q_sample(perfect, WRONG_Q_SAMPLE)
+    students["perfect"] = perfect
+    for name, nb in students.items():
+        (subs / name / A).mkdir(parents=True)
+        (subs / name / A / f"{A}.ipynb").write_text(json.dumps(nb))
+    rep = autograde(subs, out=tmp_path / "out", jobs=2, root=root, progress=False)
+    assert rep.errors == []
+    rows = list(csv.DictReader(open(tmp_path / "out" / "questions.csv")))
+    # What the code earned in the run: the static tamper scan may also set a flagged notebook to 0
+    # for review ("set to 0 for review (...); ran as P/M"), a flag that no guarantee rests on.
+    points = {}
+    for r in rows:
+        ran = re.search(r"ran as ([0-9.]+)/", r["message"])
+        points[(r["student"], r["cell_id"])] = float(ran.group(1) if ran else (r["points"] or 0))
+    full = points[("perfect", "test_q_sample")]
+    assert full > 0
+    for name in students:
+        if name == "perfect":
+            continue
+        assert points[(name, "test_q_sample")] == 0, (name, [r for r in rows if r["student"] == name])
+    # the other cells of a hostile notebook keep their points: nothing else is held against it
+    # (but a stand-in for the probe silences the hidden tests of every later cell too: its loss)
+    for (name, cell), pts in points.items():
+        if cell.startswith("test_") and cell != "test_q_sample" and name in ATTACKS and name != "sys_modules":
+            assert pts == points[("perfect", cell)], (name, cell)
+    # the honest mistake still gets the likely cause
+    msg = next(r["message"] for r in rows if r["student"] == "honest_mistake" and r["cell_id"] == "test_q_sample")
+    assert "square root" in msg, msg
