@@ -12,8 +12,10 @@ A plan (``gradeprobe.codec`` tree) is ``{"steps": [step, ...]}``; each step is o
   gradients and buffers, a generator's state).
 
 Arguments are data, or specs of objects built here: ``generator`` (a seeded ``torch.Generator``),
-``stub`` (a model of ``gradeprobe.stubs.KINDS``, optionally recording its calls) and ``ref`` (an
-object built or kept earlier, by id).
+``stub`` (a model or optimizer of ``gradeprobe.stubs.KINDS`` or of a ``gradeprobe.stubs_<notebook>``
+module, see :func:`stub_class`; a ``ref`` among its parameters is an object built earlier, e.g. the
+model an optimizer updates; with ``record`` its calls are recorded) and ``ref`` (an object built or
+kept earlier, by id).
 
 Each step's record holds: ``ok``, ``error`` (type and message when it raised), ``value``, the tensor
 arguments after the call (``args_after``, ``kwargs_after``: in-place edits show), whether the
@@ -22,6 +24,7 @@ functions (``wrapped``) and of recording stubs (``model_calls``), and the second
 """
 from __future__ import annotations
 
+import importlib
 import random
 import time
 from typing import Any
@@ -73,10 +76,24 @@ def build(tree: Any, arrays: dict, objects: dict) -> Any:
     if tag == "stub":
         if tree["id"] not in objects:
             params = {k: build(v, arrays, objects) for k, v in tree["params"].items()}
-            model = stubs.KINDS[tree["kind"]](**params)
+            model = stub_class(tree["kind"])(**params)
             objects[tree["id"]] = stubs.RecordingModel(model) if tree.get("record") else model
         return objects[tree["id"]]
     raise WireError(f"unknown tag {tag!r}")
+
+
+def stub_class(kind: str):
+    """The class a plan names: ``"constant"`` (``gradeprobe.stubs.KINDS``) or ``"sampling.FixedNoise"``
+    (class ``FixedNoise`` of ``gradeprobe.stubs_sampling``, listed in its ``__all__``)."""
+    if kind in stubs.KINDS:
+        return stubs.KINDS[kind]
+    module, _, name = kind.rpartition(".")
+    if not module.isidentifier() or not name.isidentifier():
+        raise WireError(f"unknown stub {kind!r}")
+    mod = importlib.import_module(f"gradeprobe.stubs_{module}")
+    if name not in getattr(mod, "__all__", ()):
+        raise WireError(f"unknown stub {kind!r}")
+    return getattr(mod, name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -150,6 +167,8 @@ class Recorder:
             }}
         if isinstance(obj, torch.Generator):
             return {"t": "dict", "v": {"generator_state": self.encode(obj.get_state())}}
+        if callable(getattr(type(obj), "probe_state", None)):  # a stub's counters (an optimizer's steps)
+            return self.encode(obj.probe_state())
         return self.encode(obj)
 
 
