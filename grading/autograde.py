@@ -658,8 +658,11 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
     known = course.list_assignments(root)
     if assignment is not None and assignment not in known:
         raise ToolError(f"unknown assignment {assignment!r}; known: {', '.join(known)}")
-    subs = collect(submissions, known, assignment)
+    skipped: list[str] = []
+    subs = collect(submissions, known, assignment, skipped=skipped)
     report = Report(out=out)
+    for note in skipped:
+        log.warning("not graded: %s", note)
     unknown = [s for s in subs if s.assignment not in known]
     for s in unknown:
         msg = f"{s.student}: {'; '.join(s.problems) or 'unknown assignment'} ({', '.join(s.origin)})"

@@ -101,6 +101,9 @@ def test_attacks_from_inside_the_kernel_earn_nothing(tmp_path):
     for name, nb in students.items():
         (subs / name / A).mkdir(parents=True)
         (subs / name / A / f"{A}.ipynb").write_text(json.dumps(nb))
+    # an unzipped upload that holds a link to the solution notebook is not a submission
+    (subs / "symlinked" / A).mkdir(parents=True)
+    (subs / "symlinked" / A / f"{A}.ipynb").symlink_to(root / course.SOURCE_DIR / A / f"{A}.ipynb")
     rep = autograde(subs, out=tmp_path / "out", jobs=2, root=root, progress=False)
     assert rep.errors == []
     rows = list(csv.DictReader(open(tmp_path / "out" / "questions.csv")))
@@ -121,6 +124,10 @@ def test_attacks_from_inside_the_kernel_earn_nothing(tmp_path):
     for (name, cell), pts in points.items():
         if cell.startswith("test_") and cell != "test_q_sample" and name in ATTACKS and name != "sys_modules":
             assert pts == points[("perfect", cell)], (name, cell)
+    linked = [r for r in rows if r["student"] == "symlinked"]
+    assert linked and all(float(r["points"] or 0) == 0 for r in linked)
+    grades = {r["student"]: r for r in csv.DictReader(open(tmp_path / "out" / "grades.csv"))}
+    assert "symbolic link" in grades["symlinked"]["notes"]
     # the honest mistake still gets the likely cause
     msg = next(r["message"] for r in rows if r["student"] == "honest_mistake" and r["cell_id"] == "test_q_sample")
     assert "square root" in msg, msg
