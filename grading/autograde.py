@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import course
+from . import bwrap, course, limits
 from .collect import Submission, collect
 from .sanitize import sanitize
 from .tamper import scan_notebook
@@ -189,6 +189,34 @@ def readable_by_others(path: Path) -> bool:
     return bool(mode & 0o004) and (not path.is_dir() or bool(mode & 0o001))
 
 
+def bwrap_mode(hidden: list[Path], workdir: Path) -> str | None:
+    """Whether kernels can run in bubblewrap's allow-list (``grading.bwrap``): a probe kernel that
+    must not see ``hidden``, nor import ``grading``, nor reach the network. Its explanation, or None."""
+    if not bwrap.available():
+        return None
+    home = workdir / "probe-home"
+    home.mkdir(exist_ok=True)
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    cmd = [sys.executable, "-m", "grading.kernel_launcher", "--bwrap", "--probe", "--home", str(home)]
+    if root:
+        cmd += ["--uid", str(UID_BASE - 1), "--gid", str(UID_BASE - 1)]
+    for p in hidden:
+        cmd += ["--protect", str(p)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("bubblewrap sandbox unavailable: %s", exc)
+        return None
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if r.returncode != 0 or "sandbox-ok" not in r.stdout:
+        log.warning("bubblewrap sandbox unavailable: %s", (r.stderr or r.stdout).strip()[-300:])
+        return None
+    who = f"as unprivileged uids {UID_BASE}+" if root else "as the grader's own uid (user namespace)"
+    return (f"student kernels run in a bubblewrap sandbox {who}: they see the Python, helpers and "
+            "data read-only and their scratch folder, no network, no other process")
+
+
 def isolation_mode(protect: list[Path], workdir: Path) -> tuple[str, str]:
     """``("uid" | "sandbox" | "none", explanation)``: how student kernels are confined.
 
@@ -198,6 +226,10 @@ def isolation_mode(protect: list[Path], workdir: Path) -> tuple[str, str]:
     the job's scratch folder is read-only. ``none``: not root; kernels run as the grader's
     user, each in its own throw-away course copy.
     """
+    found = bwrap_mode([p / d for p in protect for d in ("solutions", "grading")
+                        if (p / d).exists()] + [p for p in protect[1:2]], workdir)
+    if found is not None:
+        return "bwrap", found
     ok, why = can_drop_privileges()
     if ok:
         return "uid", why
@@ -268,20 +300,33 @@ def prepare(sub: Submission, tpl: Template) -> Job:
     return Job(sub, tpl, submission_digest(sub, tpl), notebooks, reasons, notes, flags)
 
 
-def _kernel_spec(job_dir: Path, mode: str, uid: int, protect: list[Path]) -> None:
+def _kernel_spec(job_dir: Path, mode: str, uid: int, protect: list[Path], cgroup: str | None = None,
+                 network_off: bool = False) -> None:
     kdir = job_dir / "kernels" / "kernels" / KERNEL_NAME
     kdir.mkdir(parents=True)
     launcher = [sys.executable, "-m", "grading.kernel_launcher", "--home", str(job_dir / "home")]
-    if mode == "uid":
-        argv = launcher + ["--uid", str(uid), "--gid", str(uid), "-f", "{connection_file}"]
+    if cgroup:
+        launcher += ["--cgroup", cgroup]
+    # A network namespace of its own (only a loopback that is down): the kernel talks to nbgrader
+    # over Unix sockets in its home, so it needs no network, and it reaches none.
+    unshare = shutil.which("unshare") or "unshare"
+    no_net = ["-n"] if network_off else []
+    if mode == "bwrap":  # (its own network namespace: bubblewrap's --unshare-net)
+        argv = launcher + ["--bwrap"] + (["--uid", str(uid), "--gid", str(uid)] if os.geteuid() == 0 else []) + \
+            ["-f", "{connection_file}"]
+    elif mode == "uid":
+        argv = ([unshare] + no_net + ["--"] if no_net else []) + launcher + \
+            ["--uid", str(uid), "--gid", str(uid), "-f", "{connection_file}"]
     elif mode == "sandbox":
-        argv = [shutil.which("unshare") or "unshare", "-m", "--propagation", "private", "--"] + \
+        argv = [unshare, "-m", "--propagation", "private"] + no_net + ["--"] + \
             launcher + ["--sandbox", "--uid", str(uid), "--gid", str(uid)] + \
             [a for p in protect for a in ("--protect", str(p))] + ["-f", "{connection_file}"]
     else:
         argv = launcher + ["-f", "{connection_file}"]
+    # Interrupts as messages: a signal would reach bubblewrap, not the kernel inside it.
     (kdir / "kernel.json").write_text(json.dumps(
-        {"argv": argv, "display_name": "Python 3 (grading)", "language": "python"}))
+        {"argv": argv, "display_name": "Python 3 (grading)", "language": "python",
+         "interrupt_mode": "message" if mode == "bwrap" else "signal"}))
 
 
 class UidPool:
@@ -398,15 +443,18 @@ def _scratch_links(src: Path, dest: Path) -> None:
 
 
 def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
-            slot: WorkerSlot, protect: list[Path] = (), uids: UidPool | None = None) -> dict:
+            slot: WorkerSlot, protect: list[Path] = (), uids: UidPool | None = None,
+            job_limits: limits.JobLimits | None = None) -> dict:
     """Run one job on a fresh copy of the template course in a worker slot; returns its result."""
     a, s = job.tpl.assignment, job.sub.student
     job_dir = Path(tempfile.mkdtemp(prefix=f"job-{index:04d}-", dir=workdir))
     uid, uid_lock = uids.claim() if uids is not None else (UID_BASE + index % UidPool.SIZE, None)
-    confined = mode in ("uid", "sandbox")
+    confined = mode in ("uid", "sandbox") or (mode == "bwrap" and os.geteuid() == 0)
+    cgroup = None
     try:
         if confined:
             reap_uid(uid)
+            cgroup = limits.create(f"{job_dir.name}-{uid}", job_limits.memory_mb if job_limits else 0)
         course_dir = job_dir / "course"
         shutil.copytree(job.tpl.root / course.SOURCE_DIR, course_dir / course.SOURCE_DIR)
         shutil.copyfile(job.tpl.db, course_dir / "gradebook.db")
@@ -415,13 +463,14 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
         for name, nb in job.notebooks.items():
             if nb is not None:
                 (sub_dir / f"{name}.ipynb").write_text(json.dumps(nb, indent=1))
-        _kernel_spec(job_dir, mode, uid, list(protect))
         home = job_dir / "home"
         for src, name in zip(shared_dirs(), ("data", "checkpoints")):
             _scratch_links(src, home / name)
         # The kernel's Unix sockets lie in its own home (0700, its uid): no other job can take
         # its ports before it binds them (it would die at start), or connect to it.
         kernel_manager = course.ipc_kernel(str(home / "zmq"))
+        _kernel_spec(job_dir, mode, uid, list(protect), cgroup,
+                     network_off=kernel_manager.get("transport") == "ipc")
         # The trusted checks' plans and the kernel's records (``gradeprobe``) lie in its home.
         env = {"JUPYTER_PATH": str(job_dir / "kernels"), "HOME": str(home),
                "DIFFUSION_DATA_DIR": str(home / "data"),
@@ -430,6 +479,8 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
         (job_dir / "job.json").write_text(json.dumps(
             {"assignment": a, "student": s, "kernel_name": KERNEL_NAME, "timeout": timeout,
              "env": env, "kernel_manager": kernel_manager, "job_dir": str(job_dir),
+             "memory_cgroup": cgroup, "memory_mb": job_limits.memory_mb if job_limits else 0,
+             "notebook_timeout": job_limits.notebook_timeout if job_limits else 0,
              "probe_dir": str(home / "probe"), "probe_rel": "home/probe"}))
         os.chmod(job_dir, 0o711)
         os.chmod(course_dir, 0o711)
@@ -451,10 +502,13 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
                 if p.is_file() and job_dir in p.parents:
                     keep[f"{kind}/{nb_name}"] = p.read_bytes()
         result["_files"] = keep
+        if cgroup:
+            result["memory_peak_mb"] = limits.peak_mb(cgroup)
         return result
     finally:
         if confined:
             reap_uid(uid)
+        limits.remove(cgroup)
         if uid_lock is not None:
             uid_lock.close()
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -648,7 +702,8 @@ class Report:
 def autograde(submissions: Path | str, out: Path | str = "autograded", assignment: str | None = None,
               jobs: int | None = None, db_url: str | None = None, force: bool = False,
               timeout: int | None = None, root: Path | str = course.REPO_ROOT,
-              progress: bool = True) -> Report:
+              progress: bool = True, notebook_timeout: int | None = None,
+              memory_mb: int | None = None) -> Report:
     """Autograde every submission found under ``submissions``; see the module docstring."""
     course.ensure_path()
     t_start = time.perf_counter()
@@ -680,6 +735,10 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
     protect = [root, out, workdir, course.REPO_ROOT]
     mode, why = isolation_mode(protect, workdir)
     log.info("isolation: %s", why)
+    job_limits = limits.JobLimits(root, notebook_timeout, memory_mb)
+    if mode == "none" or not limits.available():
+        job_limits.memory_mb = 0  # no cgroup can be made here: said once, then graded anyway
+    log.info("limits: %r", job_limits)
     if mode == "uid":  # (the sandbox opens the way to them itself)
         for src in shared_dirs():
             hidden = [f for f in ([src] + sorted(src.iterdir()) if src.is_dir() else [])
@@ -755,18 +814,18 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
 
         slots: queue.Queue = queue.Queue()
         all_slots = [WorkerSlot(workdir) for _ in range(min(jobs, max(1, len(to_run))))]
-        uids = UidPool() if mode in ("uid", "sandbox") else None
+        uids = UidPool() if mode in ("uid", "sandbox") or (mode == "bwrap" and os.geteuid() == 0) else None
         for sl in all_slots:
             slots.put(sl)
 
         def run_in_slot(j: Job, i: int) -> dict:
             sl = slots.get()
             try:
-                result = run_job(j, i, workdir, mode, timeout, sl, protect, uids)
+                result = run_job(j, i, workdir, mode, timeout, sl, protect, uids, job_limits)
                 if kernel_did_not_start(result):
                     log.warning("%s/%s: the kernel died before running any cell; trying again",
                                 j.sub.student, j.tpl.assignment)
-                    result = run_job(j, i, workdir, mode, timeout, sl, protect, uids)
+                    result = run_job(j, i, workdir, mode, timeout, sl, protect, uids, job_limits)
                 return result
             finally:
                 slots.put(sl)
@@ -823,7 +882,8 @@ def grade_table(out: Path) -> str:
 def autograde_cli(args) -> int:
     try:
         rep = autograde(args.submissions, out=args.out, assignment=args.assignment, jobs=args.jobs,
-                        db_url=args.db, force=args.force, timeout=args.timeout, root=args.root)
+                        db_url=args.db, force=args.force, timeout=args.timeout, root=args.root,
+                        notebook_timeout=args.notebook_timeout, memory_mb=args.memory_mb)
     except (ToolError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2

@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default="autograded", help="output folder (default: ./autograded)")
     a.add_argument("--force", action="store_true", help="regrade unchanged submissions too")
     a.add_argument("--timeout", type=int, default=None, help="seconds per cell (config: 120)")
+    a.add_argument("--notebook-timeout", type=int, default=None,
+                   help="seconds per notebook, then its kernel is killed (config: 900)")
+    a.add_argument("--memory-mb", type=int, default=None,
+                   help="memory per kernel in MB, as root (config: 4096)")
     a.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
     a.set_defaults(func=_cmd_autograde)
 

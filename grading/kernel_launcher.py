@@ -50,6 +50,27 @@ print("sandbox-ok")
 """
 
 
+BWRAP_PROBE = r"""
+import os, socket, sys
+import ipykernel, helpers, gradeprobe
+home, hidden = sys.argv[1], sys.argv[2:]
+for p in hidden:
+    if os.path.exists(p):
+        raise SystemExit(f"{p} is visible from the kernel")
+try:
+    import grading
+except ImportError:
+    pass
+else:
+    raise SystemExit("the grading package is importable from the kernel")
+names = [n for _, n in socket.if_nameindex()]
+if names != ["lo"]:  # a network namespace of its own: only its own loopback
+    raise SystemExit(f"the kernel sees network interfaces {names}")
+open(os.path.join(home, ".grading-probe"), "w").close()
+print("sandbox-ok")
+"""
+
+
 def _limits() -> None:
     for lim, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, 512 * 1024 * 1024)):
         try:
@@ -95,7 +116,7 @@ def _mount(source: str, target: str, fstype: str | None = None, flags: int = 0,
         raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
 
 
-MS_BIND, MS_REC = 4096, 16384
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC = 2, 4, 4096, 16384
 
 
 def _open_up(needed: list[str]) -> None:
@@ -150,6 +171,8 @@ def _sandbox(home: str, protect: list[str], open_up: bool = False) -> None:
             continue
         subprocess.run(["mount", "-o", "remount,bind,ro", mp], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
+    if os.path.isdir("/dev/shm"):  # a private, size-capped /dev/shm that dies with the kernel
+        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
     for p in protect:
         if os.path.exists(p) and os.access(p, os.W_OK):
             raise SystemExit(f"sandbox: {p} is still writable")
@@ -162,21 +185,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--uid", type=int)
     p.add_argument("--gid", type=int)
     p.add_argument("--sandbox", action="store_true")
+    p.add_argument("--bwrap", action="store_true", help="run the kernel in bubblewrap's allow-list")
     p.add_argument("--home", required=True)
     p.add_argument("--protect", action="append", default=[])
     p.add_argument("--probe", action="store_true")
+    p.add_argument("--cgroup", help="memory cgroup folder to join before dropping privileges")
     p.add_argument("-f", dest="connection_file")
     args, rest = p.parse_known_args(argv)
 
     home = os.path.abspath(args.home)
     os.makedirs(home, exist_ok=True)
+    if args.cgroup:  # the job's memory limit (grading.limits): the kernel cannot leave it
+        with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as fh:
+            fh.write(str(os.getpid()))
     env = dict(os.environ)
     env.update(HOME=home, TMPDIR=home, MPLCONFIGDIR=os.path.join(home, ".mpl"),
                XDG_CACHE_HOME=os.path.join(home, ".cache"), IPYTHONDIR=os.path.join(home, ".ipython"),
                JUPYTER_RUNTIME_DIR=home)
     _limits()
     if args.probe:
-        cmd = [sys.executable, "-c", PROBE, home] + args.protect
+        cmd = [sys.executable, "-c", BWRAP_PROBE if args.bwrap else PROBE, home] + args.protect
     else:
         cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", args.connection_file] + rest
 
@@ -198,6 +226,12 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, OSError):
             pass
         env.update(USER="student", LOGNAME="student")
+    if args.bwrap:
+        from grading import bwrap
+
+        readable = sorted({os.path.dirname(t) for t in _link_targets(home)})  # data, checkpoints
+        argv = bwrap.command(home, cmd, args.uid, gid if args.uid is not None else None, readable)
+        os.execve(argv[0], argv, env)
     if args.sandbox:
         _sandbox(home, [os.path.abspath(x) for x in args.protect], open_up=args.uid is not None)
         setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"

@@ -34,6 +34,23 @@ c.Execute.raise_on_iopub_timeout = False
 # it and get its points with a blank answer. No cell of this course uses this tag.
 c.Execute.skip_cells_with_tag = "__diffusion_course_never_skip__"
 
+# Our Execute (grading/execute.py): a wall clock per notebook after which the kernel is killed
+# even if it ignores interrupts, and a kernel that dies keeps the points of the cells that passed
+# before. The memory limit is a cgroup per job (grading/limits.py), made by autograde as root.
+c.Autograde.autograde_preprocessors = [
+    "grading.execute.CourseExecute",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+c.CourseExecute.notebook_timeout = 900   # seconds per notebook (fast mode runs in about a minute)
+# 4 GB per kernel: a fast-mode notebook peaks far below it (autograde logs each job's peak), and
+# two jobs per 8 GB leave the machine room; a kill is reported as "ran out of memory at cell N".
+c.CourseExecute.memory_limit_mb = 4096
+
 # Warnings on stderr (Python/PyTorch/NumPy) must not cost the points of a passing test cell:
 # nbgrader gives 0 to any test cell with stderr output unless IgnorePattern removes it.
 c.IgnorePattern.enabled = True

@@ -77,6 +77,8 @@ def apply_verdicts(api, a: str, s: str, out_dir: Path, sessions: dict, job_dir: 
         for cell in nb.cells:
             gid = nbgrader_meta(cell).get("grade_id")
             if cell.cell_type == "code" and gid in failed:
+                if not verdicts[gid].ran and any(o.get("output_type") == "error" for o in cell.outputs):
+                    continue  # the cell's own error says why nothing ran (e.g. the kernel died)
                 cell.outputs = [o for o in cell.outputs if o.get("output_type") != "error"] + [
                     nbformat.v4.new_output("error", ename="CheckFailed", evalue=failed[gid],
                                            traceback=[f"CheckFailed: {failed[gid]}"])]
@@ -98,6 +100,11 @@ def run_job(job: Path) -> dict:
         overrides["Execute.timeout"] = int(spec["timeout"])
     for name, value in (spec.get("kernel_manager") or {}).items():  # Unix sockets in its home
         overrides[f"KernelManager.{name}"] = value
+    if spec.get("memory_cgroup"):  # to tell an out-of-memory kill from other deaths
+        overrides["CourseExecute.memory_cgroup"] = spec["memory_cgroup"]
+        overrides["CourseExecute.memory_limit_mb"] = int(spec.get("memory_mb") or 0)
+    if spec.get("notebook_timeout"):
+        overrides["CourseExecute.notebook_timeout"] = int(spec["notebook_timeout"])
     api = course.make_api(root, db_url=f"sqlite:///{root / 'gradebook.db'}", **overrides)
     pattern = api.config.IgnorePattern.pattern
     result = {"student": s, "assignment": a, "ok": False, "error": None, "notebooks": {},

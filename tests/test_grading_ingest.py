@@ -36,3 +36,16 @@ def test_two_names_for_one_id_stop_the_run(tmp_path):
     _nb(subs / "alice_smith" / "01_forward_process" / "01_forward_process.ipynb")
     with pytest.raises(IngestError, match="'alice smith'.*'alice_smith'"):
         collect(subs, KNOWN)
+
+
+def test_autograde_grades_nothing_when_two_names_share_an_id(tmp_path):
+    from grading import course
+    from grading.autograde import autograde
+
+    a = course.list_assignments(course.REPO_ROOT)[0]
+    subs = tmp_path / "subs"
+    _nb(subs / "Bob Lee" / a / f"{a}.ipynb")
+    _nb(subs / "Bob_Lee" / a / f"{a}.ipynb")
+    with pytest.raises(IngestError, match="Bob_Lee"):
+        autograde(subs, out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "grades.csv").exists()
