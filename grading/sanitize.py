@@ -30,7 +30,8 @@ NOISY_NOTEBOOK_META = ("widgets", "colab", "vscode", "accelerator", "gpuClass", 
 NOISY_CELL_META = ("execution", "colab", "vscode", "outputId", "id", "ExecuteTime", "executionInfo",
                    "papermill", "collapsed", "scrolled", "jupyter", "pycharm")
 STRIP_TAGS = ("skip-execution",)
-MAX_BYTES = 20_000_000
+MAX_BYTES = 20_000_000          # a notebook's size once its outputs are removed
+MAX_UPLOAD_BYTES = 512_000_000  # what is read at all (outputs are discarded before grading anyway)
 _ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,64}$")
 
 
@@ -51,7 +52,7 @@ def parse(raw: bytes | str | None) -> tuple[dict | None, str | None]:
     if raw is None:
         return None, "missing notebook"
     if isinstance(raw, bytes):
-        if len(raw) > MAX_BYTES:
+        if len(raw) > MAX_UPLOAD_BYTES:
             return None, f"file too large ({len(raw) // 1_000_000} MB)"
         if not raw.strip():
             return None, "empty file"
@@ -69,6 +70,13 @@ def parse(raw: bytes | str | None) -> tuple[dict | None, str | None]:
         return None, f"not valid JSON ({exc.msg} at line {exc.lineno})"
     if not isinstance(data, dict) or not isinstance(data.get("cells", data.get("worksheets")), list):
         return None, "not a notebook (JSON without cells)"
+    # Outputs are not graded (the notebook is run again): a big figure must not cost the notebook.
+    for cell in data.get("cells") or []:
+        if isinstance(cell, dict) and cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    size = len(json.dumps(data))
+    if size > MAX_BYTES:
+        return None, f"file too large ({size // 1_000_000} MB without its outputs)"
     try:
         import nbformat
 

@@ -49,3 +49,23 @@ def test_autograde_grades_nothing_when_two_names_share_an_id(tmp_path):
     with pytest.raises(IngestError, match="Bob_Lee"):
         autograde(subs, out=tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "grades.csv").exists()
+
+
+def test_outputs_do_not_count_towards_the_size_limit():
+    import json
+
+    from grading import course
+    from grading.sanitize import sanitize
+
+    a = course.list_assignments(course.REPO_ROOT)[0]
+    release = course.read_json(course.REPO_ROOT / course.RELEASE_DIR / a / f"{a}.ipynb")
+    nb = json.loads(json.dumps(release))
+    code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    code["outputs"] = [{"output_type": "display_data", "metadata": {},
+                        "data": {"image/png": "A" * 50_000_000}}]   # a 50 MB figure
+    s = sanitize(json.dumps(nb).encode(), release)
+    assert s.nb is not None, s.zero_reason
+    code["outputs"] = []
+    code["source"] = "x = 1\n" * 5_000_000                          # 30 MB of code
+    s = sanitize(json.dumps(nb).encode(), release)
+    assert s.nb is None and "too large" in s.zero_reason
