@@ -62,13 +62,6 @@ def fail_known_mistake(message: str, hint: str | None) -> None:
 # ----------------------------------------------------------------------------------------------
 # Conversions: only genuine tensors and arrays are trusted
 # ----------------------------------------------------------------------------------------------
-_DTYPE_NAMES = {
-    "long": (torch.int64, np.int64),
-    "float32": (torch.float32, np.float32),
-    "float": (None, None),  # any floating dtype
-}
-
-
 def as_array(x: Any, name: str, shape: tuple | None = None, dtype: str | None = None,
              finite: bool = True) -> np.ndarray:
     """Convert a student's output to a fresh NumPy array (float64, or int64 for ``dtype='long'``).
