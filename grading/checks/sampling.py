@@ -1,7 +1,7 @@
 """Hidden tests of notebook 03_sampling (ancestral sampling, DDIM and SDEdit).
 
 One check per graded test cell; each takes the student's notebook globals. The checks compare with
-``grading.reference.sampling`` and with the oracles of ``notes/algorithms.md`` (3.7), on small
+``grading.reference.sampling`` and with the oracles of ``docs/conventions.md`` (section 4), on small
 inputs (a few seconds at most on one CPU core):
 
 * delta data: with every image equal to ``c`` the exact noise predictor is known, and a correct
