@@ -4,6 +4,8 @@ nbgrader's ``generate_assignment`` runs in a throw-away course folder with a thr
 only the student notebooks (normalised so that the same input gives byte-identical output) and the
 assignment's other files are copied back. ``--check`` regenerates in memory and names every stale,
 missing or extra file of ``notebooks/``.
+
+Trusted: runs in the instructor's process.
 """
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import course
+from . import cells, course
 
 log = logging.getLogger("grading.release")
 
 #: Text that must never reach a student. A hit in a released notebook is a release error.
-FORBIDDEN = ("BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS", "Rubric", "Model answer",
-             "grading.hidden", "MARK SCHEME")
+FORBIDDEN = (cells.BEGIN_SOLUTION, cells.END_SOLUTION, cells.BEGIN_HIDDEN_TESTS,
+             cells.END_HIDDEN_TESTS, "Rubric", "Model answer", "grading.hidden",
+             "MARK SCHEME")  # nbgrader's BEGIN/END MARK SCHEME
 
 
 class ReleaseError(RuntimeError):
