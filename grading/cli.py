@@ -1,5 +1,8 @@
 """The instructors' command line: ``python -m grading {release,check,autograde,feedback,export,
-rubric,demo}``. Run ``python -m grading COMMAND --help`` for each command's options."""
+rubric,demo}``. Run ``python -m grading COMMAND --help`` for each command's options.
+
+Trusted: runs in the instructor's process. Each command imports only its own module.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import course
+from . import cells, course
 
 
 def _cmd_release(args) -> int:
@@ -53,13 +56,13 @@ def _cmd_autograde(args) -> int:
 
 
 def _cmd_feedback(args) -> int:
-    from .autograde import feedback_cli
+    from .feedback import feedback_cli
 
     return feedback_cli(args)
 
 
 def _cmd_export(args) -> int:
-    from .autograde import export_cli
+    from .export import export_cli
 
     return export_cli(args)
 
@@ -93,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(exit 1 when one fails)")
     c.add_argument("notebook")
     c.add_argument("--timeout", type=int, default=120, help="seconds per cell")
-    c.add_argument("--skip-tag", action="append", default=["slow"], help="cell tag to skip")
+    c.add_argument("--skip-tag", action="append", default=[cells.SLOW_TAG], help="cell tag to skip")
     c.set_defaults(func=_cmd_check)
 
     a = sub.add_parser("autograde", help="autograde a folder or zip of submissions")

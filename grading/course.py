@@ -2,6 +2,8 @@
 
 The course root for a *release* is the repository (``solutions/`` -> ``notebooks/``); autograding
 always works in throw-away course folders (see ``grading.autograde``).
+
+Trusted: imported by the grading tools, never by a student's kernel.
 """
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ SOURCE_DIR = "solutions"
 RELEASE_DIR = "notebooks"
 
 log = logging.getLogger("grading")
+
+
+class ToolError(RuntimeError):
+    """A failure of the grading tool itself (not of a student's submission)."""
 
 
 def venv_bin() -> Path:

@@ -1,8 +1,12 @@
 """Start a grading kernel so that student code cannot write outside its own scratch folder, nor
 reach another job's kernel or the grader's processes.
 
-Two ways, chosen by ``grading.autograde`` when the grader runs as root; both run the kernel as an
-unprivileged uid of its own (one per running job, see ``grading.autograde.UidPool``), so it cannot
+Trusted: runs as the grader (root) up to the point where it ``exec``s the kernel, which then runs
+the student's code as the job's uid. Its command line comes from
+``grading.isolation.launcher_command``.
+
+Two ways, chosen by ``grading.isolation`` when the grader runs as root; both run the kernel as an
+unprivileged uid of its own (one per running job, see ``grading.isolation.UidPool``), so it cannot
 signal, trace or read the memory of any other process:
 
 ``--uid U --gid G --home H`` (the unprivileged uid can run the venv's Python as it is):
@@ -21,7 +25,7 @@ the unprivileged uid cannot reach the venv's Python, e.g. a Python installed und
     that each ``--protect`` path is no longer writable; then ``exec`` ipykernel through
     ``setpriv`` as ``U:G`` with an empty capability bounding set and ``no_new_privs``. Without
     ``--uid`` the kernel would stay uid 0 without capabilities, which can still signal every root
-    process: ``grading.autograde`` always passes one.
+    process: ``grading.isolation`` always passes one.
 
 ``--probe`` runs a self-test instead of the kernel (used once per autograde run).
 """
