@@ -100,15 +100,18 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
               jobs: int | None = None, db_url: str | None = None, force: bool = False,
               timeout: int | None = None, root: Path | str = course.REPO_ROOT,
               progress: bool = True) -> Report:
-    """Autograde every submission found under ``submissions``; see the module docstring."""
+    """Autograde every submission found under ``submissions``; see the module docstring.
+
+    ``assignment`` may be an id or a ``01``-style prefix (``ValueError`` when it names none).
+    """
     course.ensure_path()
     t_start = time.perf_counter()
     root, out = Path(root).resolve(), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     db_url = db_url or f"sqlite:///{out / 'gradebook.db'}"
     known = course.list_assignments(root)
-    if assignment is not None and assignment not in known:
-        raise ToolError(f"unknown assignment {assignment!r}; known: {', '.join(known)}")
+    if assignment is not None:
+        assignment = course.resolve_assignment(assignment, root)
     subs = collect(submissions, known, assignment)
     report = Report(out=out)
     for s in subs:

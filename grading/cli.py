@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("autograde", help="autograde a folder or zip of submissions")
     a.add_argument("submissions", help="<student>/<assignment>/<nb>.ipynb folders, or an LMS "
                                        "download (folder or .zip of notebooks named by student)")
-    a.add_argument("--assignment", help="assignment id when the file names do not tell")
+    a.add_argument("--assignment", help="assignment id (or its number, e.g. 01) when the file "
+                                        "names do not tell")
     a.add_argument("--jobs", type=int, default=None, help="parallel students (default: CPUs)")
     a.add_argument("--db", default=None, help="gradebook SQLAlchemy URL "
                                               "(default: sqlite:///<out>/gradebook.db)")
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("feedback", help="(re)write the feedback HTML from the graded notebooks")
     f.add_argument("--out", default="autograded", help="autograde output folder")
-    f.add_argument("--assignment", default=None)
+    f.add_argument("--assignment", default=None, help="only this assignment (id or number)")
     f.add_argument("--student", default=None)
     f.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///<out>/gradebook.db)")
     f.set_defaults(func=_cmd_feedback)
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write grades.csv from a gradebook")
     e.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///<out>/gradebook.db)")
     e.add_argument("--out", default="autograded", help="folder of the gradebook")
-    e.add_argument("--to", default=None, help="CSV file (default: <out>/grades.csv)")
+    e.add_argument("--to", default=None, help="CSV file (default: grades.csv in the current folder)")
     e.set_defaults(func=_cmd_export)
 
     ru = sub.add_parser("rubric", help="print the written questions, model answers and rubrics")

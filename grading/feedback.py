@@ -74,8 +74,22 @@ def regenerate_feedback(out: Path | str, assignment: str | None = None, student:
 
 
 def feedback_cli(args) -> int:
-    pages = regenerate_feedback(args.out, args.assignment, args.student, db_url=args.db)
+    out = Path(args.out)
+    if not (out / "autograded").is_dir():
+        log.error("no graded notebooks in %s (no autograded/ folder): give autograde's --out", out)
+        return 2
+    try:
+        assignment = args.assignment and course.resolve_assignment(args.assignment)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    pages = regenerate_feedback(out, assignment, args.student, db_url=args.db)
     for p in pages:
         print(p)
     print(f"{len(pages)} feedback page(s) written")
+    if not pages:
+        log.error("no feedback page written from %s%s%s", out / "autograded",
+                  f" for assignment {assignment}" if assignment else "",
+                  f" for student {args.student}" if args.student else "")
+        return 1
     return 0

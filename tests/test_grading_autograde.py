@@ -132,8 +132,10 @@ def test_rerun_changes_nothing_and_force_regrades(graded):
 def test_jobs_1_gives_the_same_grades_as_jobs_2(graded, tmp_path):
     names = ["perfect", "exception", "hidden_fail", "skip_execution"]
     gc.write_tree(tmp_path / "subs", names)
+    with pytest.raises(ValueError, match="unknown assignment '99'"):
+        autograde(tmp_path / "subs", out=tmp_path / "out", assignment="99", root=gc.COURSE)
     autograde(tmp_path / "subs", out=tmp_path / "out", jobs=1, timeout=TIMEOUT, root=gc.COURSE,
-              progress=False)
+              progress=False, assignment="00")   # a prefix, as the other commands accept
     one = {r["student"]: r for r in read_csv(tmp_path / "out" / "grades.csv")}
     assert one == {n: graded["grades"][n] for n in names}
     q1 = [r for r in read_csv(tmp_path / "out" / "questions.csv")]
@@ -175,7 +177,10 @@ def test_export_feedback_and_manual_grades(graded, tmp_path):
     assert len(pages) == 1
     text = pages[0].read_text()
     assert "1.5" in text and not any(s in text for s in gc.HIDDEN_SNIPPETS)
+    from grading.cli import main   # a folder without graded notebooks is an error, not "0 written"
 
+    assert main(["feedback", "--out", str(tmp_path / "nowhere")]) == 2
+    assert main(["export", "--out", str(tmp_path / "nowhere")]) == 2
 
 
 def test_rubric_and_demo_on_the_fixture(capsys):
