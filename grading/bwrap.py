@@ -1,6 +1,6 @@
 """The grading kernel's world, built by bubblewrap: an allow-list, not the host.
 
-Trusted (runs as the grader, before any student code). bubblewrap (Debian's ``bubblewrap``
+Trusted: runs as the grader, before any student code. bubblewrap (Debian's ``bubblewrap``
 package) was chosen over hand-written mount code: it is the sandbox tool that Flatpak relies on,
 it builds a fresh root from exactly the folders named, and it works as root and, through user
 namespaces, without root.
@@ -97,7 +97,8 @@ class Builder:
 
 def command(home: str, cmd: list[str], uid: int | None, gid: int | None,
             readable: list[str] = ()) -> list[str]:
-    """The bubblewrap command that runs ``cmd`` (the kernel) in its allow-listed world.
+    """The bubblewrap command that runs ``cmd`` (the kernel) in its allow-listed world, with the
+    ``readable`` files (the data and checkpoints the home links to) read-only at their own paths.
 
     As root (``uid`` given), ``setpriv`` drops to ``uid:gid`` inside, with no capabilities and
     ``no_new_privs``; without root, bubblewrap's user namespace keeps the grader's uid."""
@@ -118,7 +119,7 @@ def command(home: str, cmd: list[str], uid: int | None, gid: int | None,
         if src:
             b.ro(src, f"{COURSE_PATH}/{name}")
     for p in sorted({os.path.realpath(p) for p in readable if os.path.exists(p)}):
-        b.ro(p)
+        b.ro(p)  # each file on its own, under folders open to all (its own folder may be closed)
     b.rw(home)
     ns = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
           "--die-with-parent", "--new-session"]

@@ -1,6 +1,8 @@
 """Find the submissions in a folder or a zip: ``<student>/<assignment>/<nb>.ipynb`` trees and LMS
 downloads whose file names carry the student id.
 
+Trusted: runs in the grader's own process (it reads the files, never runs them).
+
 Recognised LMS file names (the notebook's own name comes last)::
 
     Brightspace  12345-67890 - Jane Doe - Mar 3, 2025 1015 AM - 01_forward_process.ipynb

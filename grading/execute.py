@@ -1,6 +1,6 @@
 """nbgrader's ``Execute`` step, made so that a kernel that dies or runs out of time keeps what it earned.
 
-Trusted (runs in the grading worker, never in the student's kernel). Configured in place of
+Trusted: runs in the grading worker, never in the student's kernel. Configured in place of
 nbgrader's ``Execute`` in ``nbgrader_config.py``. Two differences:
 
 - **A wall clock per notebook** (``notebook_timeout``): when it runs out, the kernel is killed

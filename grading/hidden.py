@@ -1,5 +1,7 @@
 """Runs the hidden tests of a notebook question inside the grading kernel.
 
+Kernel side: imported inside the student's kernel, after the student's code ran there.
+
 The hidden part of every test cell is one line::
 
     import grading.hidden as _hidden; _hidden.run("01_forward_process", "q_sample", globals())
@@ -16,7 +18,7 @@ global random state afterwards so the rest of the notebook is unaffected. The au
 static scan of the submitted code (``grading.tamper``) in the trusted process.
 
 The rest of the module is the toolbox the checks share: conversions, comparisons and stub models
-whose exact noise prediction is known (the oracles of ``notes/algorithms.md``).
+whose exact noise prediction is known (the oracles of ``docs/conventions.md``, section 4).
 """
 from __future__ import annotations
 

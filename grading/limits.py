@@ -1,7 +1,7 @@
 """Limits a grading kernel cannot lift: a memory cgroup per job.
 
-Trusted (the grader creates the cgroup as root; the kernel launcher puts the kernel into it before
-dropping privileges; an unprivileged kernel can neither leave it nor raise its limit). cgroup v2
+Trusted: the grader creates the cgroup as root; the kernel launcher puts the kernel into it before
+dropping privileges; an unprivileged kernel can neither leave it nor raise its limit. cgroup v2
 (``memory.max``, ``memory.events``) and v1 (``memory.limit_in_bytes``, ``memory.oom_control``)
 are both understood. Without either (no root, no writable cgroup tree) there is no memory limit
 and :func:`create` returns None; the caller says so once.

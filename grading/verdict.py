@@ -1,5 +1,7 @@
 """Trusted verdicts: hidden tests whose expected values and decisions never enter the student's kernel.
 
+Trusted: runs in the grading worker (or, outside grading, in the instructor's own process).
+
 A trusted check is a generator function of one argument, a :class:`Probe`, with one ``yield``::
 
     @trusted

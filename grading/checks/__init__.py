@@ -1,4 +1,5 @@
 """Hidden tests, one module per notebook (``<name>.py`` for ``NN_<name>``), each with ``CHECKS``.
 
-They run inside the grading kernel through :func:`grading.hidden.run`; see CONTRIBUTING.md.
+Kernel side: they run inside the student's grading kernel, after the student's code, through
+:func:`grading.hidden.run`; see CONTRIBUTING.md.
 """

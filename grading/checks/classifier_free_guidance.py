@@ -14,8 +14,6 @@ w = -1 the unconditional one. Truth comes from mathematics:
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn

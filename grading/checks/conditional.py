@@ -15,7 +15,6 @@ random draws:
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -338,9 +337,6 @@ def _gaussian_output_variance(beta: torch.Tensor, tilde: bool) -> float:
         var_z = 0.0 if t == 0 else float(beta[t] * ((1 - ab_prev[t]) / (1 - ab[t]) if tilde else 1.0))
         v = float(k) ** 2 * v + var_z
     return v
-
-
-_CENTERS = None
 
 
 def _centers(K: int = 10, size: int = 3) -> torch.Tensor:

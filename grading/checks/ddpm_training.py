@@ -12,7 +12,6 @@ exactly the step the loss's gradient asks for. Any order of random draws is acce
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
