@@ -1,5 +1,5 @@
 """Hidden tests, one module per notebook (``<name>.py`` for ``NN_<name>``), each with ``CHECKS``.
 
-Kernel side: they run inside the student's grading kernel, after the student's code, through
-:func:`grading.hidden.run`; see CONTRIBUTING.md.
+Trusted: each check plans the calls the student's kernel makes and judges what came back, in the
+grading worker (``grading.verdict``); nothing of it enters the kernel. See CONTRIBUTING.md.
 """

@@ -6,6 +6,6 @@ the contract in ``docs/conventions.md`` exactly; the hidden checks, the tests an
 tools import them from here (``from grading.reference import sampling as ref``). This package
 imports nothing by itself.
 
-Kernel side: the hidden checks import it inside the student's kernel (as do the instructor tools
-and the tests in their own processes).
+Trusted: the hidden checks use it in the grading worker to judge what the student's kernel sent
+back (as do the instructor tools and the tests in their own processes); it never enters the kernel.
 """
