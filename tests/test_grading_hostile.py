@@ -79,6 +79,17 @@ def q_sample(x_0, t, alpha_bar, noise):
 '''
 
 
+def earned(rows: list[dict]) -> dict:
+    """``{(student, cell): (points, message)}``: what the code earned in the run. The static tamper
+    scan may also set a flagged notebook to 0 for review ("set to 0 for review (...); ran as P/M"),
+    a flag that no guarantee rests on."""
+    out = {}
+    for r in rows:
+        ran = re.search(r"ran as ([0-9.]+)/", r["message"])
+        out[(r["student"], r["cell_id"])] = (float(ran.group(1) if ran else (r["points"] or 0)), r["message"])
+    return out
+
+
 def _with_q_sample(nb: dict, source: str) -> dict:
     nb = json.loads(json.dumps(nb))
     for cell in nb["cells"]:
@@ -107,12 +118,7 @@ def test_attacks_from_inside_the_kernel_earn_nothing(tmp_path):
     rep = autograde(subs, out=tmp_path / "out", jobs=2, root=root, progress=False)
     assert rep.errors == []
     rows = list(csv.DictReader(open(tmp_path / "out" / "questions.csv")))
-    # What the code earned in the run: the static tamper scan may also set a flagged notebook to 0
-    # for review ("set to 0 for review (...); ran as P/M"), a flag that no guarantee rests on.
-    points = {}
-    for r in rows:
-        ran = re.search(r"ran as ([0-9.]+)/", r["message"])
-        points[(r["student"], r["cell_id"])] = float(ran.group(1) if ran else (r["points"] or 0))
+    points = {key: pts for key, (pts, _) in earned(rows).items()}
     full = points[("perfect", "test_q_sample")]
     assert full > 0
     for name in students:
@@ -234,7 +240,7 @@ def test_limits_and_deaths_are_decided_outside_the_kernel(tmp_path):
         stop.set()
     assert rep.errors == []
     rows = list(csv.DictReader(open(tmp_path / "out" / "questions.csv")))
-    pts = {(r["student"], r["cell_id"]): (float(r["points"] or 0), r["message"]) for r in rows}
+    pts = earned(rows)
     order = [(c["metadata"].get("nbgrader") or {}).get("grade_id") for c in perfect["cells"]]
     tests = [g for g in order if g and g.startswith("test_")]
     early = [g for g in tests if order.index(g) < order.index(LATE)]   # before the cell that dies

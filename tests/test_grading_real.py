@@ -39,5 +39,5 @@ def test_perfect_and_blank_on_a_real_notebook(tmp_path):
     assert hidden
     for page in (tmp_path / "out" / "feedback").glob(f"*/{a}/*.html"):
         text = page.read_text()
-        assert "BEGIN HIDDEN TESTS" not in text and "_hidden.run" not in text
+        assert "BEGIN HIDDEN TESTS" not in text and "_hidden.run" not in text and "gradeprobe.run" not in text
         assert not [ln for ln in hidden if ln in text]

@@ -89,4 +89,4 @@ def test_real_release_builds_without_leaks(assignment):
     assert release.build_release(assignment, course.REPO_ROOT) == files   # deterministic
     text = files[f"{assignment}.ipynb"].decode()
     assert release.leaks(text) == []
-    assert "BEGIN HIDDEN TESTS" not in text and "_hidden.run" not in text
+    assert "BEGIN HIDDEN TESTS" not in text and "_hidden.run" not in text and "gradeprobe" not in text
