@@ -1,6 +1,9 @@
 """Judging generated digits with a small CNN classifier trained on the available MNIST data.
 
-- :func:`class_accuracy`: the fraction of samples the classifier reads as the requested digit;
+- :func:`predicted_digits`: the classifier's reading of each sample, a digit 0-9 or ``NOT_A_DIGIT``
+  (10); the readings below are all built on it, so "not a digit" never counts as a digit;
+- :func:`class_accuracy` (and :func:`per_class_accuracy`): the fraction of samples the classifier
+  reads as the requested digit;
 - :func:`confident_fraction`: the fraction it reads as *some* digit with probability >= threshold;
 - :func:`non_digit_fraction`: the fraction it reads as no digit at all (noise, blank or smooth blobs);
 - :func:`diversity`: the mean pairwise Euclidean distance between the classifier's penultimate
@@ -9,7 +12,9 @@
 - :func:`frechet_distance`: the Frechet distance between Gaussians fitted to the penultimate features
   of two sets (Heusel et al. 2017, eq. 6, "FID" with this classifier instead of Inception), and
   :func:`real_baseline_fid`, the same between two disjoint sets of real digits of the same size, the
-  value a perfect generator would get (the distance is biased upwards for small sets).
+  value a perfect generator would get (the distance is biased upwards for small sets);
+  :func:`fid_with_baseline` returns both at the same sample count (and, for conditional samples,
+  against real digits of the same labels).
 
 The classifier trains once (about a minute on a 2-core CPU on the 4,500-digit offline subset, with
 random shifts as augmentation) and is cached in ``checkpoint_dir()``; samples are ``(N, 1, 32, 32)``
@@ -231,17 +236,42 @@ def _probabilities(samples, classifier=None) -> torch.Tensor:
 def predict_proba(samples, classifier=None) -> torch.Tensor:
     """Digit probabilities (N, 10) of the samples, float64.
 
-    A row sums to 1 minus the probability of "not a digit" (the classifier's eleventh output).
+    A row sums to 1 minus the probability of "not a digit" (the classifier's eleventh output), so
+    its ``argmax`` is *not* the classifier's reading of a sample: use :func:`predicted_digits`.
     """
     return _probabilities(samples, classifier)[:, :N_DIGITS]
 
 
+def predicted_digits_from(probs) -> torch.Tensor:
+    """:func:`predicted_digits` from probabilities over *all* outputs, (N, 11) (or (N, 10) for a
+    digits-only classifier): long (N,), 0-9 or ``NOT_A_DIGIT``."""
+    probs = torch.as_tensor(probs)
+    if probs.ndim != 2 or probs.shape[1] not in (N_DIGITS, N_DIGITS + 1):
+        raise ValueError(f"probs must have shape (N, 11) (or (N, 10)), got {tuple(probs.shape)}")
+    return probs.argmax(dim=1).long()
+
+
+def predicted_digits(samples, classifier=None) -> torch.Tensor:
+    """The classifier's reading of each sample: long (N,), a digit 0-9 or ``NOT_A_DIGIT`` (10).
+
+    The most likely of *all* the classifier's outputs, so noise, blank images and blobs come out as
+    10, never as whichever digit is least unlikely (``predict_proba(x).argmax(1)`` would do that: it
+    drops the "not a digit" output first). Every reading below is built on it. Count with
+    :func:`digit_counts` or ``torch.bincount(pred, minlength=11)`` (the last bin: "not a digit").
+    """
+    return predicted_digits_from(_probabilities(samples, classifier))
+
+
+def digit_counts(samples, classifier=None) -> dict:
+    """How many samples the classifier reads as each digit and as no digit:
+    ``{0: n_0, ..., 9: n_9, "not a digit": n}``; the values sum to the number of samples."""
+    counts = torch.bincount(predicted_digits(samples, classifier), minlength=N_DIGITS + 1).tolist()
+    return {**{d: counts[d] for d in range(N_DIGITS)}, "not a digit": counts[NOT_A_DIGIT]}
+
+
 def non_digit_fraction(samples, classifier=None) -> float:
     """Fraction of samples whose most likely output is "not a digit" (noise, blank, smooth blobs)."""
-    p = _probabilities(samples, classifier)
-    if p.shape[1] <= NOT_A_DIGIT:
-        return 0.0
-    return (p.argmax(dim=1) == NOT_A_DIGIT).double().mean().item()
+    return (predicted_digits(samples, classifier) == NOT_A_DIGIT).double().mean().item()
 
 
 def features(samples, classifier=None) -> torch.Tensor:
@@ -249,24 +279,41 @@ def features(samples, classifier=None) -> torch.Tensor:
     return _run(samples, "features", classifier)
 
 
+def _labels_for(samples, labels) -> torch.Tensor:
+    labels = torch.as_tensor(labels).long().flatten().cpu()
+    if labels.shape[0] != len(samples):
+        raise ValueError(f"labels must have shape ({len(samples)},), got {tuple(labels.shape)}")
+    return labels
+
+
 def class_accuracy(samples, labels, classifier=None) -> float:
     """Fraction of samples that the classifier assigns to their requested label (labels (N,) in 0..9).
 
     A sample read as "not a digit" counts as wrong."""
-    labels = torch.as_tensor(labels).long().flatten().cpu()
-    if labels.shape[0] != len(samples):
-        raise ValueError(f"labels must have shape ({len(samples)},), got {tuple(labels.shape)}")
-    pred = _run(samples, "logits", classifier).argmax(dim=1)
-    return (pred == labels).double().mean().item()
+    labels = _labels_for(samples, labels)
+    return (predicted_digits(samples, classifier) == labels).double().mean().item()
+
+
+def per_class_accuracy(samples, labels, classifier=None) -> torch.Tensor:
+    """:func:`class_accuracy` of the samples of each requested digit: float64 (10,), NaN for a digit
+    never requested. A sample read as "not a digit" counts as wrong."""
+    labels = _labels_for(samples, labels)
+    right = (predicted_digits(samples, classifier) == labels).double()  # (N,)
+    total = torch.bincount(labels, minlength=N_DIGITS)[:N_DIGITS].double()  # (10,)
+    hits = torch.bincount(labels, weights=right, minlength=N_DIGITS)[:N_DIGITS]  # (10,)
+    return torch.where(total > 0, hits / total.clamp(min=1), torch.full_like(total, float("nan")))
 
 
 def confident_fraction(samples, threshold: float = 0.9, classifier=None) -> float:
-    """Fraction of samples whose most likely digit has probability >= ``threshold``.
+    """Fraction of samples read as a digit (:func:`predicted_digits`) whose probability is >= ``threshold``.
 
     Noise, blank images and blobs go to "not a digit" and do not count."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
-    return (predict_proba(samples, classifier).max(dim=1).values >= threshold).double().mean().item()
+    p = _probabilities(samples, classifier)  # (N, 11)
+    pred = predicted_digits_from(p)  # (N,)
+    top = p[:, :N_DIGITS].max(dim=1).values  # (N,)
+    return ((pred != NOT_A_DIGIT) & (top >= threshold)).double().mean().item()
 
 
 def diversity(samples, classifier=None) -> float:
@@ -283,18 +330,19 @@ def diversity(samples, classifier=None) -> float:
     return (d.sum() / (n * (n - 1))).item()
 
 
-def _gaussian(f: torch.Tensor):
-    mu = f.mean(dim=0).numpy()
-    cov = np.cov(f.numpy(), rowvar=False)
-    return mu, np.atleast_2d(cov)
+def _gaussian(f) -> tuple[np.ndarray, np.ndarray]:
+    f = np.asarray(f, np.float64)
+    return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
 
 
 def frechet_from_stats(mu1, cov1, mu2, cov2) -> float:
     """||mu1 - mu2||^2 + Tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2)) (Heusel et al. 2017, eq. 6).
 
+    The squared 2-Wasserstein distance between N(mu1, cov1) and N(mu2, cov2).
     ``Tr((cov1 cov2)^(1/2))`` is computed as the sum of the square roots of the eigenvalues of the
     symmetric matrix ``cov1^(1/2) cov2 cov1^(1/2)`` (same eigenvalues as ``cov1 cov2``), which
-    stays real and stable when the covariances are singular (few samples, dead ReLU features).
+    stays real and stable when the covariances are singular (few samples, dead ReLU features);
+    it equals ``Tr(scipy.linalg.sqrtm(cov1 @ cov2))``.
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
@@ -306,16 +354,52 @@ def frechet_from_stats(mu1, cov1, mu2, cov2) -> float:
     return float(max(0.0, diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_covmean))
 
 
+def frechet_from_features(features_a, features_b) -> float:
+    """The Frechet distance between Gaussians fitted (mean, unbiased covariance) to two sets of
+    feature vectors, (N_a, d) and (N_b, d), each with N >= 2 rows."""
+    fa, fb = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:
+        raise ValueError(f"need two (N, d) arrays with the same d, got {fa.shape} and {fb.shape}")
+    if len(fa) < 2 or len(fb) < 2:
+        raise ValueError("each set needs at least 2 images")
+    return frechet_from_stats(*_gaussian(fa), *_gaussian(fb))
+
+
 def frechet_distance(samples_a, samples_b, classifier=None) -> float:
     """Frechet distance between Gaussians fitted to the classifier features of two sets of images.
 
-    Lower is closer; it depends on the set sizes, so compare against :func:`real_baseline_fid`
-    at the same count. Each set needs at least 2 images.
+    0 for identical sets, lower is closer; it depends on the set sizes, so compare against
+    :func:`real_baseline_fid` at the same count. Each set needs at least 2 images.
     """
     fa, fb = features(samples_a, classifier), features(samples_b, classifier)
     if len(fa) < 2 or len(fb) < 2:
         raise ValueError("each set needs at least 2 images")
-    return frechet_from_stats(*_gaussian(fa), *_gaussian(fb))
+    return frechet_from_features(fa.numpy(), fb.numpy())
+
+
+def _real_index_sets(n: int, seed: int, labels=None, split: str = "train", sets: int = 1):
+    """``sets`` disjoint index sets into ``split``, each of ``n`` random digits, or (with ``labels``)
+    of exactly the digits listed in ``labels`` (so a conditional sampler is compared with real digits
+    of the same classes, in the same proportions)."""
+    _, y = load_mnist(split, verbose=False)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    if labels is None:
+        if sets * n > len(perm):
+            raise ValueError(f"need {sets} x {n:,} <= {len(perm):,} {split} images, got n = {n:,}")
+        return [perm[k * n:(k + 1) * n] for k in range(sets)]
+    labels = torch.as_tensor(labels).long().flatten().cpu()
+    if len(labels) != n:
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    out = [torch.empty(n, dtype=torch.long) for _ in range(sets)]
+    for d in labels.unique().tolist():
+        want = labels == d
+        k = int(want.sum())
+        pool = perm[y[perm] == d]  # the digits d, in random order
+        if sets * k > len(pool):
+            raise ValueError(f"need {sets} x {k} {split} images of digit {d}, only {len(pool)} available")
+        for j in range(sets):
+            out[j][want] = pool[j * k:(j + 1) * k]
+    return out
 
 
 def real_images(n: int, generator: torch.Generator | None = None, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,21 +411,55 @@ def real_images(n: int, generator: torch.Generator | None = None, split: str = "
     return x[perm[:n]], y[perm[:n]]
 
 
-def real_baseline_fid(n: int, seed: int = 0, classifier=None) -> float:
+def real_baseline_fid(n: int, seed: int = 0, classifier=None, labels=None) -> float:
     """Frechet distance between two disjoint random sets of ``n`` real training digits each.
 
     The value a generator whose samples were indistinguishable from the data would get at this
-    sample count (needs 2n <= the number of training images: 2,250 offline).
+    sample count (needs 2n <= the number of training images: 2,250 offline). With ``labels``
+    (``n`` of them) both sets hold exactly those digits.
     """
     x, _ = load_mnist("train", verbose=False)
-    if 2 * n > len(x):
-        raise ValueError(f"need 2 * n <= {len(x):,} training images, got n = {n:,}")
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    return frechet_distance(x[perm[:n]], x[perm[n:2 * n]], classifier)
+    a, b = _real_index_sets(n, seed, labels, sets=2)
+    return frechet_distance(x[a], x[b], classifier)
 
 
-def fid_to_data(samples, seed: int = 0, classifier=None) -> float:
-    """Frechet distance between ``samples`` and as many random real training digits."""
+def fid_to_data(samples, seed: int = 0, classifier=None, labels=None) -> float:
+    """Frechet distance between ``samples`` and as many random real training digits (with
+    ``labels``: real digits of exactly those labels). The real set is the first of the two that
+    :func:`real_baseline_fid` compares at the same ``seed``."""
     n = len(_check_samples(samples))
-    real, _ = real_images(n, torch.Generator().manual_seed(seed))
-    return frechet_distance(samples, real, classifier)
+    x, _ = load_mnist("train", verbose=False)
+    (a,) = _real_index_sets(n, seed, labels, sets=1)
+    return frechet_distance(samples, x[a], classifier)
+
+
+class FIDResult(tuple):
+    """``(fid, baseline, n)``: the Frechet distance of ``n`` samples to as many real digits, and of
+    two sets of ``n`` real digits to each other (the value a perfect generator would get)."""
+
+    __slots__ = ()
+
+    def __new__(cls, fid: float, baseline: float, n: int):
+        return super().__new__(cls, (float(fid), float(baseline), int(n)))
+
+    fid = property(lambda self: self[0])
+    baseline = property(lambda self: self[1])
+    n = property(lambda self: self[2])
+
+    def __str__(self) -> str:
+        return f"FD {self.fid:.1f} (real against real: {self.baseline:.1f}, n = {self.n})"
+
+
+_baseline_cache: dict = {}
+
+
+def fid_with_baseline(samples, labels=None, seed: int = 0, classifier=None) -> FIDResult:
+    """:func:`fid_to_data` of ``samples`` and :func:`real_baseline_fid` at the same count (and the
+    same ``labels``, for conditional samples): the number and the value it should be compared with.
+    The baseline is cached per count, labels, seed and classifier."""
+    n = len(_check_samples(samples))
+    clf = classifier or get_classifier(verbose=False)
+    key = (n, None if labels is None else tuple(torch.as_tensor(labels).long().flatten().tolist()), seed, id(clf))
+    if key not in _baseline_cache:
+        _baseline_cache[key] = real_baseline_fid(n, seed, clf, labels)
+    return FIDResult(fid_to_data(samples, seed, clf, labels), _baseline_cache[key], n)

@@ -153,7 +153,9 @@ class LossPlot:
         ax.clear()
         for k in self.names:
             if self.xs[k]:
-                ax.plot(self.xs[k], self.ys[k], label=f"{k} ({self.ys[k][-1]:.4g})")
+                few = len(self.xs[k]) <= 20  # markers, so one point or a short run still shows
+                ax.plot(self.xs[k], self.ys[k], marker="o" if few else None, markersize=4,
+                        label=f"{k} ({self.ys[k][-1]:.4g})")
         if self.logy and any(v > 0 for k in self.names for v in self.ys[k]):
             ax.set_yscale("log")
         ax.set_xlabel(self.xlabel)

@@ -113,6 +113,88 @@ def test_frechet_distance_of_shifted_sets(gen):
         ev.frechet_distance(a[:, 0], a, classifier=stub)
 
 
+
+def test_predicted_digits_count_not_a_digit_as_such():
+    """The reading is the argmax over all 11 outputs: a sample whose "not a digit" output wins is 10,
+    never the digit that happens to be least unlikely (what predict_proba(x).argmax(1) would give)."""
+    stub = StubWithRejection()
+    x = coded([0, 1, 2, 3, 7], [True, True, False, False, True])
+    x[1, 0, 0, 2] = 1.0  # a sharp 1, but "not a digit" wins
+    x[2, 0, 0, 2] = 1.0  # an unsure 2, and "not a digit" wins
+    pred = ev.predicted_digits(x, classifier=stub)
+    assert pred.dtype == torch.long and pred.tolist() == [0, 10, 10, 3, 7]
+    assert ev.predict_proba(x, classifier=stub).argmax(1).tolist() == [0, 1, 2, 3, 7], "the trap it avoids"
+    counts = ev.digit_counts(x, classifier=stub)
+    assert counts["not a digit"] == 2 and counts[0] == counts[3] == counts[7] == 1 and counts[1] == 0
+    assert sum(counts.values()) == 5
+    labels = torch.tensor([0, 1, 2, 3, 7])
+    assert ev.class_accuracy(x, labels, classifier=stub) == pytest.approx(3 / 5)
+    per = ev.per_class_accuracy(x, labels, classifier=stub)
+    assert per.shape == (10,)
+    assert per[[0, 1, 2, 3, 7]].tolist() == [1.0, 0.0, 0.0, 1.0, 1.0]
+    assert torch.isnan(per[[4, 5, 6, 8, 9]]).all(), "digits never requested have no accuracy"
+    # the per-class mean over requested digits, weighted by counts, is the overall accuracy
+    assert ev.per_class_accuracy(x, labels, classifier=stub).nansum().item() / 5 == pytest.approx(3 / 5)
+    # confident: read as a digit with p >= 0.9 (the 0 and the 7; the 3 is unsure, 1 and 2 are no digits)
+    assert ev.confident_fraction(x, 0.9, classifier=stub) == pytest.approx(2 / 5)
+    assert ev.non_digit_fraction(x, classifier=stub) == pytest.approx(2 / 5)
+    # from probabilities already computed; and a digits-only classifier (10 outputs) never says 10
+    assert ev.predicted_digits_from(ev._probabilities(x, stub)).tolist() == pred.tolist()
+    assert ev.predicted_digits(x, classifier=StubClassifier()).tolist() == [0, 1, 2, 3, 7]
+    with pytest.raises(ValueError, match=r"\(N, 11\)"):
+        ev.predicted_digits_from(torch.zeros(3, 4))
+
+
+def test_frechet_of_gaussians_closed_form():
+    """The closed form ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) on known parameters, and
+    large samples of the two Gaussians approaching it."""
+    # commuting (diagonal) covariances: Tr(...) = sum (sqrt(a_i) - sqrt(b_i))^2
+    a, b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    m1, m2 = np.array([0.0, 1.0, 2.0]), np.array([3.0, 1.0, -2.0])
+    want = 9.0 + 16.0 + (1 - 3) ** 2 + (2 - 1) ** 2 + 0.0  # 30
+    assert ev.frechet_from_stats(m1, np.diag(a), m2, np.diag(b)) == pytest.approx(want, rel=1e-12)
+    # a rotation of both Gaussians changes nothing
+    q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))
+    assert ev.frechet_from_stats(q @ m1, q @ np.diag(a) @ q.T, q @ m2, q @ np.diag(b) @ q.T) == pytest.approx(want, rel=1e-9)
+    # 1-D: (mu1 - mu2)^2 + (s1 - s2)^2
+    assert ev.frechet_from_stats([1.0], [[4.0]], [-1.0], [[1.0]]) == pytest.approx(4.0 + 1.0)
+    # sampled: 200,000 draws of each; the estimate is within a few per cent of the closed form
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(3, 3))
+    s1, s2 = A @ A.T + 0.5 * np.eye(3), np.diag(b)
+    want = ((m1 - m2) ** 2).sum() + np.trace(s1 + s2) - 2 * np.sqrt(np.linalg.eigvals(s1 @ s2)).real.sum()
+    fa = rng.multivariate_normal(m1, s1, size=200_000)
+    fb = rng.multivariate_normal(m2, s2, size=200_000)
+    assert ev.frechet_from_features(fa, fb) == pytest.approx(want, rel=0.02)
+    assert ev.frechet_from_features(fa, fa) == pytest.approx(0.0, abs=1e-8), "identical sets give 0"
+    with pytest.raises(ValueError, match="same d"):
+        ev.frechet_from_features(fa, fb[:, :2])
+
+
+def test_fid_with_baseline_uses_same_count_and_labels(monkeypatch):
+    """Real digits drawn for the comparison have the samples' count (and, given labels, their labels);
+    the baseline compares two disjoint real sets of the same kind; identical sets give 0."""
+    n_per = 30
+    y = torch.arange(10).repeat_interleave(n_per)
+    x = (-1 + 0.2 * y.float()).reshape(-1, 1, 1, 1).expand(-1, 1, 32, 32)  # constant images, (300, 1, 32, 32)
+    x = x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(ev, "load_mnist", lambda split, verbose=False: (x, y))
+    monkeypatch.setattr(ev, "_baseline_cache", {})
+    stub = StubClassifier()
+    labels = torch.tensor([3] * 10 + [7] * 10)
+    a, b = ev._real_index_sets(20, 0, labels, sets=2)
+    assert (y[a] == labels).all() and (y[b] == labels).all() and not set(a.tolist()) & set(b.tolist())
+    res = ev.fid_with_baseline(x[a], labels=labels, classifier=stub)
+    assert res.n == 20 and res.fid == pytest.approx(0.0, abs=1e-9), "the same real digits: distance 0"
+    assert res.baseline == pytest.approx(ev.real_baseline_fid(20, 0, stub, labels))
+    assert "real against real" in str(res) and tuple(res) == (res.fid, res.baseline, 20)
+    # samples of the wrong digits are far from real digits of the requested labels
+    wrong = ev.fid_with_baseline(x[y == 0][:20], labels=labels, classifier=stub)
+    assert wrong.fid > 10 * max(wrong.baseline, 1e-3)
+    with pytest.raises(ValueError, match="digit 3"):
+        ev._real_index_sets(40, 0, torch.full((40,), 3), sets=2)
+
+
 @pytest.mark.slow
 def test_classifier_trains_to_95_percent_and_is_cached(tmp_path, monkeypatch, capsys):
     """Trains from scratch (about a minute on one CPU thread) and reloads from the cache."""

@@ -66,6 +66,19 @@ def test_loss_plot_headless_writes_png(tmp_path):
         plot.add(3, 1.0)
 
 
+
+def test_loss_plot_shows_a_single_point():
+    """A fast-mode run logs one or two points: they get markers, so the plot is not empty."""
+    plot = plotting.LossPlot(["train"], live=False)
+    plot.add(10, 0.5)
+    fig = plot.close()
+    (line,) = fig.axes[0].lines
+    assert line.get_marker() == "o" and len(line.get_xdata()) == 1
+    many = plotting.LossPlot(["train"], live=False)
+    for i in range(50):
+        many.add(i, 1.0 / (i + 1))
+    assert many.close().axes[0].lines[0].get_marker() in (None, "None", "")
+
 def test_log_snr_oracle():
     a = torch.tensor([0.5, 0.9, 0.1], dtype=torch.float64)
     np.testing.assert_allclose(plotting.log_snr(a), [0.0, np.log(9.0), -np.log(9.0)], atol=1e-12)
