@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def read_notebook(path: Path):
         raise NotANotebook(f"not a notebook: {path} (JSON, but without a notebook's cells "
                            "and nbformat version)")
     try:
-        return nbformat.from_dict(nbformat.convert(nbformat.from_dict(raw), 4))
+        return nbformat.reads(json.dumps(raw), as_version=4)
     except Exception as err:  # nbformat's validation and version errors have no common base
         raise NotANotebook(f"not a notebook: {path} ({type(err).__name__}: "
                            f"{(str(err).splitlines() or [''])[0][:100]})")
@@ -89,6 +90,8 @@ def error_line(ename: str, evalue: str) -> str:
     """``ename: evalue`` on one line, without colour codes or traceback."""
     if ename == "KeyboardInterrupt":
         ename, evalue = "Timeout", "the cell was stopped at the time limit"
+    if ename == "NotImplementedError" and not evalue:
+        evalue = "an answer above is not written yet"
     text = _ANSI.sub("", f"{ename}: {evalue}" if evalue else ename)
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), ename)
     return first[:160]
@@ -126,7 +129,8 @@ def run(nb, folder: Path, timeout: int, stop_at_failure: bool) -> tuple[list, li
                             interrupt_on_timeout=True, startup_timeout=120,
                             resources={"metadata": {"path": str(folder)}})
     tests, others, stopped = [], [], False
-    with client.setup_kernel(env=env, cwd=str(folder)):
+    # The kernel's own log lines (not the cells' output) would only confuse: they go nowhere.
+    with client.setup_kernel(env=env, cwd=str(folder), stderr=subprocess.DEVNULL):
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
