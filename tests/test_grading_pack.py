@@ -12,6 +12,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -364,6 +365,13 @@ def test_fresh_venv_from_the_pack_runs_a_notebook_to_its_first_unanswered_test(t
     env.update(DIFFUSION_DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="1",
                DIFFUSION_CHECKPOINT_DIR=str(tmp_path / "ckpt"), PIP_NO_INPUT="1")
     python3 = os.environ.get("PACK_TEST_PYTHON", sys._base_executable)
+    try:
+        _install_and_run(folder, install, python3, env, tmp_path)
+    finally:  # 6 GB: pytest would keep it with the last three runs' tmp folders
+        shutil.rmtree(folder / ".venv", ignore_errors=True)
+
+
+def _install_and_run(folder: Path, install: str, python3: str, env: dict, tmp_path: Path):
     t0 = time.monotonic()
     res = subprocess.run(install.replace("python3 ", f"{python3} ", 1), shell=True, cwd=folder,
                          env=env, capture_output=True, text=True, timeout=1800)
