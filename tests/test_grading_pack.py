@@ -61,7 +61,7 @@ def normal(text: str) -> str:
 
 
 def function_bodies(path: Path) -> dict[str, str]:
-    """``{function name: normalised body source}`` of every function in a module (docstrings out)."""
+    """``{function name: normalised body source}`` of each function of a module, no docstring."""
     src = path.read_text()
     out = {}
     for node in ast.walk(ast.parse(src)):

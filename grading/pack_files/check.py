@@ -2,7 +2,7 @@
 """Run a notebook's visible tests before you hand it in.
 
     python check.py notebooks/01_forward_process/01_forward_process.ipynb
-    python check.py -x notebooks/01_forward_process/01_forward_process.ipynb   # stop at a failed test
+    python check.py -x notebooks/01_forward_process/01_forward_process.ipynb  # stop at a failed test
 
 Runs the notebook's code cells in a fresh kernel, in order, the way it is run when graded: in
 its own folder, in fast mode (``DIFFUSION_FAST=1``), skipping the cells tagged ``slow``
