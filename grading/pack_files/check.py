@@ -166,8 +166,8 @@ def report(name: str, nb, tests, others, stopped: bool) -> str:
     width = max([len(g) for g, _, _ in tests] + [10])
     for grade_id, pts, problem in tests:
         mark = "FAILED" if problem else "passed"
-        lines.append(f"  {mark}  {grade_id.ljust(width)}  {plural(pts, 'point').ljust(9)}"
-                     + (f"  {problem}" if problem else ""))
+        lines.append((f"  {mark}  {grade_id.ljust(width)}  {plural(pts, 'point').ljust(9)}"
+                      + (f"  {problem}" if problem else "")).rstrip())
     passed = [t for t in tests if not t[2]]
     if stopped:
         lines.append(f"  stopped at the first failed test (-x): "
