@@ -9,11 +9,12 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Tests run two workers (pytest-xdist) with one torch thread each: no oversubscription on 2 cores.
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: help venv lab demo test test-fast test-notebooks release check-release benchmark clean
+.PHONY: help venv lab pack demo test test-fast test-notebooks release check-release benchmark clean
 
 help:
 	@echo "make demo            grade the bundled example submissions in a throw-away course"
 	@echo "make lab             JupyterLab on notebooks/ (the student versions)"
+	@echo "make pack            the students' folder and zip: build/student-pack(.zip)"
 	@echo "make test            every test: helpers, references, grading, mistakes, nbval, release"
 	@echo "make test-fast       the quick inner loop (no notebook execution end to end)"
 	@echo "make release         regenerate notebooks/ from solutions/"
@@ -27,8 +28,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# JupyterLab refuses to start as root (a container, a Codespace) without --allow-root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_ARGS   ?=
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(ALLOW_ROOT) $(LAB_ARGS)
+
+pack: $(STAMP)
+	$(BIN)/python -m grading pack --zip
 
 demo: $(STAMP)
 	$(BIN)/python -m grading demo

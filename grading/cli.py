@@ -1,5 +1,5 @@
 """The instructors' command line: ``python -m grading {release,check,autograde,feedback,export,
-rubric,demo}``. Run ``python -m grading COMMAND --help`` for each command's options.
+rubric,demo,pack}``. Run ``python -m grading COMMAND --help`` for each command's options.
 
 Trusted: runs in the instructor's process. Each command imports only its own module.
 """
@@ -80,6 +80,12 @@ def _cmd_demo(args) -> int:
                     root=Path(args.root))
 
 
+def _cmd_pack(args) -> int:
+    from .pack import pack_cli
+
+    return pack_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m grading", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -141,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="keep the temporary course folder")
     d.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
     d.set_defaults(func=_cmd_demo)
+
+    pk = sub.add_parser("pack", help="the students' folder: released notebooks, helpers, "
+                                     "README, requirements, check.py (nothing else)")
+    pk.add_argument("--out", default="build/student-pack",
+                    help="folder to write (default: build/student-pack)")
+    pk.add_argument("--zip", action="store_true", help="also write <out>.zip beside it")
+    pk.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
+    pk.set_defaults(func=_cmd_pack)
     return p
 
 
