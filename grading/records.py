@@ -64,6 +64,10 @@ def decode(tree: Any, arrays: dict) -> Any:
         return tree["v"]
     if tag == "tensor":
         arr = _array(tree, arrays)
+        shape = tree.get("shape")  # the npz stores a 0-d array as (1,): the tree says the real shape
+        if isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape) \
+                and int(np.prod(shape, dtype=np.int64)) == arr.size:
+            arr = arr.reshape(shape)
         return TensorRecord(arr, str(tree.get("dtype")), str(tree.get("device", "cpu")),
                             bool(tree.get("requires_grad")), bool(tree.get("grad_fn")),
                             bool(tree.get("exact")))
@@ -73,7 +77,8 @@ def decode(tree: Any, arrays: dict) -> Any:
             return ObjectRecord("a subclass of numpy.ndarray")
         return arr
     if tag == "npscalar":
-        return _array(tree, arrays)[()]
+        arr = _array(tree, arrays)
+        return arr.reshape(())[()] if arr.size == 1 else arr[()]
     if tag in ("list", "tuple"):
         items = tree.get("v")
         if not isinstance(items, list):
