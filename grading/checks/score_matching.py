@@ -296,25 +296,46 @@ def _loss_value(out, what):
     return float(as_array(out, what))
 
 
-def _dsm_explained(out: Outcome, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, got: float,
-                   rtol: float) -> bool:
-    """Whether ``got`` is the loss of eq. 2 computed with the student's own ``score`` on the right noisy
-    input x + sigma * noise: a mistake in ``score`` costs the points of its own cell, not these."""
+def _dsm_own(out: Outcome, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> dict | None:
+    """The losses eq. 2 and its known mistaken forms give with the student's own ``score`` values,
+    when ``dsm_loss`` called it on the right noisy input x + sigma * noise (else None): a mistake in
+    ``score`` costs the points of its own cell, not these."""
     calls = _score_calls(out)
     if not calls:
-        return False
+        return None
     try:
         X = np.concatenate([c["x"] for c in calls])
         V = np.concatenate([c["value"] for c in calls])
     except ValueError:
-        return False
+        return None
     s4 = sigma.double().numpy().reshape(-1, 1, 1, 1)
     n64 = noise.double().numpy()
     xt = x.double().numpy() + s4 * n64
     if X.shape != xt.shape or V.shape != xt.shape or not close(X, xt, atol=1e-5, rtol=1e-5):
-        return False
-    want = float((0.5 * ((s4 * V + n64) ** 2).reshape(xt.shape[0], -1).sum(1)).mean())
-    return abs(got - want) <= rtol * abs(want) + 1e-6
+        return None
+    B, D = xt.shape[0], int(np.prod(xt.shape[1:]))
+
+    def loss(r):
+        return float((0.5 * (r ** 2).reshape(B, -1).sum(1)).mean())
+
+    return {"ok": loss(s4 * V + n64), "sign": loss(s4 * V - n64), "pixels": loss(s4 * V + n64) / D,
+            "weight": loss(V + n64 / s4)}
+
+
+def _dsm_explained(own: dict | None, got: float, rtol: float) -> bool:
+    return own is not None and abs(got - own["ok"]) <= rtol * abs(own["ok"]) + 1e-6
+
+
+def _own_hint(own: dict | None, got: float, rtol: float) -> str | None:
+    """The likely cause, from the mistaken forms computed with the student's own score values."""
+    if own is None:
+        return None
+    return first_match(got, [
+        ("the target has the wrong sign: the residual is sigma * score + noise.", own["sign"]),
+        ("the squared error is averaged over pixels; eq. 2 uses the squared NORM: sum over each example's "
+         "pixels, then the mean over the batch.", own["pixels"]),
+        ("the sigma**2 weighting (lambda(sigma) = sigma**2) is missing: use sigma * score + noise.", own["weight"]),
+    ], lambda a, b: abs(a - b) <= rtol * abs(b) + 1e-6)
 
 
 @trusted
@@ -346,20 +367,22 @@ def check_dsm_loss(p: Probe):
     sd = sigma.double()
     sq = (nd ** 2).sum(1)  # (B,) ||noise||^2
     got = _loss_value(out1.value, "dsm_loss(...)")
-    if abs(got) > 1e-3 and not _dsm_explained(out1, x, sigma, noise, got, 1e-3):
+    own = _dsm_own(out1, x, sigma, noise)
+    if abs(got) > 1e-3 and not _dsm_explained(own, got, 1e-3):
         hint = first_match(got, [
             ("the target has the wrong sign: the score points from x_tilde back to x, "
              "-(x_tilde - x) / sigma**2 = -noise / sigma, so the residual is sigma * score + noise.",
              float((0.5 * 4 * sq).mean())),
             ("the target has the wrong sign (and the squared norm is averaged over pixels).",
              float((0.5 * 4 * sq / D).mean())),
-        ], lambda a, b: abs(a - b) <= 1e-3 * abs(b) + 1e-4)
+        ], lambda a, b: abs(a - b) <= 1e-3 * abs(b) + 1e-4) or _own_hint(own, got, 1e-3)
         fail_known_mistake(
             f"With data at a single point c and the EXACT score -(x - c) / sigma**2 the loss must be 0; "
             f"got {got:.6g}.", hint)
     want = float((0.5 * sq).mean())
     got = _loss_value(out2.value, "dsm_loss(...)")
-    if abs(got - want) > 1e-4 * want and not _dsm_explained(out2, x, sigma, noise, got, 1e-4):
+    own = _dsm_own(out2, x, sigma, noise)
+    if abs(got - want) > 1e-4 * want and not _dsm_explained(own, got, 1e-4):
         hint = first_match(got, [
             ("the squared error is averaged over pixels; eq. 2 of the improved paper uses the squared "
              "NORM: sum over each example's pixels, then the mean over the batch.", want / D),
@@ -380,9 +403,10 @@ def check_dsm_loss(p: Probe):
     raw = torch.from_numpy(_function_net(xt))
     want = float((0.5 * ((raw + noise.double()) ** 2).reshape(B, -1).sum(1)).mean())
     wrong_sign = float((0.5 * ((raw - noise.double()) ** 2).reshape(B, -1).sum(1)).mean())
-    if abs(got - want) > 2e-4 * want and not _dsm_explained(out3, xr, sigma, noise, got, 2e-4):
+    own = _dsm_own(out3, xr, sigma, noise)
+    if abs(got - want) > 2e-4 * want and not _dsm_explained(own, got, 2e-4):
         hint = first_match(got, [("the target has the wrong sign (use sigma * score + noise).", wrong_sign)],
-                           lambda a, b: abs(a - b) <= 2e-4 * abs(b))
+                           lambda a, b: abs(a - b) <= 2e-4 * abs(b)) or _own_hint(own, got, 2e-4)
         fail_known_mistake(f"dsm_loss on random data with a fixed network: expected {want:.6g}, got {got:.6g}. "
                            f"The noisy input is x + sigma * noise with one sigma per example.", hint)
     expect(loss.requires_grad, "the loss carries no gradient: do not detach it or convert it to a number.")
