@@ -37,7 +37,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from gradeprobe.stubs import time_batch as _time_batch
 from gradeprobe.stubs_sampling import FixedNoiseModel
 from grading.hidden import (CheckFailed, as_array, as_tensor_array, close, describe_diff, expect,
                             match_variants)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from scipy.special import ndtr
 
-from gradeprobe.stubs_score_matching import FunctionNet, LinearNet
+from gradeprobe.stubs_score_matching import FunctionNet
 from grading.hidden import (CheckFailed, as_array, as_scalar, as_tensor_array, close, describe_diff, expect,
                             fail_known_mistake, first_match)
 from grading.records import TensorRecord, type_name
