@@ -311,7 +311,9 @@ def check_p_sample_step(p: Probe):
     z = _noise(shape, p.gen(3))
     model = p.stub("sampling.FixedNoiseModel", record=True)
     # with a given z the step is a function: calling it twice gives the same result
-    twice = [p.call("p_sample_step", model, x, 500, beta, z, what="p_sample_step(...)") for _ in range(2)]
+    # (the global random state seeded differently before each: a step that draws its own noise shows)
+    twice = [p.call("p_sample_step", model, x, 500, beta, z, what="p_sample_step(...)", global_seed=gs)
+             for gs in (1, 2)]
     times = (500, 10, 1, 999, 0)
     outs = [p.call("p_sample_step", model, x, t, beta, z, what=f"p_sample_step(model, x_t, t={t}, beta, z)")
             for t in times]
@@ -552,7 +554,7 @@ def check_p_sample_loop(p: Probe):
     what1 = "p_sample_loop(model, x_T, beta, variance='none', record_every=20)"
     out1 = _ask_loop(p, rec, x_T, beta, "none", 20, 1, what1)
     again = _ask_loop(p, p.stub("gaussian", alpha_bar=ab), x_T, beta, "none", 20, 99,
-                      "p_sample_loop(..., variance='none')", wrap=())
+                      "p_sample_loop(..., variance='none')", wrap=(), global_seed=7)
     # record_every that does not divide T
     sb20 = _short_beta(20)
     out20 = _ask_loop(p, p.stub("gaussian", alpha_bar=torch.cumprod(1 - sb20.double(), 0)), _noise(shape, p.gen(11)),
@@ -993,8 +995,8 @@ def check_sdedit(p: Probe):
                                                 what=what, wrap=wrap)))
     # reproducible with the generator (the global random state seeded differently before each call)
     m = p.stub("sampling.FixedNoiseModel")
-    repro = [p.call("sdedit", m, x_0, 50, beta, generator=p.generator(seed), what="sdedit(...)", wrap=wrap,
-                    global_seed=gs) for seed, gs in ((9, 1), (9, 2), (10, 3))]
+    repro = [p.call("sdedit", m, x_0, 50, beta, generator=p.generator(seed), what="sdedit(...)", global_seed=gs)
+             for seed, gs in ((9, 1), (9, 2), (10, 3))]
     yield
 
     b64 = beta.double().numpy()
