@@ -29,6 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
+# at import time (not in the functions): a check module and the TensorRecords it decodes must use the
+# records module of their own import, also after a purge of grading.* (see run)
+from .records import ObjectRecord, TensorRecord, type_name  # noqa: E402
+
 __all__ = [
     "CheckFailed", "expect", "fail_known_mistake", "as_array", "as_tensor_array", "as_scalar", "close",
     "max_abs_diff", "call", "INDEXING_ERROR_HINTS", "student", "generator", "describe_diff",
@@ -36,7 +40,7 @@ __all__ = [
     "GaussianDataModel", "RecordingModel", "run",
 ]
 
-_OWN_MODULES = ("grading", "grading.hidden")
+_OWN_MODULES = ("grading", "grading.hidden", "grading.records")
 
 
 class CheckFailed(AssertionError):
@@ -68,8 +72,6 @@ def as_array(x: Any, name: str, shape: tuple | None = None, dtype: str | None = 
     Accepts exactly ``torch.Tensor`` or ``np.ndarray`` (no subclasses, no look-alikes), checks the
     shape (``None`` entries match any size) and the dtype family, and rejects NaN and infinity.
     """
-    from .records import ObjectRecord, TensorRecord
-
     if isinstance(x, TensorRecord):  # what a student's kernel returned (trusted checks)
         if not x.exact:
             raise CheckFailed(f"{name} should be a torch.Tensor, got a subclass of torch.Tensor.")
@@ -126,8 +128,6 @@ def as_tensor_array(x: Any, name: str, shape: tuple | None = None) -> np.ndarray
     Like ``as_array(x, name, shape, dtype="float")`` but for functions the spec says return a tensor:
     a NumPy array is refused with a message that says how to convert it.
     """
-    from .records import TensorRecord, type_name
-
     if type(x) is not torch.Tensor and not isinstance(x, TensorRecord):
         kind = type_name(x) if not isinstance(x, np.ndarray) else "numpy.ndarray"
         if type(x).__module__ not in ("builtins", "numpy", "grading.records"):

@@ -1,8 +1,7 @@
 """Hidden tests of notebook 03_sampling (ancestral sampling, DDIM and SDEdit).
 
-One check per graded test cell; each takes the student's notebook globals. The checks compare with
-``grading.reference.sampling`` and with the oracles of ``docs/conventions.md`` (section 4), on small
-inputs (a few seconds at most on one CPU core):
+One check per graded test cell. The checks compare with the oracles of ``docs/conventions.md``
+(section 4), on small inputs (a few seconds at most on one CPU core):
 
 * delta data: with every image equal to ``c`` the exact noise predictor is known, and a correct
   sampler (sigma^2 = beta or beta_tilde, DDIM with any steps) returns ``c`` exactly; noise added at
@@ -10,29 +9,39 @@ inputs (a few seconds at most on one CPU core):
 * Gaussian data: x_0 ~ N(0, I) gives ``eps*(x_t) = sqrt(1 - alpha_bar_t) x_t`` and the mean of a step
   is ``sqrt(alpha_t) x_t``, so the output variance of the sampler is known in closed form for each
   choice of sigma (beta, beta_tilde, none, and the mistaken ones);
-* with a given ``z`` a step is deterministic and is compared with the reference exactly;
+* with a given ``z`` a step is deterministic and is compared with the closed form exactly;
 * a recording model shows which steps a sampler visits, in which order.
 
 When an output is wrong it is compared with known mistaken variants (computed here) so that the
 message names the likely cause. Random functions are tested through relations and statistics, never
 by replaying a generator, so any order of random draws passes.
 
-The loop-level checks (``p_sample_loop``, ``ddim_sample``, ``sdedit``) run the student's function with
-the reference ``p_sample_step``, ``posterior_variance`` and ``ddim_step`` in place of the student's
-own (restored afterwards), so a mistake in a step function costs points in the step's cell only.
+Every check is trusted (``grading.verdict``): before its ``yield`` it only asks for calls, with inputs
+drawn from the grading run's secret seed (``p.gen``) and stub models of ``gradeprobe.stubs`` and
+``gradeprobe.stubs_sampling``; the kernel runs them and sends back plain data; after the ``yield``
+the check judges in the grader's own process.
+
+The loop-level checks (``p_sample_loop``, ``ddim_sample``, ``sdedit``) record the calls of the
+student's own ``p_sample_step`` / ``ddim_step`` (and ``posterior_variance``) while the loop runs. When
+the loop uses them, the trusted side replays the loop's composition with a correct step: each
+recorded call's inputs, the noise it was given and what the loop added between one call and the next
+are kept, and only the step's output is replaced by the correct one (:func:`_recompose`). The old
+checks then judge that replayed result, so a mistake in a step function costs points in the step's
+cell only. A loop that computes its steps inline is judged on its own output.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 
-from grading.hidden import (CheckFailed, DeltaDataModel, GaussianDataModel, RecordingModel,
-                            _StubModel, _time_batch, as_tensor_array, call, close, describe_diff, expect,
-                            generator, match_variants, student, swapped_in)
-from grading.reference import forward_process as ref_fp
-from grading.reference import sampling as ref
+from gradeprobe.stubs_sampling import FixedNoiseModel
+from grading.hidden import (CheckFailed, as_array, as_tensor_array, close, describe_diff, expect,
+                            match_variants)
+from grading.records import TensorRecord, type_name
+from grading.verdict import Outcome, Probe, WrappedCall, expect_unchanged, trusted
 
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
@@ -40,7 +49,7 @@ from grading.reference import sampling as ref
 
 
 def _linear_beta(T: int = 1000) -> torch.Tensor:
-    return ref_fp.linear_beta_schedule(T)  # (T,) float32
+    return torch.linspace(1e-4, 0.02, T, dtype=torch.float32)  # (T,), DDPM's linear schedule
 
 
 def _short_beta(T: int = 10, low: float = 0.05, high: float = 0.5) -> torch.Tensor:
@@ -48,51 +57,146 @@ def _short_beta(T: int = 10, low: float = 0.05, high: float = 0.5) -> torch.Tens
     return torch.linspace(low, high, T, dtype=torch.float32)  # (T,)
 
 
-def _images(shape: tuple, seed: int) -> torch.Tensor:
+def _images(shape: tuple, g: torch.Generator) -> torch.Tensor:
     """Images in [-1, 1], float32, of ``shape``."""
-    return torch.rand(shape, generator=generator(seed)) * 2 - 1
+    return torch.rand(shape, generator=g) * 2 - 1
 
 
-def _noise(shape: tuple, seed: int) -> torch.Tensor:
-    return torch.randn(shape, generator=generator(seed))
+def _noise(shape: tuple, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(shape, generator=g)
 
 
-class _FixedNoiseModel(_StubModel):
-    """A smooth, elementwise noise prediction that changes with t:
-    ``eps(x, t) = (0.6 sin(2 x) + 0.3) (1 + t / 1000)``.
-
-    Elementwise (so a loop over the batch sees the same predictions) and known in closed form, so a
-    step's correct output and its mistaken variants can be computed here exactly.
-    """
-
-    def forward(self, x, t, *rest):
-        idx = _time_batch(t, x.shape[0]).to(torch.float64)  # (B,)
-        scale = (1 + idx / 1000).reshape(-1, *([1] * (x.dim() - 1))).to(device=x.device)
-        xd = x.to(torch.float64)
-        return ((0.6 * torch.sin(2 * xd) + 0.3) * scale).to(x.dtype)
-
-
-def _eps_of(x: torch.Tensor | np.ndarray, t: int) -> np.ndarray:
-    """The prediction of :class:`_FixedNoiseModel` for input ``x`` (as the model computes it)."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    out = _FixedNoiseModel()(x, torch.full((x.shape[0],), t, dtype=torch.long))
+def _eps_fixed(x: np.ndarray | torch.Tensor, t: int) -> np.ndarray:
+    """The prediction of :class:`FixedNoiseModel` for input ``x`` (as the model computes it)."""
+    xt = torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+    out = FixedNoiseModel()(xt, torch.full((xt.shape[0],), int(t), dtype=torch.long))
     return out.detach().double().numpy()
 
 
-def _visited(rec: RecordingModel, batch: int, what: str) -> list[int]:
-    """The step each recorded call was made at (one value per call), checked to be one per batch."""
+# The stub models, as the trusted side computes them: ("fixed",), ("gauss", ab), ("delta", c, ab)
+def _eps(model: tuple, x: np.ndarray, t: int) -> np.ndarray:
+    kind = model[0]
+    if kind == "fixed":
+        return _eps_fixed(np.asarray(x, dtype=np.float64), t)
+    if kind == "gauss":
+        return math.sqrt(1 - model[1][t]) * x
+    ab = model[2]
+    return (x - math.sqrt(ab[t]) * model[1]) / math.sqrt(1 - ab[t])
+
+
+def _int(v, what: str) -> int:
+    """A time the student passed: an int, a float, or a tensor of one value (or one per example)."""
+    if isinstance(v, TensorRecord):
+        a = v.array.reshape(-1)
+        if a.size == 0:
+            raise CheckFailed(f"{what}: a time was passed as an empty tensor.")
+        return int(round(float(a[0])))
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise CheckFailed(f"{what}: a time was passed as {type(v).__name__}, expected an int.")
+    return int(round(float(v)))
+
+
+def _num(v, default: float = 0.0) -> float:
+    if v is None:
+        return default
+    if isinstance(v, TensorRecord):
+        return float(v.array.reshape(-1)[0]) if v.array.size else default
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return float(v)
+    return float("nan")
+
+
+def _a64(v) -> np.ndarray | None:
+    """A recorded tensor's values as float64 (NaN kept), None for anything else."""
+    if isinstance(v, TensorRecord):
+        return v.array.astype(np.float64)
+    if isinstance(v, np.ndarray) and v.dtype.kind in "fiub":
+        return v.astype(np.float64)
+    return None
+
+
+def _tensor(x, name: str, shape: tuple | None = None) -> np.ndarray:
+    """``as_tensor_array`` that lets NaN through (a broken building block may cause them; judged later)."""
+    if not (isinstance(x, TensorRecord) and x.exact):
+        return as_tensor_array(x, name, shape=shape)
+    return as_array(x, name, shape=shape, dtype="float", finite=False)
+
+
+def _bound(c: WrappedCall, names: tuple[str, ...], defaults: dict | None = None) -> dict:
+    """A recorded call's arguments by parameter name (positional, then keyword, then defaults)."""
+    out = dict(defaults or {})
+    out.update(dict(zip(names, c.args)))
+    out.update({k: v for k, v in c.kwargs.items() if k in names})
+    return out
+
+
+def _glue(after: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """What the loop added between a step's output and the next input; 0 where both are the same
+    non-finite value (a broken step's NaN passed on unchanged)."""
+    with np.errstate(invalid="ignore"):
+        d = after - before
+    same = ~np.isfinite(after) & ~np.isfinite(before) & ((after == before) | (np.isnan(after) & np.isnan(before)))
+    return np.where(same, 0.0, d)
+
+
+def _recompose(xs: list[np.ndarray], outs: list[np.ndarray], start: np.ndarray | None, final: np.ndarray,
+               step: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray, float]]) -> list[np.ndarray]:
+    """Replay a loop's composition of its step function with a correct step.
+
+    ``xs[k]``/``outs[k]``: the input and output of the k-th recorded step call; ``start``: the loop's
+    input (None: take the first call's input); ``final``: what the loop returned. What the loop did
+    between calls (``xs[k + 1] - outs[k]``: e.g. adding sigma_t z itself) is kept; each step output
+    is replaced by ``step(k, x)`` = ``(output, mean, f)`` of a correct step on the replayed input,
+    with the noise part (output - mean plus what the loop added) scaled by ``f``. Returns the replayed
+    inputs of every call and, last, the replayed result."""
+    b = xs[0] if start is None else start + _glue(xs[0], start)
+    seq = [b]
+    for k in range(len(xs)):
+        c, m, f = step(k, b)
+        nxt = xs[k + 1] if k + 1 < len(xs) else final
+        with np.errstate(invalid="ignore", over="ignore"):
+            b = m + f * (c - m + _glue(nxt, outs[k]))
+        seq.append(b)
+    return seq
+
+
+_P_NAMES = ("model", "x_t", "t", "beta", "z")
+_D_NAMES = ("model", "x_t", "t", "t_prev", "alpha_bar", "eta", "z")
+
+
+def _step_calls(calls: list[WrappedCall] | None, names: tuple[str, ...], shape: tuple, what: str,
+                defaults: dict | None = None) -> list[dict] | None:
+    """The recorded calls of a loop's step function as dicts of plain values (``x``, ``out``, ``t``
+    as an int, the other arguments by name), or None when the loop did not compose its step (no
+    call, a call that raised, an input or output not of the loop's shape): then the loop is judged
+    on its own output."""
+    if not calls:
+        return None
+    out = []
+    for c in calls:
+        if c.error is not None:
+            return None
+        d = _bound(c, names, defaults)
+        x, y = _a64(d.get("x_t")), _a64(c.value)
+        if x is None or y is None or x.shape != tuple(shape) or y.shape != tuple(shape):
+            return None
+        d["x"], d["out"], d["t"] = x, y, _int(d.get("t"), what)
+        out.append(d)
+    return out
+
+
+def _visited_calls(calls: list, batch: int, what: str) -> list[int]:
+    """The step each recorded model call was made at (one value per call), checked to be one per batch."""
     steps = []
-    for k, c in enumerate(rec.calls):
-        t = c["t"]
-        if t.is_floating_point():
-            t = t.round()
-        t = t.long().reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(batch)
-        expect(t.numel() == batch,
-               f"{what} called the model with t of shape {tuple(c['t'].shape)}; expected a long tensor "
-               f"of shape ({batch},) (one time per example).",
+    for k, c in enumerate(calls):
+        rec = c["t"]
+        t = np.asarray(rec.array if isinstance(rec, TensorRecord) else rec, dtype=np.float64)
+        t = np.round(t).astype(np.int64).reshape(-1)
+        if t.size == 1:
+            t = np.repeat(t, batch)
+        expect(t.size == batch,
+               f"{what} called the model with t of shape {tuple(np.shape(rec.array)) if isinstance(rec, TensorRecord) else ()}; "
+               f"expected a long tensor of shape ({batch},) (one time per example).",
                hint="build t with torch.full((B,), t, dtype=torch.long).")
         expect(bool((t == t[0]).all()),
                f"{what} called the model (call {k + 1}) with different times within the batch: "
@@ -107,27 +211,39 @@ def _describe_steps(steps: list[int]) -> str:
     return f"[{', '.join(map(str, steps[:4]))}, ..., {', '.join(map(str, steps[-3:]))}] ({len(steps)} calls)"
 
 
-def _ref_p_sample_step(model, x_t, t, beta, z=None):
-    """The reference step, tolerant of how a correct loop may call it."""
-    if isinstance(t, torch.Tensor):
-        t = int(t.reshape(-1)[0].item())
-    return ref.p_sample_step(model, x_t, int(t), beta, z)
-
-
-def _ref_ddim_step(model, x_t, t, t_prev, alpha_bar, eta=0.0, z=None):
-    if isinstance(t, torch.Tensor):
-        t = int(t.reshape(-1)[0].item())
-    if isinstance(t_prev, torch.Tensor):
-        t_prev = int(t_prev.reshape(-1)[0].item())
-    eta = float(eta)
-    if z is None and eta > 0 and int(t_prev) >= 0:
-        raise CheckFailed("ddim_sample called ddim_step with eta > 0 but without the noise z; draw z with "
-                          "the generator (torch.randn(..., generator=generator)) and pass it.")
-    return ref.ddim_step(model, x_t, int(t), int(t_prev), alpha_bar, eta=eta, z=z)
-
-
 def _stat_close(got: float, want: float, sd: float, k: float = 5.0) -> bool:
     return abs(got - want) <= k * sd
+
+
+def _p_step(model: tuple, x: np.ndarray, t: int, beta: np.ndarray, z: np.ndarray | None):
+    """Algorithm 2, line 4 in float64: (output, mean)."""
+    a = 1 - beta
+    ab = np.cumprod(a)
+    mean = (x - beta[t] / math.sqrt(1 - ab[t]) * _eps(model, x, t)) / math.sqrt(a[t])
+    if t == 0 or z is None:
+        return mean, mean
+    return mean + math.sqrt(beta[t]) * z, mean
+
+
+def _ddim(model: tuple, x: np.ndarray, t: int, t_prev: int, ab: np.ndarray, eta: float, z: np.ndarray | None):
+    """DDIM's step (eq. 12, sigma of eq. 16) in float64."""
+    a_t, a_p = ab[t], (ab[t_prev] if t_prev >= 0 else 1.0)
+    eps = _eps(model, x, t)
+    x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    s = eta * math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(max(1 - a_t / a_p, 0.0))
+    out = math.sqrt(a_p) * x0 + math.sqrt(max(1 - a_p - s * s, 0.0)) * eps
+    return out + s * z if z is not None else out
+
+
+def _changed(out: Outcome, pos: int, sent: torch.Tensor) -> bool:
+    """Whether the call's positional argument ``pos`` (a tensor sent as ``sent``) changed in place."""
+    after = out.args_after
+    got = after[pos] if pos < len(after) else None
+    if not isinstance(got, TensorRecord):
+        return False
+    want = sent.detach().numpy()
+    return not (got.array.shape == want.shape and np.array_equal(got.array.astype(np.float64),
+                                                                 want.astype(np.float64), equal_nan=True))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,54 +302,60 @@ def _shifted(x, eps, z, s, beta, ab, noise):
     return (x - beta[s] / math.sqrt(1 - ab[s]) * eps) / math.sqrt(1 - beta[s]) + noise * math.sqrt(beta[s]) * z
 
 
-def check_p_sample_step(ns):
-    p_sample_step = student(ns, "p_sample_step")
+@trusted
+def check_p_sample_step(p: Probe):
     beta = _linear_beta(1000)
     beta64 = beta.double().numpy()
     shape = (3, 1, 6, 6)
-    x = _noise(shape, 1)
-    z = _noise(shape, 3)
-    model = RecordingModel(_FixedNoiseModel())
+    x = _noise(shape, p.gen(1))
+    z = _noise(shape, p.gen(3))
+    model = p.stub("sampling.FixedNoiseModel", record=True)
     # with a given z the step is a function: calling it twice gives the same result
-    again = as_tensor_array(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
-    first = as_tensor_array(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
+    # (the global random state seeded differently before each: a step that draws its own noise shows)
+    twice = [p.call("p_sample_step", model, x, 500, beta, z, what="p_sample_step(...)", global_seed=gs)
+             for gs in (1, 2)]
+    times = (500, 10, 1, 999, 0)
+    outs = [p.call("p_sample_step", model, x, t, beta, z, what=f"p_sample_step(model, x_t, t={t}, beta, z)")
+            for t in times]
+    # float64 inputs and a short schedule (large betas make every coefficient matter)
+    sb = _short_beta(10).double()
+    x64, z64 = x.double(), z.double()
+    plain = p.stub("sampling.FixedNoiseModel")
+    times64 = (0, 4, 9)
+    outs64 = [p.call("p_sample_step", plain, x64, t, sb, z64, what=f"p_sample_step with float64 inputs (t={t})")
+              for t in times64]
+    # the delta-data oracle: from x_t on the forward marginal with z = 0 the step stays on the data
+    c = _images((1, 1, 4, 4), p.gen(4)).double()  # one image (a batch of 2 below)
+    ab = torch.cumprod(1 - sb, 0)
+    oracle = p.stub("delta", c=c, alpha_bar=ab)
+    x1 = ab[1].sqrt() * c + (1 - ab[1]).sqrt() * _noise((2, 1, 4, 4), p.gen(5)).double()
+    out1 = p.call("p_sample_step", oracle, x1, 1, sb, torch.zeros_like(x1), what="p_sample_step(...)", keep=True)
+    out0 = p.call("p_sample_step", oracle, out1, 0, sb, _noise((2, 1, 4, 4), p.gen(6)).double(),
+                  what="p_sample_step(..., t=0, ...)")
+    yield
+
+    again, first = (as_tensor_array(o.value, "p_sample_step(...)") for o in twice)
     expect(close(again, first, atol=0, rtol=0),
            "p_sample_step gave two different results for the same x_t, t and z.",
            hint="the step must use the z it is given, not draw fresh noise itself.")
-    for t in (500, 10, 1, 999, 0):
-        model.calls.clear()
-        x_in, z_in = x.clone(), z.clone()
-        out = call(p_sample_step, model, x_in, t, beta, z_in, what=f"p_sample_step(model, x_t, t={t}, beta, z)")
-        got = as_tensor_array(out, f"p_sample_step(..., t={t}, ...)", shape=shape)
-        expect(torch.equal(x_in, x) and torch.equal(z_in, z),
-               "p_sample_step changed its input x_t or z in place.",
-               hint="an in-place operation (`+=`, `.sub_()`) on an argument; compute a new tensor instead.")
-        steps = _visited(model, shape[0], "p_sample_step")
+    for t, out in zip(times, outs):
+        got = as_tensor_array(out.value, f"p_sample_step(..., t={t}, ...)", shape=shape)
+        expect_unchanged(out, {"model": None, "x_t": x, "t": None, "beta": None, "z": z}, "p_sample_step")
+        steps = _visited_calls(out.model_calls(model), shape[0], "p_sample_step")
         expect(len(steps) >= 1, f"p_sample_step(t={t}) never called the model.")
         expect(all(s == t for s in steps),
                f"p_sample_step(t={t}) called the model at t = {sorted(set(steps))}; expected t = {t}.",
                hint="pass the code index t itself to the model (the same t the model was trained with).")
-        want, variants = _step_variants(x.double().numpy(), _eps_of(x, t), z.double().numpy(), t, beta64)
+        want, variants = _step_variants(x.double().numpy(), _eps_fixed(x, t), z.double().numpy(), t, beta64)
         match_variants(got, want, variants, "p_sample_step", atol=2e-5, rtol=2e-4,
                        context=f" at t = {t} (T = 1000, linear schedule, a fixed noise prediction)")
-    # float64 inputs and a short schedule (large betas make every coefficient matter)
-    sb = _short_beta(10).double()
-    x64, z64 = x.double(), z.double()
-    for t in (0, 4, 9):
-        out = call(p_sample_step, _FixedNoiseModel(), x64, t, sb, z64,
-                   what=f"p_sample_step with float64 inputs (t={t})")
-        got = as_tensor_array(out, f"p_sample_step(..., t={t}, ...) with float64 inputs", shape=shape)
-        want, variants = _step_variants(x64.numpy(), _eps_of(x64, t), z64.numpy(), t, sb.numpy())
+    for t, out in zip(times64, outs64):
+        got = as_tensor_array(out.value, f"p_sample_step(..., t={t}, ...) with float64 inputs", shape=shape)
+        want, variants = _step_variants(x64.numpy(), _eps_fixed(x64, t), z64.numpy(), t, sb.numpy())
         match_variants(got, want, variants, "p_sample_step", atol=1e-6, rtol=1e-6,
                        context=f" at t = {t} (float64, a 10-step schedule with beta from 0.05 to 0.5)")
-    # the delta-data oracle: from x_t on the forward marginal with z = 0 the step stays on the data
-    c = _images((1, 1, 4, 4), 4).double()  # one image (a batch of 2 below)
-    ab = torch.cumprod(1 - sb, 0)
-    oracle = DeltaDataModel(c, ab)
-    x1 = ab[1].sqrt() * c + (1 - ab[1]).sqrt() * _noise((2, 1, 4, 4), 5).double()
-    out0 = as_tensor_array(call(p_sample_step, oracle, x1, 1, sb, torch.zeros_like(x1)), "p_sample_step(...)")
-    x0 = as_tensor_array(call(p_sample_step, oracle, torch.as_tensor(out0), 0, sb, _noise((2, 1, 4, 4), 6).double()),
-                         "p_sample_step(..., t=0, ...)")
+    as_tensor_array(out1.value, "p_sample_step(...)")
+    x0 = as_tensor_array(out0.value, "p_sample_step(..., t=0, ...)")
     c2 = np.broadcast_to(c.numpy(), (2, 1, 4, 4))
     expect(close(x0, c2, atol=1e-6, rtol=1e-6),
            "With the exact noise predictor of a data set holding one image c, two steps t = 1, 0 "
@@ -264,16 +386,18 @@ def _bt_variants(beta: np.ndarray):
     return want, variants
 
 
-def check_posterior_variance(ns):
-    posterior_variance = student(ns, "posterior_variance")
-    for beta, label, rtol in ((_short_beta(10).double(), "a 10-step float64 schedule (beta 0.05 to 0.5)", 1e-7),
-                              (_linear_beta(1000), "the linear schedule, T = 1000, float32", 3e-3)):
-        b_in = beta.clone()
-        out = call(posterior_variance, b_in, what=f"posterior_variance(beta) on {label}")
+
+
+@trusted
+def check_posterior_variance(p: Probe):
+    cases = ((_short_beta(10).double(), "a 10-step float64 schedule (beta 0.05 to 0.5)", 1e-7),
+             (_linear_beta(1000), "the linear schedule, T = 1000, float32", 3e-3))
+    outs = [p.call("posterior_variance", beta, what=f"posterior_variance(beta) on {label}") for beta, label, _ in cases]
+    yield
+    for (beta, label, rtol), out in zip(cases, outs):
         T = beta.shape[0]
-        got = as_tensor_array(out, "posterior_variance(beta)", shape=(T,))
-        expect(torch.equal(b_in, beta), "posterior_variance changed beta in place.",
-               hint="an in-place operation on beta; compute new tensors instead.")
+        got = as_tensor_array(out.value, "posterior_variance(beta)", shape=(T,))
+        expect_unchanged(out, {"beta": beta}, "posterior_variance")
         b64 = beta.double().numpy()
         want, variants = _bt_variants(b64)
         expect(abs(got[0]) <= 1e-12 or not close(got[1:], want[1:], atol=1e-12, rtol=rtol),
@@ -301,57 +425,200 @@ def _gaussian_output_variance(beta: np.ndarray, sigma2: np.ndarray, last_noise: 
     return k2, v
 
 
-def _run_loop(fn, model, x_T, beta, variance, record_every, gen, what):
-    res = call(fn, model, x_T, beta, variance=variance, record_every=record_every, generator=gen, what=what)
-    expect(isinstance(res, tuple) and len(res) == 2,
-           f"{what} should return a pair (x_0, history), got {type(res).__name__}"
-           + (f" of length {len(res)}" if isinstance(res, (tuple, list)) else "") + ".")
-    return res
 
 
-def check_p_sample_loop(ns):
-    p_sample_loop = student(ns, "p_sample_loop")
-    given = {"p_sample_step": _ref_p_sample_step, "posterior_variance": ref.posterior_variance}
-    with swapped_in(ns, given, fn=p_sample_loop):
-        _check_p_sample_loop(p_sample_loop)
+_LOOP_BLOCKS = ("p_sample_step", "posterior_variance")
 
 
-def _check_p_sample_loop(p_sample_loop):
-    # 1. which steps, in which order, and the history (deterministic: variance="none")
-    beta = _linear_beta(1000)
+def _ask_loop(p: Probe, model, x_T, beta, variance, record_every, seed, what, wrap=_LOOP_BLOCKS,
+              global_seed=None) -> Outcome:
+    return p.call("p_sample_loop", model, x_T, beta, variance=variance, record_every=record_every,
+                  generator=p.generator(seed), what=what, wrap=wrap, global_seed=global_seed)
+
+
+def _noise_factors(out: Outcome, beta: torch.Tensor, variance: str) -> dict[int, float]:
+    """When the loop took sigma_t^2 = beta_tilde_t from the student's own ``posterior_variance`` and
+    that returned wrong values (judged in its own cell), the factors sqrt(beta_tilde_t / theirs) that
+    turn the noise the loop added into the noise of the correct beta_tilde."""
+    if variance != "beta_tilde":
+        return {}
+    b64 = beta.double().numpy()
+    want = _bt_variants(b64)[0]
+    for c in out.wrapped("posterior_variance") or []:
+        bb, got = _a64(_bound(c, ("beta",)).get("beta")), _a64(c.value)
+        if bb is None or got is None or bb.shape != b64.shape or got.shape != want.shape \
+                or not close(bb, b64, atol=0, rtol=1e-6):
+            continue
+        if close(got, want, atol=1e-12, rtol=3e-3):
+            return {}
+        return {t: math.sqrt(want[t] / got[t]) for t in range(len(want)) if np.isfinite(got[t]) and got[t] > 0}
+    return {}
+
+
+class _Loop:
+    """What one ``p_sample_loop`` call gave: its x_0 and history, and, when it composed the student's
+    own ``p_sample_step``, the same loop replayed with a correct step (``value``, ``history``)."""
+
+    def __init__(self, out: Outcome, x_T: torch.Tensor, beta: torch.Tensor, model: tuple, variance: str,
+                 what: str):
+        res = out.value
+        expect(isinstance(res, tuple) and len(res) == 2,
+               f"{what} should return a pair (x_0, history), got {type(res).__name__}"
+               + (f" of length {len(res)}" if isinstance(res, (tuple, list)) else "") + ".")
+        self.shape = tuple(x_T.shape)
+        x0_raw, self.hist = res
+        self.raw = _tensor(x0_raw, "x_0 returned by p_sample_loop", shape=self.shape)
+        self.calls = _step_calls(out.wrapped("p_sample_step"), _P_NAMES, self.shape, what)
+        self.steps = [c["t"] for c in self.calls] if self.calls is not None else None
+        self._out, self._x_T, self._beta, self._model, self._variance = out, x_T, beta, model, variance
+        self._seq = None
+
+    def _replay(self) -> list[np.ndarray]:
+        if self._seq is None:
+            b64 = self._beta.double().numpy()
+            factors = _noise_factors(self._out, self._beta, self._variance)
+            calls = self.calls
+
+            def step(k, b):
+                c = calls[k]
+                bb = _a64(c.get("beta"))
+                bb = b64 if bb is None or bb.ndim != 1 else bb
+                t = c["t"]
+                if not 0 <= t < bb.shape[0]:
+                    return c["out"], c["out"], 1.0
+                z = _a64(c.get("z"))
+                out, mean = _p_step(self._model, b, t, bb, z if z is not None and z.shape == b.shape else None)
+                return out, mean, factors.get(t, 1.0)
+
+            self._seq = _recompose([c["x"] for c in calls], [c["out"] for c in calls],
+                                   self._x_T.double().numpy(), self.raw, step)
+        return self._seq
+
+    def blocks_right(self) -> bool:
+        """Whether the loop computed its steps inline, or its own p_sample_step (and posterior_variance)
+        returned the correct values on every recorded call: then its output needs no replay."""
+        if self.calls is None:
+            return True
+        if _noise_factors(self._out, self._beta, self._variance):
+            return False
+        b64 = self._beta.double().numpy()
+        for c in self.calls:
+            bb = _a64(c.get("beta"))
+            bb = b64 if bb is None or bb.ndim != 1 else bb
+            z = _a64(c.get("z"))
+            if not 0 <= c["t"] < bb.shape[0]:
+                return False
+            want, _ = _p_step(self._model, c["x"], c["t"], bb, z if z is not None and z.shape == c["x"].shape else None)
+            if not close(c["out"], want, atol=2e-5, rtol=2e-4):
+                return False
+        return True
+
+    @property
+    def value(self) -> np.ndarray:
+        """x_0 as the loop would have returned it with a correct step (its own output if inline)."""
+        if self.calls is None:
+            return self.raw
+        v = self._replay()[-1]
+        expect(bool(np.all(np.isfinite(v))), "x_0 returned by p_sample_loop contains NaN or infinite values.")
+        return v
+
+    def history_value(self, arr: np.ndarray, t: int) -> np.ndarray:
+        """A history entry (meant to be x after step ``t``), replayed like x_0: the entry is found among
+        the loop's own states, nearest the state after its call at ``t`` first."""
+        if self.calls is None:
+            return arr
+        actual = [c["x"] for c in self.calls[1:]] + [self.raw]
+        seq = self._replay()[1:]
+        home = next((j for j, c in enumerate(self.calls) if c["t"] == t), len(actual) - 1)
+        order = sorted(range(len(actual)), key=lambda j: abs(j - home))
+        for same in (lambda a: np.array_equal(a, arr, equal_nan=True),
+                     lambda a: np.allclose(a, arr, atol=0, rtol=1e-6, equal_nan=True)):
+            for j in order:
+                if actual[j].shape == arr.shape and same(actual[j]):
+                    return seq[j]
+        return arr
+
+
+def _check_visits(steps: list[int], composed: bool, T: int) -> None:
+    want_steps = list(range(T - 1, -1, -1))
+    if steps == want_steps:
+        return
+    hint = None
+    if steps == list(range(T - 1, 0, -1)):
+        hint = "the loop skips index 0: use `for t in reversed(range(T))` (0-based t = 0 is the paper's t = 1)."
+    elif steps == list(range(T, 0, -1)) or steps == list(range(T, -1, -1)):
+        hint = "the loop runs over the paper's t = T..1 without shifting to the 0-based code index t - 1."
+    elif steps == list(range(0, T)):
+        hint = "the loop runs forwards; sampling goes from t = T-1 down to 0."
+    elif len(steps) == T - 2 and steps == list(range(T - 2, 0, -1)):
+        hint = "the loop skips both the first and the last index."
+    who = "p_sample_step" if composed else "the model"
+    raise CheckFailed(f"p_sample_loop must call {who} once per step at t = {T - 1}, {T - 2}, ..., 0 "
+                      f"(T = {T}); it called it at {_describe_steps(steps)}."
+                      + (f"\nLikely cause: {hint}" if hint else ""))
+
+
+@trusted
+def check_p_sample_loop(p: Probe):
+    # 1. which steps, in which order, and the history (deterministic: variance="none"); a 200-step
+    # linear schedule from 1e-4 to 0.1 (the same start and end as T = 1000 up to 0.02, and a fifth of
+    # the recorded step calls)
+    T = 200
+    beta = torch.linspace(1e-4, 0.1, T, dtype=torch.float32)  # (T,)
     ab = torch.cumprod(1 - beta.double(), 0)
+    ab_np = ab.numpy()
     shape = (2, 1, 4, 4)
-    x_T = _noise(shape, 10)
-    rec = RecordingModel(GaussianDataModel(ab))
-    x_in = x_T.clone()
-    x0, hist = _run_loop(p_sample_loop, rec, x_in, beta, "none", 100, generator(1),
-                         "p_sample_loop(model, x_T, beta, variance='none', record_every=100)")
-    expect(torch.equal(x_in, x_T), "p_sample_loop changed x_T in place.",
+    x_T = _noise(shape, p.gen(10))
+    rec = p.stub("gaussian", record=True, alpha_bar=ab)
+    what1 = "p_sample_loop(model, x_T, beta, variance='none', record_every=20)"
+    out1 = _ask_loop(p, rec, x_T, beta, "none", 20, 1, what1)
+    again = _ask_loop(p, p.stub("gaussian", alpha_bar=ab), x_T, beta, "none", 20, 99,
+                      "p_sample_loop(..., variance='none')", wrap=(), global_seed=7)
+    # record_every that does not divide T
+    sb20 = _short_beta(20)
+    out20 = _ask_loop(p, p.stub("gaussian", alpha_bar=torch.cumprod(1 - sb20.double(), 0)), _noise(shape, p.gen(11)),
+                      sb20, "none", 7, 2, "p_sample_loop(..., T=20, record_every=7)", wrap=())
+    # 2. delta-data oracle: beta and beta_tilde return c exactly; noise at the last step shows
+    beta_d, ab_d = beta, ab
+    c = _images((1, 1, 8, 8), p.gen(12))  # one image; the data set holds only it
+    x_T8 = _noise((4, 1, 8, 8), p.gen(13))
+    delta = p.stub("delta", c=c, alpha_bar=ab_d)
+    variances = ("beta", "beta_tilde", "none")
+    outs_delta = [_ask_loop(p, delta, x_T8, beta_d, v, 100, 3, f"p_sample_loop(..., variance={v!r})")
+                  for v in variances]
+    # 3. Gaussian-data oracle: the output variance depends on sigma (a short schedule, many pixels)
+    sb = _short_beta(10)
+    ab_s = torch.cumprod(1 - sb.double(), 0)
+    gauss = p.stub("gaussian", alpha_bar=ab_s)
+    # (the statistics on 65536 values are taken from runs that do not record p_sample_step; runs on a
+    # quarter of the pixels record it, to see whether the loop's own step was right on its calls)
+    big, mid = (16, 1, 64, 64), (16, 1, 32, 32)
+    x_big, x_mid = _noise(big, p.gen(14)), _noise(mid, p.gen(16))
+    options = ("beta", "beta_tilde")
+    outs_gauss = [(_ask_loop(p, gauss, x_big, sb, v, 100, 4, f"p_sample_loop(..., variance={v!r})", wrap=()),
+                   _ask_loop(p, gauss, x_mid, sb, v, 100, 4, f"p_sample_loop(..., variance={v!r})"))
+                  for v in options]
+    # 4. the generator: same seed, same samples (whatever the global random state); another seed, other samples
+    small = (2, 1, 8, 8)
+    x_small = _noise(small, p.gen(15))
+    outs_gen = [_ask_loop(p, gauss, x_small, sb, "beta", 100, seed, "p_sample_loop(...)", global_seed=gs)
+                for seed, gs in ((7, 1), (7, 2), (8, 3))]
+    yield
+
+    expect(not _changed(out1, 1, x_T), "p_sample_loop changed x_T in place.",
            hint="an in-place update of x (`x -= ...`) while x is still the caller's x_T; start with x = x_T "
                 "and assign new tensors (x = ...).")
-    steps = _visited(rec, shape[0], "p_sample_loop")
-    want_steps = list(range(999, -1, -1))
-    if steps != want_steps:
-        hint = None
-        if steps == list(range(999, 0, -1)):
-            hint = "the loop skips index 0: use `for t in reversed(range(T))` (0-based t = 0 is the paper's t = 1)."
-        elif steps == list(range(1000, 0, -1)) or steps == list(range(1000, -1, -1)):
-            hint = "the loop runs over the paper's t = T..1 without shifting to the 0-based code index t - 1."
-        elif steps == list(range(0, 1000)):
-            hint = "the loop runs forwards; sampling goes from t = T-1 down to 0."
-        elif len(steps) == 998 and steps == list(range(998, 0, -1)):
-            hint = "the loop skips both the first and the last index."
-        raise CheckFailed(f"p_sample_loop must call the model once per step at t = 999, 998, ..., 0 "
-                          f"(T = 1000); it called it at {_describe_steps(steps)}."
-                          + (f"\nLikely cause: {hint}" if hint else ""))
-    got = as_tensor_array(x0, "x_0 returned by p_sample_loop", shape=shape)
+    L1 = _Loop(out1, x_T, beta, ("gauss", ab_np), "none", what1)
+    composed = L1.steps is not None
+    steps = L1.steps if composed else _visited_calls(out1.model_calls(rec), shape[0], "p_sample_loop")
+    _check_visits(steps, composed, T)
+    got = L1.value
     a = 1 - beta.double().numpy()
     k = np.sqrt(np.cumprod(a[::-1])[::-1])  # k[t] = prod_{s >= t} sqrt(alpha_s)
     want = k[0] * x_T.double().numpy()
     if not close(got, want, atol=1e-5, rtol=1e-3):
-        again, _ = _run_loop(p_sample_loop, GaussianDataModel(ab), x_T.clone(), beta, "none", 100, generator(99),
-                             "p_sample_loop(..., variance='none')")
-        noisy = not close(as_tensor_array(again, "x_0", shape=shape), got, atol=1e-7, rtol=0)
+        again_x0 = again.value[0] if isinstance(again.value, tuple) and again.value else None
+        noisy = not close(_tensor(again_x0, "x_0", shape=shape), L1.raw, atol=1e-7, rtol=0)
         raise CheckFailed(
             "p_sample_loop(..., variance='none') with the Gaussian-data oracle (each mean is sqrt(alpha_t) x_t) "
             f"is wrong: {describe_diff(got, want)}. With variance='none' no noise may be added at any step."
@@ -360,49 +627,44 @@ def _check_p_sample_loop(p_sample_loop):
                "\nLikely cause: the mean of a step is wrong (compare with Algorithm 2, line 4: the coefficient "
                "beta_t / sqrt(1 - alpha_bar_t), alpha_bar[t] at code index t, the division by sqrt(alpha_t)), "
                "or x is recorded or returned at the wrong step."))
+    hist = L1.hist
     expect(isinstance(hist, list), f"history should be a list of tensors, got {type(hist).__name__}.")
-    rec_steps = [t for t in range(999, -1, -1) if t % 100 == 0]
+    rec_steps = [t for t in range(T - 1, -1, -1) if t % 20 == 0]
     expect(len(hist) == len(rec_steps),
-           f"history should hold x after the steps t = 900, 800, ..., 0 ({len(rec_steps)} tensors with "
-           f"record_every=100, T = 1000), got {len(hist)} tensors.",
+           f"history should hold x after the steps t = {T - 20}, {T - 40}, ..., 0 ({len(rec_steps)} tensors with "
+           f"record_every=20, T = {T}), got {len(hist)} tensors.",
            hint="append a copy of x after the step whose index t satisfies t % record_every == 0.")
+    hv = None
     for i, (h, t) in enumerate(zip(hist, rec_steps)):
-        expect(type(h) is torch.Tensor and h.device.type == "cpu",
+        expect(isinstance(h, TensorRecord) and h.exact and h.device == "cpu",
                f"history[{i}] should be a CPU torch.Tensor, got "
-               f"{type(h).__name__}{' on ' + str(h.device) if isinstance(h, torch.Tensor) else ''}.",
+               f"{type_name(h)}{' on ' + h.device if isinstance(h, TensorRecord) else ''}.",
                hint="append x.detach().cpu().clone().")
-        hv = as_tensor_array(h, f"history[{i}]", shape=shape)
+        hv = L1.history_value(_tensor(h, f"history[{i}]", shape=shape), t)
         want_h = k[t] * x_T.double().numpy()
         if not close(hv, want_h, atol=1e-5, rtol=1e-3):
-            near = [s for s in (t + 1, t - 1) if 0 <= s < 1000 and close(hv, k[s] * x_T.double().numpy(), 1e-5, 1e-3)]
+            near = [s for s in (t + 1, t - 1) if 0 <= s < T and close(hv, k[s] * x_T.double().numpy(), 1e-5, 1e-3)]
             raise CheckFailed(f"history[{i}] should be x after step t = {t} (t % record_every == 0): "
                               f"{describe_diff(hv, want_h)}."
                               + ("\nLikely cause: x recorded one step too early or too late (record x after "
                                  "computing the step)." if near else ""))
-    expect(close(as_tensor_array(hist[-1], "history[-1]"), got, atol=0, rtol=0),
+    expect(hv is not None and close(hv, got, atol=0, rtol=0),
            "history[-1] should be the returned x_0 (x after the step t = 0).")
-    # record_every that does not divide T
-    sb = _short_beta(20)
-    rec2 = GaussianDataModel(torch.cumprod(1 - sb.double(), 0))
-    _, hist2 = _run_loop(p_sample_loop, rec2, _noise(shape, 11), sb, "none", 7, generator(2),
-                         "p_sample_loop(..., T=20, record_every=7)")
+    res20 = out20.value
+    hist2 = res20[1] if isinstance(res20, tuple) and len(res20) == 2 else None
     expect(isinstance(hist2, list) and len(hist2) == 3,
            f"with T = 20 and record_every = 7, history should hold x after the steps t = 14, 7, 0 "
-           f"(3 tensors), got {len(hist2) if isinstance(hist2, list) else type(hist2).__name__}.",
+           f"(3 tensors), got {len(hist2) if isinstance(hist2, list) else type_name(hist2)}.",
            hint="record after the step whose index t satisfies t % record_every == 0.")
 
-    # 2. delta-data oracle: beta and beta_tilde return c exactly; noise at the last step shows
-    c = _images((1, 1, 8, 8), 12)  # one image; the data set holds only it
-    x_T = _noise((4, 1, 8, 8), 13)
-    delta = DeltaDataModel(c, ab)
-    for variance in ("beta", "beta_tilde", "none"):
-        out, _ = _run_loop(p_sample_loop, delta, x_T.clone(), beta, variance, 100, generator(3),
-                           f"p_sample_loop(..., variance={variance!r})")
-        got = as_tensor_array(out, f"x_0 returned by p_sample_loop(variance={variance!r})", shape=x_T.shape)
-        err = got - c.double().numpy()
+    # 2. delta data
+    c64 = c.double().numpy()
+    for variance, out in zip(variances, outs_delta):
+        got = _Loop(out, x_T8, beta_d, ("delta", c64, ab_d.numpy()), variance,
+                    f"p_sample_loop(..., variance={variance!r})").value
+        err = got - c64
         if np.max(np.abs(err)) > 2e-3:
             spread = float(np.std(err))
-            hint = None
             if variance == "beta" and 0.005 < spread < 0.02:
                 hint = ("noise is added at the last step: the spread of the error is "
                         f"{spread:.4f} ~ sqrt(beta[0]) = 0.01; z must be 0 when t == 0.")
@@ -412,25 +674,15 @@ def _check_p_sample_loop(p_sample_loop):
                         "sqrt(alpha_t)), or the loop does not visit every step once.")
             raise CheckFailed(
                 f"With the exact noise predictor of a data set that holds one image c, Algorithm 2 must return "
-                f"c exactly (variance={variance!r}, T = 1000 linear); largest error {np.max(np.abs(err)):.4g}, "
+                f"c exactly (variance={variance!r}, T = 200, beta linear from 1e-4 to 0.1); largest error {np.max(np.abs(err)):.4g}, "
                 f"spread {spread:.4g}." + (f"\nLikely cause: {hint}" if hint else ""))
 
-    # 3. Gaussian-data oracle: the output variance depends on sigma (a short schedule, many pixels)
-    sb = _short_beta(10)
+    # 3. Gaussian data
     sb64 = sb.double().numpy()
-    ab_s = torch.cumprod(1 - sb.double(), 0)
-    ab_np = ab_s.numpy()
-    abp = np.concatenate([[1.0], ab_np[:-1]])
-    bt = (1 - abp) / (1 - ab_np) * sb64
-    gauss = GaussianDataModel(ab_s)
-    big = (16, 1, 64, 64)
-    x_T = _noise(big, 14)
-    m2 = float((x_T.double() ** 2).mean())
-    N = x_T.numel()
-    options = {
-        "beta": ("sigma_t^2 = beta_t", sb64),
-        "beta_tilde": ("sigma_t^2 = beta_tilde_t", bt),
-    }
+    ab_sn = ab_s.numpy()
+    abp = np.concatenate([[1.0], ab_sn[:-1]])
+    bt = (1 - abp) / (1 - ab_sn) * sb64
+    labels = {"beta": ("sigma_t^2 = beta_t", sb64), "beta_tilde": ("sigma_t^2 = beta_tilde_t", bt)}
     candidates = [
         ("sigma_t^2 = beta_t", sb64, False),
         ("sigma_t^2 = beta_tilde_t", bt, False),
@@ -439,12 +691,18 @@ def _check_p_sample_loop(p_sample_loop):
         ("no noise at all: the variance option is ignored (or treated as 'none')", 0 * sb64, False),
         ("noise is added at the last step (t == 0)", sb64, True),
     ]
-    outs = {}
-    for variance, (label, s2) in options.items():
-        out, _ = _run_loop(p_sample_loop, gauss, x_T.clone(), sb, variance, 100, generator(4),
-                           f"p_sample_loop(..., variance={variance!r})")
-        got = as_tensor_array(out, f"x_0 returned by p_sample_loop(variance={variance!r})", shape=big)
-        outs[variance] = got
+    finals = {}
+    for variance, (out_big, out_mid) in zip(options, outs_gauss):
+        label, s2 = labels[variance]
+        what = f"p_sample_loop(..., variance={variance!r})"
+        loop = _Loop(out_mid, x_mid, sb, ("gauss", ab_sn), variance, what)
+        if loop.blocks_right():  # its output is what it would be with a correct step: use the big run
+            x_in, got = x_big, _Loop(out_big, x_big, sb, ("gauss", ab_sn), variance, what).value
+        else:  # replayed with a correct step
+            x_in, got = x_mid, loop.value
+        finals[variance] = got
+        m2 = float((x_in.double() ** 2).mean())
+        N = x_in.numel()
         k2, v = _gaussian_output_variance(sb64, s2)
         want = k2 * m2 + v
         var = float((got ** 2).mean())
@@ -460,17 +718,13 @@ def _check_p_sample_loop(p_sample_loop):
                 f"p_sample_loop(variance={variance!r}) on Gaussian data (x_0 ~ N(0, I), exact noise predictor, "
                 f"10 steps with beta from 0.05 to 0.5): the output's mean square should be {want:.4f} "
                 f"({label}), got {var:.4f}." + (f"\nLikely cause: {hint}." if hint else ""))
-    expect(not close(outs["beta"], outs["beta_tilde"], atol=1e-6, rtol=0),
+    expect(finals["beta"].shape != finals["beta_tilde"].shape
+           or not close(finals["beta"], finals["beta_tilde"], atol=1e-6, rtol=0),
            "p_sample_loop gave the same output for variance='beta' and variance='beta_tilde'.",
            hint="the variance option is ignored.")
 
-    # 4. the generator: same seed, same samples; another seed, other samples
-    small = (2, 1, 8, 8)
-    x_T = _noise(small, 15)
-    a1, _ = _run_loop(p_sample_loop, gauss, x_T.clone(), sb, "beta", 100, generator(7), "p_sample_loop(...)")
-    a2, _ = _run_loop(p_sample_loop, gauss, x_T.clone(), sb, "beta", 100, generator(7), "p_sample_loop(...)")
-    a3, _ = _run_loop(p_sample_loop, gauss, x_T.clone(), sb, "beta", 100, generator(8), "p_sample_loop(...)")
-    a1, a2, a3 = (as_tensor_array(a, "x_0", shape=small) for a in (a1, a2, a3))
+    # 4. the generator
+    a1, a2, a3 = (_Loop(o, x_small, sb, ("gauss", ab_sn), "beta", "p_sample_loop(...)").value for o in outs_gen)
     expect(close(a1, a2, atol=1e-7, rtol=0),
            "p_sample_loop gave different samples for two generators with the same seed.",
            hint="draw z with the generator: torch.randn(x.shape, generator=generator) (not torch.randn_like, "
@@ -518,47 +772,57 @@ def _ddim_variants(x, eps, z, t, t_prev, ab, eta):
     return want, variants
 
 
-def check_ddim_step(ns):
-    ddim_step = student(ns, "ddim_step")
+
+
+@trusted
+def check_ddim_step(p: Probe):
     beta = _linear_beta(1000)
     ab_t = torch.cumprod(1 - beta, 0)  # float32, as the notebook builds it
     ab = ab_t.double().numpy()
     shape = (3, 1, 6, 6)
-    x = _noise(shape, 20)
-    z = _noise(shape, 22)
-    model = RecordingModel(_FixedNoiseModel())
+    x = _noise(shape, p.gen(20))
+    z = _noise(shape, p.gen(22))
+    model = p.stub("sampling.FixedNoiseModel", record=True)
     cases = [(999, 979, 0.0, None), (500, 480, 0.0, None), (20, 0, 0.0, None), (0, -1, 0.0, None),
              (40, -1, 0.0, None), (500, 480, 1.0, z), (300, 200, 0.5, z), (20, 0, 1.0, z), (0, -1, 1.0, z),
              (700, 600, 0.0, z)]
+    outs = []
     for t, t_prev, eta, zz in cases:
-        model.calls.clear()
         label = f"ddim_step(model, x_t, t={t}, t_prev={t_prev}, alpha_bar, eta={eta}" + (", z)" if zz is not None else ")")
-        x_in = x.clone()
-        out = call(ddim_step, model, x_in, t, t_prev, ab_t, eta=eta, z=None if zz is None else zz.clone(), what=label)
-        if type(out) is torch.Tensor and not bool(torch.isfinite(out).all()):
+        outs.append(p.call("ddim_step", model, x, t, t_prev, ab_t, eta=eta, z=zz, what=label))
+    # the delta-data oracle: the last step (t_prev = -1) lands exactly on the data
+    c = _images((1, 1, 4, 4), p.gen(23)).double()
+    ab64 = torch.cumprod(1 - beta.double(), 0)
+    oracle = p.stub("delta", c=c, alpha_bar=ab64)
+    delta_times = (0, 10, 999)
+    outs_delta = []
+    for t in delta_times:
+        x_t = ab64[t].sqrt() * c + (1 - ab64[t]).sqrt() * _noise((2, 1, 4, 4), p.gen(24 + t)).double()
+        outs_delta.append(p.call("ddim_step", oracle, x_t, t, -1, ab64, eta=0.0, z=None,
+                                 what=f"ddim_step(..., t={t}, t_prev=-1, ...)"))
+    yield
+
+    for (t, t_prev, eta, zz), out in zip(cases, outs):
+        label = out.what
+        value = out.value
+        if isinstance(value, TensorRecord) and value.exact and not bool(np.all(np.isfinite(value.array))):
             raise CheckFailed(
                 f"{label} returned NaN or infinite values." + (
                     "\nLikely cause: alpha_bar_prev for t_prev = -1 taken as alpha_bar[-1] (the LAST value of the "
                     "schedule, almost 0), so 1 - ab_t / ab_prev < 0 under a square root; t_prev = -1 means "
                     "alpha_bar_prev = 1." if t_prev == -1 else
                     "\nLikely cause: a negative number under a square root; clamp 1 - ab_prev - sigma^2 at 0."))
-        got = as_tensor_array(out, label, shape=shape)
-        expect(torch.equal(x_in, x), "ddim_step changed x_t in place.")
-        steps = _visited(model, shape[0], "ddim_step")
+        got = as_tensor_array(value, label, shape=shape)
+        expect(not _changed(out, 1, x), "ddim_step changed x_t in place.")
+        steps = _visited_calls(out.model_calls(model), shape[0], "ddim_step")
         expect(len(steps) >= 1 and all(s == t for s in steps),
                f"{label} called the model at t = {sorted(set(steps))}; expected t = {t}.")
-        want, variants = _ddim_variants(x.double().numpy(), _eps_of(x, t),
+        want, variants = _ddim_variants(x.double().numpy(), _eps_fixed(x, t),
                                         None if zz is None else zz.double().numpy(), t, t_prev, ab, eta)
         match_variants(got, want, variants, f"The result of {label}", atol=5e-5, rtol=5e-4)
-    # the delta-data oracle: the last step (t_prev = -1) lands exactly on the data
-    c = _images((1, 1, 4, 4), 23).double()
-    ab64 = torch.cumprod(1 - beta.double(), 0)
-    for t in (0, 10, 999):
-        x_t = ab64[t].sqrt() * c + (1 - ab64[t]).sqrt() * _noise((2, 1, 4, 4), 24 + t).double()
-        out = call(ddim_step, DeltaDataModel(c, ab64), x_t, t, -1, ab64, eta=0.0, z=None,
-                   what=f"ddim_step(..., t={t}, t_prev=-1, ...)")
-        got = as_tensor_array(out, "ddim_step(..., t_prev=-1)", shape=(2, 1, 4, 4))
-        c2 = np.broadcast_to(c.numpy(), (2, 1, 4, 4))
+    c2 = np.broadcast_to(c.numpy(), (2, 1, 4, 4))
+    for t, out in zip(delta_times, outs_delta):
+        got = as_tensor_array(out.value, "ddim_step(..., t_prev=-1)", shape=(2, 1, 4, 4))
         expect(close(got, c2, atol=1e-6, rtol=1e-6),
                f"With the exact noise predictor of one-image data c, ddim_step(t={t}, t_prev=-1) must return c "
                f"(x0_hat = c and alpha_bar_prev = 1): {describe_diff(got, c2)}.",
@@ -605,83 +869,133 @@ def _ddim_replay(x_T: np.ndarray, steps: list[int], ab: np.ndarray) -> np.ndarra
     return _ddim_replay_pairs(x_T, list(zip(steps, steps[1:] + [-1])), ab)
 
 
-def check_ddim_sample(ns):
-    ddim_sample = student(ns, "ddim_sample")
-    with swapped_in(ns, {"ddim_step": _ref_ddim_step}, fn=ddim_sample):
-        _check_ddim_sample(ddim_sample)
 
 
-def _check_ddim_sample(ddim_sample):
+class _DdimRun:
+    """What one ``ddim_sample`` call gave and, when it composed the student's own ``ddim_step``, the
+    same loop replayed with a correct step (``value``)."""
+
+    def __init__(self, out: Outcome, x_T: torch.Tensor, model: tuple, what: str):
+        self.shape = tuple(x_T.shape)
+        self.raw = _tensor(out.value, f"x_0 returned by {what}", shape=self.shape)
+        self.calls = _step_calls(out.wrapped("ddim_step"), _D_NAMES, self.shape, what,
+                                 defaults={"eta": 0.0, "z": None})
+        self.steps = [c["t"] for c in self.calls] if self.calls is not None else None
+        self._x_T, self._model, self._what = x_T, model, what
+
+    @property
+    def value(self) -> np.ndarray:
+        if self.calls is None:
+            return self.raw
+        ab_default = self._model[-1]
+        calls = self.calls
+
+        def step(k, b):
+            c = calls[k]
+            t, t_prev = c["t"], _int(c.get("t_prev"), self._what)
+            abk = _a64(c.get("alpha_bar"))
+            abk = ab_default if abk is None or abk.ndim != 1 else abk
+            eta = _num(c.get("eta"))
+            z = _a64(c.get("z"))
+            if z is None and eta > 0 and t_prev >= 0:
+                raise CheckFailed("ddim_sample called ddim_step with eta > 0 but without the noise z; draw z with "
+                                  "the generator (torch.randn(..., generator=generator)) and pass it.")
+            if not (0 <= t < abk.shape[0] and -1 <= t_prev < t) or not math.isfinite(eta):
+                return c["out"], c["out"], 1.0
+            out = _ddim(self._model, b, t, t_prev, abk, eta, z if z is not None and z.shape == b.shape else None)
+            return out, out, 1.0
+
+        v = _recompose([c["x"] for c in calls], [c["out"] for c in calls], self._x_T.double().numpy(), self.raw,
+                       step)[-1]
+        expect(bool(np.all(np.isfinite(v))), f"x_0 returned by {self._what} contains NaN or infinite values.")
+        return v
+
+    def visited(self, out: Outcome, rec) -> list[int]:
+        return self.steps if self.steps is not None else _visited_calls(out.model_calls(rec), self.shape[0],
+                                                                        "ddim_sample")
+
+
+@trusted
+def check_ddim_sample(p: Probe):
     beta = _linear_beta(1000)
     ab_t = torch.cumprod(1 - beta, 0)  # float32, as the notebook builds it
     ab64 = ab_t.double()  # the same values for the oracle models and the replay
     shape = (3, 1, 8, 8)
+    wrap = ("ddim_step",)
     # 1. the steps visited, and the delta-data oracle (DDIM returns c exactly, whatever the steps)
-    c = _images((1,) + shape[1:], 30)  # one image
+    c = _images((1,) + shape[1:], p.gen(30))  # one image
+    part1 = []
     for num_steps in (50, 10):
-        rec = RecordingModel(DeltaDataModel(c, ab64))
-        x_T = _noise(shape, 31)
+        rec = p.stub("delta", record=True, c=c, alpha_bar=ab64)
+        x_T = _noise(shape, p.gen(31))
         what = f"ddim_sample(model, x_T, alpha_bar, num_steps={num_steps})"
-        out = call(ddim_sample, rec, x_T.clone(), ab_t, num_steps=num_steps, eta=0.0, generator=generator(1),
-                   what=what)
-        got = as_tensor_array(out, f"x_0 returned by {what}", shape=shape)
-        _check_taus(_visited(rec, shape[0], "ddim_sample"), 1000, num_steps, what)
-        err = np.max(np.abs(got - c.double().numpy()))
+        part1.append((num_steps, rec, x_T, what,
+                      p.call("ddim_sample", rec, x_T, ab_t, num_steps=num_steps, eta=0.0, generator=p.generator(1),
+                             what=what, wrap=wrap)))
+    # 2. exact replay with the Gaussian-data oracle along the steps the student visited
+    gauss = p.stub("gaussian", record=True, alpha_bar=ab64)
+    x_T2 = _noise(shape, p.gen(32))
+    out2 = p.call("ddim_sample", gauss, x_T2, ab_t, num_steps=20, eta=0.0, generator=p.generator(2),
+                  what="ddim_sample(..., num_steps=20, eta=0)", wrap=wrap)
+    # 3. eta > 0: noisy (seeded by the generator), and the noise has the eq. 16 size
+    big = (8, 1, 32, 32)
+    x_T3 = _noise(big, p.gen(33))
+    g_model = p.stub("gaussian", alpha_bar=ab64)
+    det = p.call("ddim_sample", g_model, x_T3, ab_t, num_steps=10, eta=0.0, generator=p.generator(3),
+                 what="ddim_sample(..., eta=0)", wrap=wrap)
+    rec3 = p.stub("gaussian", record=True, alpha_bar=ab64)
+    outs3 = [p.call("ddim_sample", model, x_T3, ab_t, num_steps=10, eta=1.0, generator=p.generator(seed),
+                    what="ddim_sample(..., eta=1)", wrap=wrap, global_seed=gs)
+             for model, seed, gs in ((rec3, 3, 1), (g_model, 3, 2), (g_model, 4, 3))]
+    yield
+
+    ab = ab64.numpy()
+    c64 = c.double().numpy()
+    for num_steps, rec, x_T, what, out in part1:
+        run = _DdimRun(out, x_T, ("delta", c64, ab), what)
+        _check_taus(run.visited(out, rec), 1000, num_steps, what)
+        got = run.value
+        err = np.max(np.abs(got - c64))
         if err > 1e-3:
             hint = None
-            ab_last = ab64[-1].item()
             # the last step done with alpha_bar[-1] leaves x ~ sqrt(ab[-1]) c + sqrt(1 - ab[-1]) eps: noise
-            if float(np.std(got - c.double().numpy())) > 0.3:
+            if float(np.std(got - c64)) > 0.3:
                 hint = ("the final step does not go onto x_0: its t_prev must be -1 (alpha_bar_prev = 1); "
-                        f"using alpha_bar[-1] = {ab_last:.2g} leaves almost pure noise.")
+                        f"using alpha_bar[-1] = {ab[-1]:.2g} leaves almost pure noise.")
             raise CheckFailed(f"With the exact noise predictor of one-image data c, deterministic DDIM must return c "
                               f"exactly: largest error {err:.4g} ({what})." + (f"\nLikely cause: {hint}" if hint else ""))
-    # 2. exact replay with the Gaussian-data oracle along the steps the student visited
-    gauss = RecordingModel(GaussianDataModel(ab64))
-    x_T = _noise(shape, 32)
-    out = call(ddim_sample, gauss, x_T.clone(), ab_t, num_steps=20, eta=0.0, generator=generator(2),
-               what="ddim_sample(..., num_steps=20, eta=0)")
-    got = as_tensor_array(out, "x_0 returned by ddim_sample", shape=shape)
-    steps = _visited(gauss, shape[0], "ddim_sample")
+    run = _DdimRun(out2, x_T2, ("gauss", ab), "ddim_sample(..., num_steps=20, eta=0)")
+    steps = run.visited(out2, gauss)
     _check_taus(steps, 1000, 20, "ddim_sample(..., num_steps=20)")
-    want = _ddim_replay(x_T.double().numpy(), steps, ab64.numpy())
-    one_step = _ddim_replay_pairs(x_T.double().numpy(), [(t, t - 1) for t in steps], ab64.numpy())
+    got = run.value
+    want = _ddim_replay(x_T2.double().numpy(), steps, ab)
+    one_step = _ddim_replay_pairs(x_T2.double().numpy(), [(t, t - 1) for t in steps], ab)
     match_variants(got, want, [("each step goes from t to t - 1 instead of to the next step of the sub-sequence "
                                 "(t_prev must be the next, smaller step; -1 after the last).", one_step)],
                    "ddim_sample (eta = 0, Gaussian-data oracle)", atol=1e-5, rtol=1e-3,
                    context=": every step must go from one step of the sub-sequence to the next, "
                            "ending with t_prev = -1")
-    # 3. eta > 0: noisy (seeded by the generator), and the noise has the eq. 16 size
-    big = (8, 1, 32, 32)
-    x_T = _noise(big, 33)
-    g_model = GaussianDataModel(ab64)
-    det = as_tensor_array(call(ddim_sample, g_model, x_T.clone(), ab_t, num_steps=10, eta=0.0,
-                               generator=generator(3), what="ddim_sample(..., eta=0)"),
-                          "ddim_sample(..., eta=0)", shape=big)
-    rec = RecordingModel(g_model)
-    outs = [as_tensor_array(call(ddim_sample, model, x_T.clone(), ab_t, num_steps=10, eta=1.0,
-                                 generator=generator(seed), what="ddim_sample(..., eta=1)"),
-                            "ddim_sample(..., eta=1)", shape=big)
-            for model, seed in ((rec, 3), (g_model, 3), (g_model, 4))]
-    steps10 = _visited(rec, big[0], "ddim_sample")  # the steps of the first call, for the variance below
+    det_v = _DdimRun(det, x_T3, ("gauss", ab), "ddim_sample(..., eta=0)").value
+    runs3 = [_DdimRun(o, x_T3, ("gauss", ab), "ddim_sample(..., eta=1)") for o in outs3]
+    vals = [r.value for r in runs3]
+    steps10 = runs3[0].visited(outs3[0], rec3)  # the steps of the first call, for the variance below
     _check_taus(steps10, 1000, 10, "ddim_sample(..., num_steps=10, eta=1.0)")
-    expect(not close(outs[0], det, atol=1e-5, rtol=0),
+    expect(not close(vals[0], det_v, atol=1e-5, rtol=0),
            "ddim_sample(..., eta=1.0) gave the same result as eta=0.0.",
            hint="eta is ignored (pass it on to ddim_step, with noise z drawn from the generator).")
-    expect(close(outs[0], outs[1], atol=1e-7, rtol=0),
+    expect(close(vals[0], vals[1], atol=1e-7, rtol=0),
            "ddim_sample(..., eta=1.0) gave different samples for two generators with the same seed.",
            hint="draw z with the generator: torch.randn(x.shape, generator=generator).")
-    expect(not close(outs[0], outs[2], atol=1e-6, rtol=0),
+    expect(not close(vals[0], vals[2], atol=1e-6, rtol=0),
            "ddim_sample(..., eta=1.0) gave the same samples for generators with different seeds.")
     # the variance along 10 steps: x_prev = k x + s z with the Gaussian oracle
-    ab = ab64.numpy()
     kk, v = 1.0, 0.0
     for t, tp in zip(steps10, steps10[1:] + [-1]):
         a_t, a_p = ab[t], (ab[tp] if tp >= 0 else 1.0)
         s = math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(1 - a_t / a_p)
         k = math.sqrt(a_p) * math.sqrt(a_t) + math.sqrt(max(1 - a_p - s * s, 0.0)) * math.sqrt(1 - a_t)
         kk, v = kk * k, k * k * v + s * s
-    resid = outs[0] - kk * x_T.double().numpy()
+    resid = vals[0] - kk * x_T3.double().numpy()
     var = float((resid ** 2).mean())
     sd = math.sqrt(2.0 / resid.size) * v + 1e-4
     expect(_stat_close(var, v, sd, 6),
@@ -694,27 +1008,37 @@ def _check_ddim_sample(ddim_sample):
 # ----------------------------------------------------------------------------------------------
 # sdedit
 # ----------------------------------------------------------------------------------------------
-def check_sdedit(ns):
-    sdedit = student(ns, "sdedit")
-    with swapped_in(ns, {"p_sample_step": _ref_p_sample_step}, fn=sdedit):
-        _check_sdedit(sdedit)
 
 
-def _check_sdedit(sdedit):
+@trusted
+def check_sdedit(p: Probe):
     beta = _linear_beta(1000)
-    b64 = beta.double().numpy()
-    ab64 = torch.cumprod(1 - beta.double(), 0)
-    ab = ab64.numpy()
     shape = (4, 1, 16, 16)
-    x_0 = _images(shape, 40)
+    x_0 = _images(shape, p.gen(40))
+    wrap = ("p_sample_step",)
+    runs = []
     for t_start in (300, 0):
-        rec = RecordingModel(_FixedNoiseModel())
-        x_in = x_0.clone()
+        rec = p.stub("sampling.FixedNoiseModel", record=True)
         what = f"sdedit(model, x_0, t_start={t_start}, beta)"
-        out = call(sdedit, rec, x_in, t_start, beta, generator=generator(5), what=what)
-        got = as_tensor_array(out, f"the result of {what}", shape=shape)
-        expect(torch.equal(x_in, x_0), "sdedit changed x_0 in place.")
-        steps = _visited(rec, shape[0], "sdedit")
+        runs.append((t_start, rec, what, p.call("sdedit", rec, x_0, t_start, beta, generator=p.generator(5),
+                                                what=what, wrap=wrap)))
+    # reproducible with the generator (the global random state seeded differently before each call)
+    m = p.stub("sampling.FixedNoiseModel")
+    repro = [p.call("sdedit", m, x_0, 50, beta, generator=p.generator(seed), what="sdedit(...)", global_seed=gs)
+             for seed, gs in ((9, 1), (9, 2), (10, 3))]
+    yield
+
+    b64 = beta.double().numpy()
+    ab = np.cumprod(1 - b64)
+    x0 = x_0.double().numpy()
+    for t_start, rec, what, out in runs:
+        raw = _tensor(out.value, f"the result of {what}", shape=shape)
+        expect(not _changed(out, 1, x_0), "sdedit changed x_0 in place.")
+        calls = _step_calls(out.wrapped("p_sample_step"), _P_NAMES, shape, what)
+        if calls is not None:
+            steps = [c["t"] for c in calls]
+        else:
+            steps = _visited_calls(out.model_calls(rec), shape[0], "sdedit")
         want_steps = list(range(t_start, -1, -1))
         if steps != want_steps:
             hint = None
@@ -727,16 +1051,28 @@ def _check_sdedit(sdedit):
                 hint = "the loop skips index 0."
             raise CheckFailed(f"{what} should call the model at t = {t_start}, {t_start - 1}, ..., 0; it called it at "
                               f"{_describe_steps(steps)}." + (f"\nLikely cause: {hint}" if hint else ""))
-        xs = [c["x"].double().numpy() for c in rec.calls]
+        if calls is not None:  # replayed with a correct p_sample_step
+            def step(k, b, calls=calls):
+                c = calls[k]
+                bb = _a64(c.get("beta"))
+                bb = b64 if bb is None or bb.ndim != 1 or bb.shape[0] <= c["t"] else bb
+                z = _a64(c.get("z"))
+                o, mean = _p_step(("fixed",), b, c["t"], bb, z if z is not None and z.shape == b.shape else None)
+                return o, mean, 1.0
+            seq = _recompose([c["x"] for c in calls], [c["out"] for c in calls], None, raw, step)
+            xs, got = seq[:-1], seq[-1]
+        else:
+            xs, got = [_a64(c["x"]) for c in out.model_calls(rec)], raw
+        expect(bool(np.all(np.isfinite(got))), f"the result of {what} contains NaN or infinite values.")
         # the first input is q_sample(x_0, t_start): (x - sqrt(ab) x_0) / sqrt(1 - ab) is N(0, 1), independent of x_0
-        r = (xs[0] - math.sqrt(ab[t_start]) * x_0.double().numpy()) / math.sqrt(1 - ab[t_start])
+        r = (xs[0] - math.sqrt(ab[t_start]) * x0) / math.sqrt(1 - ab[t_start])
         n = r.size
         std = float(r.std())
-        corr = float(np.corrcoef(r.reshape(-1), x_0.double().numpy().reshape(-1))[0, 1])
+        corr = float(np.corrcoef(r.reshape(-1), x0.reshape(-1))[0, 1])
         if not (abs(std - 1) < 6 / math.sqrt(2 * n) + 0.01 and abs(corr) < 6 / math.sqrt(n) and abs(r.mean()) < 6 / math.sqrt(n)):
             pure = xs[0]
             hint = None
-            if abs(float(pure.std()) - 1) < 0.1 and abs(float(np.corrcoef(pure.reshape(-1), x_0.double().numpy().reshape(-1))[0, 1])) < 0.1:
+            if abs(float(pure.std()) - 1) < 0.1 and abs(float(np.corrcoef(pure.reshape(-1), x0.reshape(-1))[0, 1])) < 0.1:
                 hint = ("sdedit starts from pure noise; it must start from the real images noised to t_start, "
                         "q_sample(x_0, t_start, alpha_bar, noise).")
             raise CheckFailed(
@@ -746,7 +1082,7 @@ def _check_sdedit(sdedit):
         # every step: next input = mean of the step + sqrt(beta_t) z; the output = mean of the last step
         resid = []
         for k, t in enumerate(want_steps):
-            eps = _eps_of(rec.calls[k]["x"], t)
+            eps = _eps_fixed(xs[k], t)
             mean = (xs[k] - b64[t] / math.sqrt(1 - ab[t]) * eps) / math.sqrt(1 - b64[t])
             nxt = xs[k + 1] if k + 1 < len(xs) else got
             if t == 0:
@@ -762,11 +1098,7 @@ def _check_sdedit(sdedit):
                    f"{what}: each step must be x_{{t-1}} = mean + sqrt(beta_t) z (Algorithm 2); the added noise "
                    f"divided by sqrt(beta_t) has std {std:.3f}, expected 1.",
                    hint="the steps must be Algorithm 2's ancestral steps with sigma_t = sqrt(beta_t) and fresh z.")
-    # reproducible with the generator
-    m = _FixedNoiseModel()
-    o1 = as_tensor_array(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(9)), "sdedit(...)")
-    o2 = as_tensor_array(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(9)), "sdedit(...)")
-    o3 = as_tensor_array(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(10)), "sdedit(...)")
+    o1, o2, o3 = (as_tensor_array(o.value, "sdedit(...)") for o in repro)
     expect(close(o1, o2, atol=1e-7, rtol=0),
            "sdedit gave different results for two generators with the same seed.",
            hint="draw every noise (the q_sample noise and each z) with the generator.")
