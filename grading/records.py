@@ -63,7 +63,7 @@ def decode(tree: Any, arrays: dict) -> Any:
             raise WireError("malformed str")
         return tree["v"]
     if tag == "tensor":
-        arr = _array(tree, arrays)
+        arr = _shaped(_array(tree, arrays), tree.get("shape"))
         return TensorRecord(arr, str(tree.get("dtype")), str(tree.get("device", "cpu")),
                             bool(tree.get("requires_grad")), bool(tree.get("grad_fn")),
                             bool(tree.get("exact")))
@@ -73,7 +73,7 @@ def decode(tree: Any, arrays: dict) -> Any:
             return ObjectRecord("a subclass of numpy.ndarray")
         return arr
     if tag == "npscalar":
-        return _array(tree, arrays)[()]
+        return _shaped(_array(tree, arrays), [])[()]
     if tag in ("list", "tuple"):
         items = tree.get("v")
         if not isinstance(items, list):
@@ -95,6 +95,15 @@ def _array(tree: dict, arrays: dict) -> np.ndarray:
     if not isinstance(key, str) or key not in arrays:
         raise WireError("a record names an array that is not there")
     return np.array(arrays[key], copy=True)
+
+
+def _shaped(arr: np.ndarray, shape: Any) -> np.ndarray:
+    """``arr`` with the shape the kernel reported, when it has that many elements: the array files
+    carry a 0-d array as shape (1,) (``np.ascontiguousarray``), the tree says it was 0-d."""
+    if isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape) \
+            and int(np.prod(shape, dtype=np.int64)) == arr.size and tuple(shape) != arr.shape:
+        return arr.reshape(shape)
+    return arr
 
 
 def type_name(value: Any) -> str:
