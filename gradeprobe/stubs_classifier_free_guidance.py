@@ -12,7 +12,7 @@ import torch
 
 from .stubs import RecordingModel, StubModel
 
-__all__ = ["GuidedDeltaModel", "TwoHeadModel"]
+__all__ = ["GuidedDeltaModel", "StandInGuide", "TwoHeadModel"]
 
 
 def _clone(v):
@@ -48,8 +48,8 @@ class TwoHeadModel(RecordingModel):
 
 class GuidedDeltaModel(RecordingModel):
     """Exact predictors: class k -> data fixed at centers[k]; the null label -> data fixed at u.
-    With ``gaussian=True`` the data are N(center, I) instead. With ``record`` the t and y of every
-    call are recorded."""
+    With ``gaussian=True`` the data are N(center, I) instead. With ``record`` each call's first t,
+    whether the batch shared it and whether the null label was among the labels are recorded."""
 
     def __init__(self, centers, u, alpha_bar, null_label: int, gaussian: bool = False, record: bool = True):
         StubModel.__init__(self)
@@ -65,10 +65,20 @@ class GuidedDeltaModel(RecordingModel):
         if tt.numel() == 1:
             tt = tt.expand(x.shape[0])
         yy = torch.as_tensor(y).reshape(-1).long()
-        if self.record:
-            self.calls.append({"t": tt.clone(), "y": yy.clone()})
+        if self.record:  # (plain numbers: a sampler makes a hundred calls)
+            self.calls.append({"t": int(tt[0]), "same_t": bool((tt == tt[0]).all()),
+                               "null": bool((yy == self.null_label).any())})
         idx = torch.where(yy == self.null_label, torch.full_like(yy, len(self.centers) - 1), yy)
         ab = self.alpha_bar[tt].reshape(-1, 1, 1, 1)
         sa, s1 = ab.sqrt().to(x.dtype), (1 - ab).sqrt().to(x.dtype)
         c = self.centers[idx].to(x.dtype)
         return s1 * (x - sa * c) if self.gaussian else (x - sa * c) / s1
+
+
+class StandInGuide:
+    """Stands in for a ``guided_eps`` that cannot run (not defined, or raising): returns the
+    conditional prediction ``model(x_t, t, y)`` (no guidance at all, so it gives nothing of the
+    exercise away); the sampling loop around it is then judged from its calls."""
+
+    def __call__(self, model, x_t, t, y, w, null_label):
+        return model(x_t, t, y)
