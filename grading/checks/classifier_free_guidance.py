@@ -15,6 +15,8 @@ w = -1 the unconditional one. Truth comes from mathematics:
   Algorithm 2 update applied to what guided_eps returned, fresh noise between steps, none at the last
   step), so a mistake in ``guided_eps`` costs the points of its own cell only. A loop that does not
   call ``guided_eps`` (guidance inlined) is judged by its output, as the exact predictors allow.
+  When the student's ``guided_eps`` cannot run (missing, or raising), the loop is judged from its
+  calls of a stand-in that returns the plain conditional prediction (it gives no guidance away).
 
 Every check is trusted (``grading.verdict``): before its ``yield`` it only asks for calls, whose inputs
 are drawn from the grading run's secret seed (``p.gen``), with the stubs of

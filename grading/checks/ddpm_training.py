@@ -26,7 +26,7 @@ import torch
 
 from gradeprobe import stubs_ddpm_training as stubs
 from grading.hidden import CheckFailed, as_array, close, expect, first_match, max_abs_diff
-from grading.records import ObjectRecord, TensorRecord, type_name
+from grading.records import TensorRecord, type_name
 from grading.reference import ddpm_training as ref
 from grading.reference import forward_process as ref01
 from grading.verdict import Outcome, Probe, trusted
@@ -68,11 +68,6 @@ def _as_scalar_float(value, what: str) -> float:
     if not math.isfinite(value):
         raise CheckFailed(f"{what} returned {value}, expected a finite loss.")
     return value
-
-
-def _is_long(rec) -> bool:
-    return isinstance(rec, TensorRecord) and rec.dtype in ("torch.int64", "torch.int32", "torch.int16",
-                                                            "torch.int8", "torch.uint8")
 
 
 # ----------------------------------------------------------------------------- timestep_embedding
