@@ -1,5 +1,7 @@
 """The grading probe: the only course code besides ``helpers`` that runs inside a student's kernel.
 
+Kernel side: it runs in the student's interpreter, which student code can change at will.
+
 Runs in the student's interpreter, so it holds nothing secret: no expected value, no reference
 implementation, no verdict. The hidden part of every test cell is one line::
 

@@ -1,5 +1,8 @@
 """The wire format between the trusted grader and the student's kernel: plain data, nothing that runs.
 
+Kernel side: imported by the probe in the kernel; the trusted side uses the same reading functions,
+which trust nothing they read.
+
 A value becomes a JSON tree; its arrays travel beside it in an ``.npz`` file under the keys the tree
 names. Reading either file never runs code: ``json`` and ``numpy.load(..., allow_pickle=False)``,
 on regular files opened without following links, each of bounded size.

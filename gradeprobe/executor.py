@@ -1,5 +1,7 @@
 """Execute a plan of the trusted grader on a notebook's globals and record what came back.
 
+Kernel side: runs in the student's kernel; what it records is data the verdict checks, never a verdict.
+
 A plan (``gradeprobe.codec`` tree) is ``{"steps": [step, ...]}``; each step is one of
 
 - ``{"do": "call", "key", "fn", "args", "kwargs", "wrap", "bind", "keep", "global_seed"}``: call

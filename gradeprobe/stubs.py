@@ -1,5 +1,7 @@
 """Stub models and optimizers whose behaviour is known exactly (the oracles of ``docs/``).
 
+Kernel side: built in the student's kernel from a plan.
+
 They run in the student's kernel, driven by a plan of the trusted grader: nothing here is secret.
 The trusted side knows each stub's output from its parameters, so a verdict never has to believe
 what the kernel says a stub returned.

@@ -1,4 +1,7 @@
-"""``python -m grading ...``: see ``grading.cli``."""
+"""``python -m grading ...``: see ``grading.cli``.
+
+Trusted: runs in the instructor's process.
+"""
 import sys
 
 from .cli import main

@@ -1,5 +1,8 @@
 """The instructors' command line: ``python -m grading {release,check,autograde,feedback,export,
-rubric,demo}``. Run ``python -m grading COMMAND --help`` for each command's options."""
+rubric,demo}``. Run ``python -m grading COMMAND --help`` for each command's options.
+
+Trusted: runs in the instructor's process. Each command imports only its own module.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import course
+from . import cells, course
 
 
 def _cmd_release(args) -> int:
@@ -53,13 +56,13 @@ def _cmd_autograde(args) -> int:
 
 
 def _cmd_feedback(args) -> int:
-    from .autograde import feedback_cli
+    from .feedback import feedback_cli
 
     return feedback_cli(args)
 
 
 def _cmd_export(args) -> int:
-    from .autograde import export_cli
+    from .export import export_cli
 
     return export_cli(args)
 
@@ -93,25 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(exit 1 when one fails)")
     c.add_argument("notebook")
     c.add_argument("--timeout", type=int, default=120, help="seconds per cell")
-    c.add_argument("--skip-tag", action="append", default=["slow"], help="cell tag to skip")
+    c.add_argument("--skip-tag", action="append", default=[cells.SLOW_TAG], help="cell tag to skip")
     c.set_defaults(func=_cmd_check)
 
     a = sub.add_parser("autograde", help="autograde a folder or zip of submissions")
     a.add_argument("submissions", help="<student>/<assignment>/<nb>.ipynb folders, or an LMS "
                                        "download (folder or .zip of notebooks named by student)")
-    a.add_argument("--assignment", help="assignment id when the file names do not tell")
+    a.add_argument("--assignment", help="assignment id (or its number, e.g. 01) when the file "
+                                        "names do not tell")
     a.add_argument("--jobs", type=int, default=None, help="parallel students (default: CPUs)")
     a.add_argument("--db", default=None, help="gradebook SQLAlchemy URL "
                                               "(default: sqlite:///<out>/gradebook.db)")
     a.add_argument("--out", default="autograded", help="output folder (default: ./autograded)")
     a.add_argument("--force", action="store_true", help="regrade unchanged submissions too")
     a.add_argument("--timeout", type=int, default=None, help="seconds per cell (config: 120)")
+    a.add_argument("--notebook-timeout", type=int, default=None,
+                   help="seconds per notebook, then its kernel is killed (config: 900)")
+    a.add_argument("--memory-mb", type=int, default=None,
+                   help="memory per kernel in MB, as root (config: 4096)")
     a.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
     a.set_defaults(func=_cmd_autograde)
 
     f = sub.add_parser("feedback", help="(re)write the feedback HTML from the graded notebooks")
     f.add_argument("--out", default="autograded", help="autograde output folder")
-    f.add_argument("--assignment", default=None)
+    f.add_argument("--assignment", default=None, help="only this assignment (id or number)")
     f.add_argument("--student", default=None)
     f.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///<out>/gradebook.db)")
     f.set_defaults(func=_cmd_feedback)
@@ -119,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write grades.csv from a gradebook")
     e.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///<out>/gradebook.db)")
     e.add_argument("--out", default="autograded", help="folder of the gradebook")
-    e.add_argument("--to", default=None, help="CSV file (default: <out>/grades.csv)")
+    e.add_argument("--to", default=None, help="CSV file (default: grades.csv in the current folder)")
     e.set_defaults(func=_cmd_export)
 
     ru = sub.add_parser("rubric", help="print the written questions, model answers and rubrics")

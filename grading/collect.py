@@ -1,6 +1,8 @@
 """Find the submissions in a folder or a zip: ``<student>/<assignment>/<nb>.ipynb`` trees and LMS
 downloads whose file names carry the student id.
 
+Trusted: runs in the grader's own process (it reads the files, never runs them).
+
 Recognised LMS file names (the notebook's own name comes last)::
 
     Brightspace  12345-67890 - Jane Doe - Mar 3, 2025 1015 AM - 01_forward_process.ipynb
@@ -93,9 +95,29 @@ def _extract_zip(path: Path, dest: Path) -> Path:
     return dest
 
 
-def collect(path: Path | str, known: list[str], assignment: str | None = None) -> list[Submission]:
-    """All submissions under ``path`` (folder or .zip); one per (student, assignment)."""
+class IngestError(ValueError):
+    """Submissions that cannot be attributed safely: nothing is graded."""
+
+
+def _link_on_the_way(root: Path, rel: Path) -> str | None:
+    """The first symbolic link among ``root/rel`` and the folders between them, or None."""
+    cur = root
+    for part in rel.parts:
+        cur = cur / part
+        if cur.is_symlink():
+            return str(cur.relative_to(root))
+    return None
+
+
+def collect(path: Path | str, known: list[str], assignment: str | None = None,
+            skipped: list[str] | None = None) -> list[Submission]:
+    """All submissions under ``path`` (folder or .zip); one per (student, assignment).
+
+    Symbolic links are never followed (each is skipped with a note on the submission, or in
+    ``skipped`` when no student can be told); two folder or file names that map to one student id
+    raise :class:`IngestError` before anything is graded."""
     path = Path(path)
+    skipped = [] if skipped is None else skipped
     tmp = None
     try:
         if path.is_file() and path.suffix.lower() == ".zip":
@@ -106,6 +128,17 @@ def collect(path: Path | str, known: list[str], assignment: str | None = None) -
         for inner in sorted(path.rglob("*.zip")):  # LMS zips inside the download
             _extract_zip(inner, inner.with_suffix(""))
         subs: dict[tuple[str, str], Submission] = {}
+        raw_ids: dict[str, tuple[str, str]] = {}  # safe id -> (raw id, where it was seen)
+
+        def student_id(raw: str, origin: str) -> str:
+            """The safe id of ``raw``; two raw ids that map to one safe id would merge two students'
+            work (one grade lost), so that stops the run before anything is graded."""
+            sid = safe_id(raw)
+            seen = raw_ids.setdefault(sid, (raw, origin))
+            if seen[0] != raw:
+                raise IngestError(f"two students map to the id {sid!r}: {seen[0]!r} ({seen[1]}) and "
+                                  f"{raw!r} ({origin}); rename one of the folders or files")
+            return sid
 
         def add(student, assign, nbname, data, origin, problem=None):
             key = (student, assign or "?")
@@ -119,18 +152,36 @@ def collect(path: Path | str, known: list[str], assignment: str | None = None) -
                 sub.problems.append(problem)
 
         for f in sorted(path.rglob("*")):
-            if not f.is_file() or ".ipynb_checkpoints" in f.parts or f.name.startswith("._"):
-                continue
-            if f.suffix.lower() != ".ipynb":
+            if ".ipynb_checkpoints" in f.parts or f.name.startswith("._"):
                 continue
             rel = f.relative_to(path)
+            link = _link_on_the_way(path, rel)
+            if link is None and f.suffix.lower() != ".ipynb":
+                continue
+            if link is not None:
+                # A link is not the student's file: an unzipped upload may hold a link to the
+                # solutions or to another student's notebook. Skipped, and said.
+                lms = parse_lms_name(f.name)
+                who = student_id(rel.parts[0], str(rel)) if len(rel.parts) > 1 else (lms[0] if lms else None)
+                a = rel.parts[1] if len(rel.parts) == 3 and rel.parts[1] in known else \
+                    (guess_assignment(lms[1] if lms else f.name, known) or assignment)
+                if who is not None and a is not None:
+                    key = (who, a)
+                    sub = subs.setdefault(key, Submission(who, a))
+                    sub.origin.append(str(rel))
+                    sub.problems.append(f"skipped {rel}: a symbolic link ({link}), not a file")
+                else:
+                    skipped.append(f"{rel}: a symbolic link ({link}), not a file")
+                continue
+            if not f.is_file():
+                continue
             data = f.read_bytes()
             # 1. tree: <student>/<assignment>/<nb>.ipynb
             if len(rel.parts) == 3 and (rel.parts[1] in known or assignment == rel.parts[1]):
                 a = rel.parts[1]
                 if assignment and a != assignment:
                     continue
-                add(safe_id(rel.parts[0]), a, f.name, data, str(rel))
+                add(student_id(rel.parts[0], str(rel)), a, f.name, data, str(rel))
                 continue
             # 2. LMS names, in the file name or in a per-student folder name
             parsed = parse_lms_name(f.name)
@@ -139,7 +190,7 @@ def collect(path: Path | str, known: list[str], assignment: str | None = None) -
                 if folder is not None:
                     parsed = (folder[0], f.name)
             if parsed is None and len(rel.parts) == 2:  # <student>/<nb>.ipynb
-                parsed = (safe_id(rel.parts[0]), f.name)
+                parsed = (student_id(rel.parts[0], str(rel)), f.name)
             if parsed is None:
                 continue
             student, original = parsed

@@ -2,6 +2,8 @@
 
 The course root for a *release* is the repository (``solutions/`` -> ``notebooks/``); autograding
 always works in throw-away course folders (see ``grading.autograde``).
+
+Trusted: imported by the grading tools, never by a student's kernel.
 """
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ SOURCE_DIR = "solutions"
 RELEASE_DIR = "notebooks"
 
 log = logging.getLogger("grading")
+
+
+class ToolError(RuntimeError):
+    """A failure of the grading tool itself (not of a student's submission)."""
 
 
 def venv_bin() -> Path:
@@ -127,17 +133,36 @@ def assignment_notebooks(root: Path | str, assignment: str, folder: str = SOURCE
     return sorted(p for p in d.glob("*.ipynb") if not p.name.startswith("."))
 
 
+def _matching(name: str, known: list[str]) -> list[str]:
+    name = Path(name).name
+    return [a for a in known if a == name or a.split("_")[0] == name]
+
+
+def _unknown(name: str, known: list[str], what: str = "unknown") -> str:
+    return f"{what} assignment {Path(name).name!r}; known: {', '.join(known) or '(none)'}"
+
+
+def resolve_assignment(name: str, root: Path | str = REPO_ROOT) -> str:
+    """The one assignment id that ``name`` means (an id, a ``01``-style prefix or a folder path);
+    ``ValueError`` naming the known ids when it means none, or several."""
+    known = list_assignments(root)
+    hits = _matching(name, known)
+    if len(hits) != 1:
+        raise ValueError(_unknown(name, known, "ambiguous" if hits else "unknown"))
+    return hits[0]
+
+
 def resolve_assignments(names: list[str] | None, root: Path | str = REPO_ROOT) -> list[str]:
-    """Expand ``names`` (ids, or ``01``-style prefixes) into existing assignment ids; raise on unknown."""
+    """Expand ``names`` (ids, ``01``-style prefixes or folder paths) into existing assignment ids,
+    all of them when ``names`` is empty; ``SystemExit`` with the reason on a name that means none."""
     known = list_assignments(root)
     if not names:
         return known
     out = []
     for name in names:
-        name = Path(name).name
-        hits = [a for a in known if a == name or a.split("_")[0] == name]
+        hits = _matching(name, known)
         if not hits:
-            raise SystemExit(f"unknown assignment {name!r}; known: {', '.join(known) or '(none)'}")
+            raise SystemExit(_unknown(name, known))
         out.extend(h for h in hits if h not in out)
     return out
 

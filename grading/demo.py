@@ -7,6 +7,8 @@ per assignment and autograde them, then print the grade table (student x assignm
 - ``partial``: the same with one or two answer cells per notebook replaced by typical mistakes
   (a wrong return value, an off-by-one in the time index);
 - ``blank``: the released notebooks as handed out.
+
+Trusted: runs in the instructor's process.
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import course
-from .autograde import autograde, grade_table
+from . import cells, course
+from .autograde import autograde
 from .release import release
+from .state import grade_table
 
-_REGION = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION.*?^[ \t]*### END SOLUTION[^\n]*",
+#: A code cell's solution region, from the line of its begin marker to the line of its end marker.
+_REGION = re.compile(rf"^(?P<indent>[ \t]*)### {cells.BEGIN_SOLUTION}.*?^[ \t]*### {cells.END_SOLUTION}[^\n]*",
                      re.S | re.M)
 
 
@@ -53,11 +57,9 @@ def make_submissions(root: Path, assignments: list[str], dest: Path) -> None:
             rel = course.read_json(root / course.RELEASE_DIR / a / nb_path.name)
             for student, nb in (("perfect", sol), ("blank", rel), ("partial", json.loads(json.dumps(sol)))):
                 if student == "partial":
-                    answers = [c for c in nb["cells"] if c["cell_type"] == "code"
-                               and (c["metadata"].get("nbgrader") or {}).get("solution")]
+                    answers = [c for c in nb["cells"] if cells.is_answer(c)]
                     for k, cell in enumerate(answers[:2] if len(answers) < 4 else answers[:3:2]):
-                        src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-                        cell["source"] = mistake(src, k)
+                        cell["source"] = mistake(cells.source(cell), k)
                 out = dest / student / a / nb_path.name
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(nb, indent=1))

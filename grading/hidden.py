@@ -1,22 +1,21 @@
-"""Runs the hidden tests of a notebook question inside the grading kernel.
+"""The toolbox of the hidden checks: failures with the likely cause, conversions, comparisons.
 
-The hidden part of every test cell is one line::
+Trusted: the checks (``grading/checks``) use it in the grading worker on what the student's kernel
+sent back (``grading.records``), after ``grading.verdict`` ran their plans there.
 
-    import grading.hidden as _hidden; _hidden.run("01_forward_process", "q_sample", globals())
+- :class:`CheckFailed`, :func:`expect`, :func:`fail_known_mistake`: failures written for the student
+  (what was expected, what came back, ``Likely cause: ...``).
+- :func:`as_array`, :func:`as_tensor_array`, :func:`as_scalar`: a returned value (a
+  :class:`~grading.records.TensorRecord`, an array, a number) as float64 NumPy, with its exact type,
+  dtype and shape checked.
+- :func:`close`, :func:`match_variants`, :func:`first_match`, :func:`describe_diff`: comparisons
+  with the right answer and with known mistaken variants, naming the matching mistake.
+- The stub models (from ``gradeprobe.stubs``, which the kernel builds) for checks that compute
+  what a stub returns.
 
-``run`` imports ``grading/checks/<name>.py`` afresh, calls the check for the question with the
-student's notebook globals and turns every failure into a :class:`CheckFailed` whose message says
-what was expected, what came back and the likely cause.
-
-Student code runs in the same kernel before the tests, so this module also does what it can against
-tampering: it refuses to grade when the student's code imported the grading code itself, loads the
-checks fresh on every call (so a patched copy from an earlier cell is never reused), accepts only
-plain tensors and arrays (no subclasses or objects that claim to equal anything), and restores the
-global random state afterwards so the rest of the notebook is unaffected. The autograder adds a
-static scan of the submitted code (``grading.tamper``) in the trusted process.
-
-The rest of the module is the toolbox the checks share: conversions, comparisons and stub models
-whose exact noise prediction is known (the oracles of ``notes/algorithms.md``).
+:func:`run` is the older in-kernel entry point (``import grading.hidden as _hidden;
+_hidden.run(...)``): it calls a check on the notebook's globals in the same process. The course's
+notebooks use ``gradeprobe.run`` instead, whose verdicts are computed outside the kernel.
 """
 from __future__ import annotations
 

@@ -5,8 +5,13 @@
 temporary course folder for autograding) and ``CourseDirectory.db_url``.
 
 Every name below was checked against the nbgrader 0.9.6 source (note the historical spelling
-"delimeter" of the delimiter options).
+"delimeter" of the delimiter options). The markers and tags come from ``grading.cells``, the one
+place the other tools read them from too.
+
+Trusted: read by the grading tools (and nbgrader) in the grader's processes.
 """
+from grading import cells
+
 c = get_config()  # noqa: F821  (injected by traitlets' PyFileConfigLoader)
 
 c.CourseDirectory.course_id = "diffusion"
@@ -15,13 +20,13 @@ c.CourseDirectory.release_directory = "notebooks"  # nbgrader's "release", commi
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.db"]
 
 # Solution and hidden-test delimiters: nbgrader's defaults, matched as substrings of a line.
-c.ClearSolutions.begin_solution_delimeter = "BEGIN SOLUTION"
-c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
-c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
-c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+c.ClearSolutions.begin_solution_delimeter = cells.BEGIN_SOLUTION
+c.ClearSolutions.end_solution_delimeter = cells.END_SOLUTION
+c.ClearSolutions.code_stub = {"python": cells.CODE_STUB}
+c.ClearSolutions.text_stub = cells.TEXT_STUB
 c.ClearSolutions.enforce_metadata = True
-c.ClearHiddenTests.begin_test_delimeter = "BEGIN HIDDEN TESTS"
-c.ClearHiddenTests.end_test_delimeter = "END HIDDEN TESTS"
+c.ClearHiddenTests.begin_test_delimeter = cells.BEGIN_HIDDEN_TESTS
+c.ClearHiddenTests.end_test_delimeter = cells.END_HIDDEN_TESTS
 c.ClearHiddenTests.enforce_metadata = True
 
 # Execution while autograding (fast mode: DIFFUSION_FAST=1 is put in the environment by
@@ -32,7 +37,24 @@ c.Execute.startup_timeout = 120
 c.Execute.raise_on_iopub_timeout = False
 # nbclient skips cells tagged "skip-execution" by default; a student could tag a test cell with
 # it and get its points with a blank answer. No cell of this course uses this tag.
-c.Execute.skip_cells_with_tag = "__diffusion_course_never_skip__"
+c.Execute.skip_cells_with_tag = cells.NEVER_SKIP_TAG
+
+# Our Execute (grading/execute.py): a wall clock per notebook after which the kernel is killed
+# even if it ignores interrupts, and a kernel that dies keeps the points of the cells that passed
+# before. The memory limit is a cgroup per job (grading/limits.py), made by autograde as root.
+c.Autograde.autograde_preprocessors = [
+    "grading.execute.CourseExecute",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+c.CourseExecute.notebook_timeout = 900   # seconds per notebook (fast mode runs in about a minute)
+# 4 GB per kernel: a fast-mode notebook peaks far below it (autograde logs each job's peak), and
+# two jobs per 8 GB leave the machine room; a kill is reported as "ran out of memory at cell N".
+c.CourseExecute.memory_limit_mb = 4096
 
 # Warnings on stderr (Python/PyTorch/NumPy) must not cost the points of a passing test cell:
 # nbgrader gives 0 to any test cell with stderr output unless IgnorePattern removes it.

@@ -1,6 +1,8 @@
 """What came back from a student's kernel, as plain trusted values (the trusted side of
 ``gradeprobe.codec``).
 
+Trusted: runs in the grading worker; it only reads data the kernel wrote.
+
 Trees are decoded into NumPy arrays, Python scalars and containers, and two small records:
 :class:`TensorRecord` (a tensor's values with its dtype, device and autograd flags, as the kernel
 reported them) and :class:`ObjectRecord` (anything that was not data). Nothing here executes code

@@ -2,8 +2,11 @@
 
 nbgrader's ``generate_assignment`` runs in a throw-away course folder with a throw-away gradebook;
 only the student notebooks (normalised so that the same input gives byte-identical output) and the
-assignment's other files are copied back. ``--check`` regenerates in memory and names every stale,
-missing or extra file of ``notebooks/``.
+assignment's other files are copied back, and files of ``notebooks/<a>`` that the release does
+not make are removed. ``--check`` regenerates in memory and names every stale, missing or extra
+file of ``notebooks/``.
+
+Trusted: runs in the instructor's process.
 """
 from __future__ import annotations
 
@@ -13,13 +16,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import course
+from . import cells, course
 
 log = logging.getLogger("grading.release")
 
 #: Text that must never reach a student. A hit in a released notebook is a release error.
-FORBIDDEN = ("BEGIN SOLUTION", "END SOLUTION", "HIDDEN TESTS", "Rubric", "Model answer",
-             "grading.hidden", "MARK SCHEME")
+FORBIDDEN = (cells.BEGIN_SOLUTION, cells.END_SOLUTION, cells.BEGIN_HIDDEN_TESTS,
+             cells.END_HIDDEN_TESTS, "Rubric", "Model answer", "grading.hidden",
+             "MARK SCHEME")  # nbgrader's BEGIN/END MARK SCHEME
+#: Folders of ``notebooks/<a>`` that are never the release's (Jupyter's and Python's caches).
+IGNORED_PARTS = (".ipynb_checkpoints", "__pycache__")
 
 
 class ReleaseError(RuntimeError):
@@ -94,16 +100,26 @@ def build_release(assignment: str, root: Path = course.REPO_ROOT) -> dict[str, b
     for f in sorted(src.rglob("*")):
         rel_path = f.relative_to(src)
         if (f.is_file() and f.suffix not in (".ipynb", ".pyc", ".db")
-                and not any(p in (".ipynb_checkpoints", "__pycache__") for p in rel_path.parts)):
+                and not any(p in IGNORED_PARTS for p in rel_path.parts)):
             out[rel_path.as_posix()] = f.read_bytes()
     return out
+
+
+def extra_files(dest: Path, files: dict[str, bytes]) -> list[Path]:
+    """The files under ``dest`` (an assignment's release folder) that are not in ``files``."""
+    if not dest.is_dir():
+        return []
+    return [f for f in sorted(dest.rglob("*"))
+            if f.is_file() and f.relative_to(dest).as_posix() not in files
+            and not any(p in IGNORED_PARTS for p in f.relative_to(dest).parts)]
 
 
 def release(assignments: list[str] | None = None, root: Path = course.REPO_ROOT,
             check: bool = False) -> list[str]:
     """Release (or with ``check`` compare) the given assignments; returns the problems found.
 
-    Without ``check`` the files are written and the list names what changed (as ``"updated ..."``).
+    Without ``check`` the files are written, extra files removed, and the list names what changed
+    (``"updated ..."``, ``"removed ..."``).
     """
     root = Path(root)
     problems, changed = [], []
@@ -121,10 +137,10 @@ def release(assignments: list[str] | None = None, root: Path = course.REPO_ROOT,
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
                 changed.append(f"updated {target.relative_to(root)}")
-        if check and dest.is_dir():
-            for f in sorted(dest.rglob("*")):
-                rel = f.relative_to(dest).as_posix()
-                if f.is_file() and rel not in files and not any(
-                        p in (".ipynb_checkpoints", "__pycache__") for p in f.relative_to(dest).parts):
-                    problems.append(f"extra (not in {course.SOURCE_DIR}/): {f.relative_to(root)}")
+        for f in extra_files(dest, files):
+            if check:
+                problems.append(f"extra (not in {course.SOURCE_DIR}/): {f.relative_to(root)}")
+            else:
+                f.unlink()
+                changed.append(f"removed {f.relative_to(root)}")
     return problems if check else changed

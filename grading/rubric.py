@@ -1,19 +1,15 @@
 """``python -m grading rubric A``: the written questions of an assignment with their model answers
-and rubrics, for the people grading by hand (read from ``solutions/``; never released)."""
+and rubrics, for the people grading by hand (read from ``solutions/``; never released).
+
+Trusted: runs in the instructor's process.
+"""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from . import course
+from . import cells, course
 
-
-def _src(cell) -> str:
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-
-
-def _nbg(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader") or {}
+PROMPT_SUFFIX = "_prompt"  # the grade id of a written question's locked prompt: "<answer id>_prompt"
 
 
 def written_questions(nb: dict) -> list[dict]:
@@ -21,17 +17,16 @@ def written_questions(nb: dict) -> list[dict]:
     out, prompts = [], {}
     previous_md = ""
     for cell in nb["cells"]:
-        m = _nbg(cell)
-        if m.get("grade_id", "").endswith("_prompt"):
-            prompts[m["grade_id"][: -len("_prompt")]] = _src(cell)
-        if m.get("solution") and m.get("grade"):
-            text = _src(cell)
-            text = re.sub(r"^.*(BEGIN|END) SOLUTION.*$\n?", "", text, flags=re.M).strip()
+        m = cells.nbgrader(cell)
+        if m.get("grade_id", "").endswith(PROMPT_SUFFIX):
+            prompts[m["grade_id"][: -len(PROMPT_SUFFIX)]] = cells.source(cell)
+        if cells.is_written(cell):
+            text = cells.without_solution_markers(cells.source(cell)).strip()
             out.append({"id": m["grade_id"], "points": m.get("points", 0),
                         "prompt": prompts.get(m["grade_id"], previous_md).strip(),
                         "answer": text})
         if cell["cell_type"] == "markdown":
-            previous_md = _src(cell)
+            previous_md = cells.source(cell)
     return out
 
 

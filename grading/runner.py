@@ -13,6 +13,9 @@ the environment has ``DIFFUSION_FAST=1``. Cells tagged with one of ``skip_tags``
 errors do not stop the run. Scoring mirrors ``nbgrader.utils.determine_grade`` after the course's
 ``IgnorePattern`` (warnings on stderr do not count): an error or other stderr output gives 0, a
 numeric last expression gives partial credit, anything else full points.
+
+Trusted: runs in the instructor's (or a test's) process; the notebook's code runs in the kernel it
+starts.
 """
 from __future__ import annotations
 
@@ -25,9 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import course
-
-STDERR_MESSAGE = "stderr output"
+from . import cells, course
+from .messages import STDERR_MESSAGE, error_text, summary
 
 
 @dataclass
@@ -45,30 +47,6 @@ def _warning_pattern() -> str:
     return course.load_config(course.REPO_ROOT).IgnorePattern.pattern
 
 
-def nbgrader_meta(cell) -> dict:
-    meta = cell.get("metadata", {}).get("nbgrader") or {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def is_test_cell(cell) -> bool:
-    m = nbgrader_meta(cell)
-    return cell.get("cell_type") == "code" and bool(m.get("grade")) and not m.get("solution") \
-        and "grade_id" in m
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def error_message(ename: str, evalue: str, max_lines: int = 3) -> str:
-    """``ename: evalue`` limited to its first lines (no traceback, no source)."""
-    if ename == "KeyboardInterrupt":  # how a cell interrupted at the per-cell timeout ends
-        ename, evalue = "CellTimeoutError", "interrupted at the per-cell time limit"
-    text = f"{ename}: {evalue}" if evalue else str(ename)
-    text = _ANSI.sub("", text)
-    lines = [ln for ln in text.splitlines() if ln.strip()][:max_lines]
-    return "\n".join(lines)[:500]
-
-
 def score_cell(cell, pattern: str | None = None) -> CellResult:
     """Score an executed test cell like nbgrader (``IgnorePattern`` then ``determine_grade``)."""
     from nbformat import from_dict
@@ -83,13 +61,13 @@ def score_cell(cell, pattern: str | None = None) -> CellResult:
             continue
         outputs.append(out)
     cell.outputs = outputs
-    meta = nbgrader_meta(cell)
+    meta = cells.nbgrader(cell)
     points, max_points = determine_grade(cell)
     points = float(points or 0.0)
     message = ""
     for out in outputs:
         if out.get("output_type") == "error":
-            message = error_message(out.get("ename", "Error"), out.get("evalue", ""))
+            message = error_text(out.get("ename", "Error"), out.get("evalue", ""))
             break
         if out.get("output_type") == "stream" and out.get("name") == "stderr":
             message = STDERR_MESSAGE
@@ -101,7 +79,7 @@ def score_cell(cell, pattern: str | None = None) -> CellResult:
                       max_points=float(max_points), message=message)
 
 
-def run_notebook(path, replace: dict[str, str] | None = None, skip_tags=("slow",),
+def run_notebook(path, replace: dict[str, str] | None = None, skip_tags=(cells.SLOW_TAG,),
                  stop_after: str | None = None, timeout: int = 120,
                  env: dict[str, str] | None = None) -> dict[str, CellResult]:
     """Execute a notebook and return ``{test grade_id: CellResult}`` for the test cells it reached.
@@ -123,8 +101,7 @@ def run_notebook(path, replace: dict[str, str] | None = None, skip_tags=("slow",
 
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
-    ids = {nbgrader_meta(c).get("grade_id"): i for i, c in enumerate(nb.cells)
-           if nbgrader_meta(c).get("grade_id")}
+    ids = {cells.grade_id(c): i for i, c in enumerate(nb.cells) if cells.grade_id(c)}
     for gid, src in (replace or {}).items():
         if gid not in ids:
             raise KeyError(f"replace: no cell with grade_id {gid!r} in {path.name}; "
@@ -151,7 +128,7 @@ def run_notebook(path, replace: dict[str, str] | None = None, skip_tags=("slow",
         error_on_timeout={"ename": "CellTimeoutError",
                           "evalue": f"cell did not finish within {timeout} s",
                           "traceback": ["CellTimeoutError: cell did not finish in time"]},
-        skip_cells_with_tag="__diffusion_course_never_skip__",
+        skip_cells_with_tag=cells.NEVER_SKIP_TAG,
         resources={"metadata": {"path": str(path.parent)}},
         on_cell_executed=on_executed,
     )
@@ -167,8 +144,8 @@ def run_notebook(path, replace: dict[str, str] | None = None, skip_tags=("slow",
                 if cell.cell_type != "code":
                     continue
                 if tags & skip:
-                    if is_test_cell(cell):
-                        m = nbgrader_meta(cell)
+                    if cells.is_test(cell):
+                        m = cells.nbgrader(cell)
                         results[m["grade_id"]] = CellResult(
                             m["grade_id"], False, 0.0, float(m.get("points", 0)),
                             f"skipped (tag {', '.join(sorted(tags & skip))})")
@@ -182,7 +159,7 @@ def run_notebook(path, replace: dict[str, str] | None = None, skip_tags=("slow",
                             "error", ename=reply["content"].get("ename", "Error"),
                             evalue=reply["content"].get("evalue", ""),
                             traceback=reply["content"].get("traceback", [])))
-                if is_test_cell(cell):
+                if cells.is_test(cell):
                     r = score_cell(cell, pattern)
                     r.seconds = time.perf_counter() - t0
                     results[r.grade_id] = r
@@ -196,7 +173,7 @@ def format_table(results: dict[str, CellResult]) -> str:
     rows = [("question", "points", "passed", "message")]
     for r in results.values():
         rows.append((r.grade_id, f"{r.points:g}/{r.max_points:g}", "yes" if r.passed else "NO",
-                     r.message.splitlines()[0] if r.message else ""))
+                     summary(r.message)))
     total = sum(r.points for r in results.values())
     total_max = sum(r.max_points for r in results.values())
     rows.append(("total", f"{total:g}/{total_max:g}", "", ""))

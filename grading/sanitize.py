@@ -1,19 +1,28 @@
-"""Make a submitted notebook safe and fair to autograde (runs in the trusted parent process).
+"""Make a submitted notebook safe and fair to autograde.
 
-``sanitize(raw, release_nb)`` returns a :class:`Sanitized` with either a clean notebook dict or a
+Trusted: runs in the grader's own process, on the submitted JSON.
+
+``sanitize(raw, release_nb)`` parses the file, then runs the :data:`STEPS` in order (as nbgrader
+runs its preprocessors) and returns a :class:`Sanitized` with either a clean notebook dict or a
 reason why the submission scores 0 (empty file, not JSON, not a notebook, the notebook of another
-assignment). Repairs made on the way are listed in ``notes``:
+assignment). Repairs made on the way are listed in ``notes``. The steps, in order:
 
-- duplicate ``grade_id`` (a copied graded cell, JupyterLab's "split cell"): keep the *last* copy and
-  drop the nbgrader metadata of the earlier ones (as UBC-DSCI/rudaux does; nbgrader's own
-  ``DeduplicateIds`` blanks it to ``{}`` instead, which then fails the whole submission, #1083);
-- nbgrader metadata lost by another front end (VS Code, Colab): restored from the released
-  notebook for cells whose cell id or whole source matches a released graded/locked cell;
-- front-end metadata (JupyterLab 4 ``execution``, VS Code ``vscode``, Colab ``colab``, widgets)
-  dropped, missing or duplicate cell ids fixed, outputs cleared, format upgraded to 4.5;
-- the ``skip-execution`` tag (nbclient would not run a test cell carrying it) removed everywhere;
-- nbgrader metadata of every known cell replaced by the released copy (a student cannot change
-  points, or turn an answer cell into a test cell or the reverse).
+- ``drop_malformed_cells``: cells that are not cells go;
+- ``restore_lost_metadata``: nbgrader metadata lost by another front end (VS Code, Colab) is
+  restored from the released notebook for cells whose cell id or whole source matches a released
+  graded/locked cell;
+- ``refuse_other_assignment``: the notebook of another assignment scores 0;
+- ``deduplicate_grade_ids``: of cells sharing a ``grade_id`` (a copied graded cell, JupyterLab's
+  "split cell") the *last* keeps it and the earlier ones lose their nbgrader metadata (as
+  UBC-DSCI/rudaux does; nbgrader's own ``DeduplicateIds`` blanks it to ``{}`` instead, which then
+  fails the whole submission, #1083);
+- ``metadata_from_release``: nbgrader metadata of every known cell is replaced by the released copy
+  (a student cannot change points, or turn an answer cell into a test cell or the reverse);
+- ``clean_cells``: front-end metadata (JupyterLab 4 ``execution``, VS Code ``vscode``, Colab
+  ``colab``) dropped, the ``skip-execution`` tag (nbclient would not run a test cell carrying it)
+  removed, missing or duplicate cell ids fixed, outputs cleared;
+- ``clean_notebook_metadata``: notebook metadata of front ends (widgets, ...) dropped, format 4.5;
+- ``note_if_invalid``: a notebook still not schema-valid is graded anyway, with a note.
 """
 from __future__ import annotations
 
@@ -22,15 +31,18 @@ import json
 import re
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
-from .tamper import _nbg, _src  # the notebook-JSON accessors both modules need
+from . import cells
+from .cells import grade_id, nbgrader, source
 
 NOISY_NOTEBOOK_META = ("widgets", "colab", "vscode", "accelerator", "gpuClass", "interpreter",
                        "toc", "varInspector", "celltoolbar", "jupytext", "papermill", "orig_nbformat")
 NOISY_CELL_META = ("execution", "colab", "vscode", "outputId", "id", "ExecuteTime", "executionInfo",
                    "papermill", "collapsed", "scrolled", "jupyter", "pycharm")
-STRIP_TAGS = ("skip-execution",)
-MAX_BYTES = 20_000_000
+STRIP_TAGS = (cells.SKIP_EXECUTION_TAG,)
+MAX_BYTES = 20_000_000          # a notebook's size once its outputs are removed
+MAX_UPLOAD_BYTES = 512_000_000  # what is read at all (outputs are discarded before grading anyway)
 _ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,64}$")
 
 
@@ -51,7 +63,7 @@ def parse(raw: bytes | str | None) -> tuple[dict | None, str | None]:
     if raw is None:
         return None, "missing notebook"
     if isinstance(raw, bytes):
-        if len(raw) > MAX_BYTES:
+        if len(raw) > MAX_UPLOAD_BYTES:
             return None, f"file too large ({len(raw) // 1_000_000} MB)"
         if not raw.strip():
             return None, "empty file"
@@ -69,6 +81,13 @@ def parse(raw: bytes | str | None) -> tuple[dict | None, str | None]:
         return None, f"not valid JSON ({exc.msg} at line {exc.lineno})"
     if not isinstance(data, dict) or not isinstance(data.get("cells", data.get("worksheets")), list):
         return None, "not a notebook (JSON without cells)"
+    # Outputs are not graded (the notebook is run again): a big figure must not cost the notebook.
+    for cell in data.get("cells") or []:
+        if isinstance(cell, dict) and cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    size = len(json.dumps(data))
+    if size > MAX_BYTES:
+        return None, f"file too large ({size // 1_000_000} MB without its outputs)"
     try:
         import nbformat
 
@@ -85,56 +104,70 @@ def parse(raw: bytes | str | None) -> tuple[dict | None, str | None]:
     return nb, None
 
 
-def _grade_ids(nb: dict) -> set[str]:
-    return {_nbg(c)["grade_id"] for c in nb.get("cells", []) if "grade_id" in _nbg(c)}
+@dataclass
+class Released:
+    """The released notebook that a submission is repaired against, indexed for the steps."""
+    by_id: dict[str, dict]                 # cell id -> released cell
+    by_source: dict[tuple[str, str], dict]  # (cell type, stripped source) -> first graded cell
+    graded: dict[str, dict]                # grade id -> released cell
+
+    @classmethod
+    def of(cls, release_nb: dict) -> "Released":
+        rel_cells = release_nb.get("cells", [])
+        by_source: dict[tuple[str, str], dict] = {}
+        for c in rel_cells:
+            if grade_id(c):
+                by_source.setdefault((c["cell_type"], source(c).strip()), c)
+        return cls(by_id={c.get("id"): c for c in rel_cells if c.get("id")}, by_source=by_source,
+                   graded={grade_id(c): c for c in rel_cells if grade_id(c) is not None})
 
 
-def sanitize(raw: bytes | str | None, release_nb: dict) -> Sanitized:
-    """Parse and repair one submitted notebook against its released version (see module doc)."""
-    nb, reason = parse(raw)
-    if nb is None:
-        return Sanitized(None, reason)
-    notes: list[str] = []
-    cells = [c for c in nb.get("cells", []) if isinstance(c, dict) and "cell_type" in c]
-    if len(cells) != len(nb.get("cells", [])):
+#: A step repairs ``nb`` in place, appends what it did to ``notes``, and returns why the notebook
+#: scores 0 (which ends the pipeline) or None.
+Step = Callable[[dict, Released, list], "str | None"]
+
+
+def drop_malformed_cells(nb: dict, rel: Released, notes: list[str]) -> None:
+    """Cells that are not a dict with a ``cell_type`` go."""
+    kept = [c for c in nb.get("cells", []) if isinstance(c, dict) and "cell_type" in c]
+    if len(kept) != len(nb.get("cells", [])):
         notes.append("dropped malformed cells")
-    nb["cells"] = cells
+    nb["cells"] = kept
 
-    rel_cells = release_nb.get("cells", [])
-    rel_by_id = {c.get("id"): c for c in rel_cells if c.get("id")}
-    rel_by_src = {}
-    for c in rel_cells:
-        if _nbg(c).get("grade_id"):
-            rel_by_src.setdefault((c["cell_type"], _src(c).strip()), c)
-    rel_ids = _grade_ids(release_nb)
-    rel_graded = {_nbg(c)["grade_id"]: c for c in rel_cells if "grade_id" in _nbg(c)}
 
-    # 1. restore nbgrader metadata that other front ends dropped (matched by cell id or source)
-    present = _grade_ids(nb)
-    for cell in cells:
-        if _nbg(cell):
+def restore_lost_metadata(nb: dict, rel: Released, notes: list[str]) -> None:
+    """nbgrader metadata that another front end dropped comes back from the released cell with the
+    same cell id, or else the same type and source."""
+    present = cells.grade_ids(nb)
+    for cell in nb["cells"]:
+        if nbgrader(cell):
             continue
-        ref = rel_by_id.get(cell.get("id"))
-        if ref is None or not _nbg(ref) or ref["cell_type"] != cell["cell_type"]:
-            ref = rel_by_src.get((cell["cell_type"], _src(cell).strip()))
-        if ref is not None and _nbg(ref) and _nbg(ref)["grade_id"] not in present:
-            cell.setdefault("metadata", {})["nbgrader"] = copy.deepcopy(_nbg(ref))
-            present.add(_nbg(ref)["grade_id"])
-            notes.append(f"restored nbgrader metadata of {_nbg(ref)['grade_id']}")
+        ref = rel.by_id.get(cell.get("id"))
+        if ref is None or not nbgrader(ref) or ref["cell_type"] != cell["cell_type"]:
+            ref = rel.by_source.get((cell["cell_type"], source(cell).strip()))
+        if ref is not None and nbgrader(ref) and grade_id(ref) not in present:
+            cell.setdefault("metadata", {})["nbgrader"] = copy.deepcopy(nbgrader(ref))
+            present.add(grade_id(ref))
+            notes.append(f"restored nbgrader metadata of {grade_id(ref)}")
 
-    # 2. the notebook of another assignment (or something else entirely)
-    sub_ids = _grade_ids(nb)
+
+def refuse_other_assignment(nb: dict, rel: Released, notes: list[str]) -> str | None:
+    """The notebook of another assignment (or something else entirely) scores 0."""
+    sub_ids, rel_ids = cells.grade_ids(nb), set(rel.graded)
     common = sub_ids & rel_ids
     if rel_ids and (not common or (len(sub_ids - rel_ids) > len(common)
                                    and len(common) < len(rel_ids) / 2)):
         other = sorted(sub_ids)[:4]
-        return Sanitized(None, "wrong notebook: none of this assignment's graded cells found"
-                         + (f" (it has {', '.join(other)})" if other else ""), notes)
+        return ("wrong notebook: none of this assignment's graded cells found"
+                + (f" (it has {', '.join(other)})" if other else ""))
+    return None
 
-    # 3. duplicate grade ids: keep the last copy, strip nbgrader metadata from earlier ones
+
+def deduplicate_grade_ids(nb: dict, rel: Released, notes: list[str]) -> None:
+    """Of the cells sharing a grade id, the last keeps it; the earlier ones lose their metadata."""
     seen: set[str] = set()
-    for cell in reversed(cells):
-        gid = _nbg(cell).get("grade_id")
+    for cell in reversed(nb["cells"]):
+        gid = grade_id(cell)
         if gid is None:
             continue
         if gid in seen:
@@ -143,25 +176,30 @@ def sanitize(raw: bytes | str | None, release_nb: dict) -> Sanitized:
         else:
             seen.add(gid)
 
-    # 4. nbgrader metadata comes from the release, never from the student: a cell with an unknown
-    #    grade_id loses it, a known one gets the released copy (points, locked, solution, grade)
-    for cell in cells:
-        gid = _nbg(cell).get("grade_id")
+
+def metadata_from_release(nb: dict, rel: Released, notes: list[str]) -> None:
+    """nbgrader metadata comes from the release, never from the student: a cell with an unknown
+    grade id loses it, a known one gets the released copy (points, locked, solution, grade)."""
+    for cell in nb["cells"]:
+        gid = grade_id(cell)
         if gid is None:
             continue
-        if gid not in rel_graded:
+        if gid not in rel.graded:
             cell["metadata"].pop("nbgrader", None)
             notes.append(f"unknown graded cell {gid}: metadata dropped")
             continue
-        want = _nbg(rel_graded[gid])
-        mine = {k: _nbg(cell).get(k) or None for k in _GRADING_KEYS}
+        want = nbgrader(rel.graded[gid])
+        mine = {k: nbgrader(cell).get(k) or None for k in _GRADING_KEYS}
         if mine != {k: want.get(k) or None for k in _GRADING_KEYS}:
             notes.append(f"nbgrader metadata of {gid} restored from the release")
         cell["metadata"]["nbgrader"] = copy.deepcopy(want)
 
-    # 5. front-end noise, tags, ids, outputs
+
+def clean_cells(nb: dict, rel: Released, notes: list[str]) -> None:
+    """Front-end metadata and the ``skip-execution`` tag go, cell ids are made valid and unique,
+    sources become strings, outputs are cleared, unknown cell types become raw cells."""
     used_ids: set[str] = set()
-    for i, cell in enumerate(cells):
+    for i, cell in enumerate(nb["cells"]):
         meta = cell.get("metadata")
         if not isinstance(meta, dict):
             meta = {}
@@ -197,6 +235,10 @@ def sanitize(raw: bytes | str | None, release_nb: dict) -> Sanitized:
             cell.pop("execution_count", None)
             if cell["cell_type"] not in ("markdown", "raw"):
                 cell["cell_type"] = "raw"
+
+
+def clean_notebook_metadata(nb: dict, rel: Released, notes: list[str]) -> None:
+    """Front-end notebook metadata goes; the kernelspec is the course's; the format is 4.5."""
     md = nb.get("metadata") if isinstance(nb.get("metadata"), dict) else {}
     for key in NOISY_NOTEBOOK_META:
         md.pop(key, None)
@@ -205,6 +247,10 @@ def sanitize(raw: bytes | str | None, release_nb: dict) -> Sanitized:
     md["language_info"] = {"name": "python"}
     nb["metadata"] = md
     nb["nbformat"], nb["nbformat_minor"] = 4, 5
+
+
+def note_if_invalid(nb: dict, rel: Released, notes: list[str]) -> None:
+    """A notebook that is still not schema-valid is graded anyway, with a note saying so."""
     try:
         import nbformat
 
@@ -213,4 +259,29 @@ def sanitize(raw: bytes | str | None, release_nb: dict) -> Sanitized:
             nbformat.validate(nbformat.from_dict(nb))
     except Exception as exc:  # noqa: BLE001
         notes.append(f"notebook still not schema-valid after repair: {str(exc).splitlines()[0]}")
+
+
+#: The repairs, in the order they run (each one's docstring says what it does).
+STEPS: tuple[Step, ...] = (
+    drop_malformed_cells,
+    restore_lost_metadata,
+    refuse_other_assignment,
+    deduplicate_grade_ids,
+    metadata_from_release,
+    clean_cells,
+    clean_notebook_metadata,
+    note_if_invalid,
+)
+
+
+def sanitize(raw: bytes | str | None, release_nb: dict) -> Sanitized:
+    """Parse one submitted notebook and run the :data:`STEPS` on it against its released version."""
+    nb, reason = parse(raw)
+    if nb is None:
+        return Sanitized(None, reason)
+    rel, notes = Released.of(release_nb), []
+    for step in STEPS:
+        reason = step(nb, rel, notes)
+        if reason is not None:
+            return Sanitized(None, reason, notes)
     return Sanitized(nb, None, notes)

@@ -1,4 +1,6 @@
-"""Static tamper scan of a submission (runs in the trusted parent, on the submitted JSON).
+"""Static tamper scan of a submission.
+
+Trusted: runs in the grader's own process, on the submitted JSON (the code is parsed, never run).
 
 Student-authored code is every code cell that is not a released locked cell left unchanged:
 answer cells, added cells and edited given cells (locked cells are restored by nbgrader anyway,
@@ -25,6 +27,8 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
+
+from . import cells
 
 PATCHABLE_MODULES = {"torch", "np", "numpy", "math", "helpers", "nn", "F", "functional", "random",
                      "scipy", "sys", "os", "builtins", "grading", "hidden", "_hidden", "unittest",
@@ -70,32 +74,20 @@ class Flag:
         return f"tamper: {self.pattern} in {self.cell} line {self.line}: {self.code}"
 
 
-def _nbg(cell) -> dict:
-    m = cell.get("metadata", {}).get("nbgrader")
-    return m if isinstance(m, dict) else {}
-
-
-def _src(cell) -> str:
-    s = cell.get("source", "")
-    return "".join(s) if isinstance(s, list) else str(s)
-
-
 def student_cells(nb: dict, release_nb: dict | None) -> list[tuple[str, str]]:
     """``(cell label, source)`` of the code cells a student wrote or changed."""
     rel_cells = (release_nb or {}).get("cells", [])
-    locked = {_nbg(c)["grade_id"] for c in rel_cells
-              if _nbg(c).get("locked") and not _nbg(c).get("solution") and "grade_id" in _nbg(c)}
-    released_code = {_src(c).strip() for c in rel_cells if c.get("cell_type") == "code"}
+    locked = {cells.grade_id(c) for c in rel_cells if cells.is_locked(c)}
+    released_code = {cells.source(c).strip() for c in rel_cells if c.get("cell_type") == "code"}
     out = []
     for i, cell in enumerate(nb.get("cells", [])):
         if cell.get("cell_type") != "code":
             continue
-        m = _nbg(cell)
-        gid = m.get("grade_id")
-        src = _src(cell)
+        gid = cells.grade_id(cell)
+        src = cells.source(cell)
         if gid in locked:
             continue  # restored from the gradebook before execution
-        if not m.get("solution") and src.strip() in released_code:
+        if not cells.is_answer(cell) and src.strip() in released_code:
             continue  # a released cell left as it was
         out.append((gid or f"cell {i}", src))
     return out
@@ -283,12 +275,12 @@ def scan_source(label: str, src: str, module_names: set[str] = frozenset()) -> l
 
 def scan_notebook(nb: dict, release_nb: dict | None = None) -> list[Flag]:
     """Flags for every student-authored code cell of a (sanitized) submission."""
-    cells = student_cells(nb, release_nb)
+    authored = student_cells(nb, release_nb)
     modules = set()
-    for _, src in cells:
+    for _, src in authored:
         for m in re.finditer(r"^\s*import\s+([\w.]+)(?:\s+as\s+(\w+))?", src, re.M):
             modules.add(m.group(2) or m.group(1).split(".")[0])
     flags = []
-    for label, src in cells:
+    for label, src in authored:
         flags.extend(scan_source(label, src, modules))
     return flags

@@ -1,5 +1,7 @@
 """Trusted verdicts: hidden tests whose expected values and decisions never enter the student's kernel.
 
+Trusted: runs in the grading worker (or, outside grading, in the instructor's own process).
+
 A trusted check is a generator function of one argument, a :class:`Probe`, with one ``yield``::
 
     @trusted
@@ -407,6 +409,7 @@ def plan_checks(nb: dict, plan_dir: str, seed: int) -> dict[str, Session]:
 class Verdict:
     passed: bool
     message: str = ""
+    ran: bool = True    # whether the kernel sent a record at all
 
 
 def judge_checks(sessions: dict[str, Session], base: str, records_dir: str) -> dict[str, Verdict]:
@@ -424,7 +427,7 @@ def judge_checks(sessions: dict[str, Session], base: str, records_dir: str) -> d
                                   f"cell did not reach them, or the kernel stopped).")
             session.judge(record)
         except CheckFailed as exc:
-            out[gid] = Verdict(False, str(exc))
+            out[gid] = Verdict(False, str(exc), ran=record is not None)
         except Exception as exc:  # noqa: BLE001 - a check's own bug: never a pass
             out[gid] = Verdict(False, f"{session.question}: the hidden tests could not judge this "
                                       f"answer ({type(exc).__name__}: {exc}).")

@@ -1,17 +1,25 @@
 """Autograde one student's assignment inside a prepared job folder (a separate process per job).
 
-``python -m grading.worker JOB`` where ``JOB`` (prepared by ``grading.autograde``) holds
-``course/`` (the assignment's ``solutions/`` copy, a copy of the template ``gradebook.db`` and the
-sanitized ``submitted/<student>/<assignment>/*.ipynb``), ``kernels/`` (the grading kernelspec) and
-``job.json``. It runs nbgrader's autograde and generate_feedback there and writes ``result.json``:
-the grades read back from the job's own gradebook plus each test cell's failure message. Only
-the parent process writes the course gradebook.
+Trusted: runs as the grader, in a process of its own; the student's code runs in the kernel that
+nbgrader starts from here (confined as ``grading.isolation`` arranges).
 
-Tracebacks are cut to their final ``ename: evalue`` line before the feedback is rendered, so a
+``python -m grading.worker JOB`` where ``JOB`` (prepared by ``grading.jobs``) holds ``course/``
+(the assignment's ``solutions/`` copy, a copy of the template ``gradebook.db`` and the sanitized
+``submitted/<student>/<assignment>/*.ipynb``), ``kernels/`` (the grading kernelspec) and
+``job.json``. It runs nbgrader's autograde and generate_feedback there and writes ``result.json``,
+a :class:`WorkerResult`: the grades read back from the job's own gradebook plus each test cell's
+failure message. Only the parent process writes the course gradebook.
+
+A failure is either the submission's (:attr:`WorkerResult.failure`: nbgrader could not grade it,
+e.g. its code ended the kernel) or the tool's (:attr:`WorkerResult.tool_error`: the worker itself
+failed, or the kernel died before it ran any cell); the worker decides which, once.
+
+Tracebacks are cut to their final ``ename: evalue`` text before the feedback is rendered, so a
 failing hidden assert does not show its source.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -19,10 +27,54 @@ import secrets
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import course, verdict
-from .runner import STDERR_MESSAGE, error_message, is_test_cell, nbgrader_meta
+from . import cells, course, verdict
+from .messages import STDERR_MESSAGE, error_text, summary
+
+RESULT_FILE = "result.json"
+#: What nbgrader logs when the kernel died before it answered its first request.
+KERNEL_DID_NOT_START = "Kernel died before replying to kernel_info"
+KERNEL_NOT_STARTED_ERROR = ("the grading kernel died before it ran any cell (a problem of the "
+                            "grading machine, not of this notebook): run autograde again to grade it")
+
+
+@dataclass
+class CellGrade:
+    """One graded cell as the job's gradebook holds it after autograding."""
+    auto_score: float | None
+    max_score: float
+    needs_manual_grade: bool
+    auto_comment: str | None = None
+
+
+@dataclass
+class WorkerResult:
+    """What grading one job gave (``result.json``; notebooks are named without ``.ipynb``)."""
+    grades: dict[str, dict[str, CellGrade]] = field(default_factory=dict)  # nb -> grade_id -> grade
+    messages: dict[str, dict[str, str]] = field(default_factory=dict)      # nb -> test cell -> error
+    cell_errors: dict[str, dict[str, str]] = field(default_factory=dict)   # nb -> other cell -> error
+    autograded: dict[str, str] = field(default_factory=dict)  # nb -> graded notebook in the job
+    feedback: dict[str, str] = field(default_factory=dict)    # nb -> feedback page in the job
+    failure: str | None = None     # why nbgrader could not grade the submission (its own doing)
+    tool_error: str | None = None  # why the grading tool could not grade it (never the student's)
+    kernel_started: bool = True    # False: the kernel died before any cell, worth another try
+    seconds: float = 0.0
+
+    @property
+    def graded(self) -> bool:
+        return self.failure is None and self.tool_error is None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerResult":
+        data = json.loads(text)
+        data["grades"] = {nb: {gid: CellGrade(**g) for gid, g in grades.items()}
+                          for nb, grades in data.get("grades", {}).items()}
+        return cls(**data)
 
 
 def strip_tracebacks(nb_path: Path, pattern: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -40,7 +92,7 @@ def strip_tracebacks(nb_path: Path, pattern: str) -> tuple[dict[str, str], dict[
         msg = ""
         for out in cell.outputs:
             if out.output_type == "error":
-                line = error_message(out.get("ename", "Error"), out.get("evalue", ""))
+                line = error_text(out.get("ename", "Error"), out.get("evalue", ""))
                 out.traceback = [line]
                 msg = msg or line
             elif out.output_type == "stream" and out.name == "stderr" and not msg:
@@ -50,19 +102,39 @@ def strip_tracebacks(nb_path: Path, pattern: str) -> tuple[dict[str, str], dict[
                 if "Traceback (most recent call last)" in out.text:
                     out.text = "\n".join(ln for ln in out.text.splitlines()
                                          if not ln.startswith("  ")) + "\n"
-        if is_test_cell(cell):
-            messages[nbgrader_meta(cell)["grade_id"]] = msg
+        if cells.is_test(cell):
+            messages[cells.grade_id(cell)] = msg
         elif msg and msg != STDERR_MESSAGE:
-            other_errors[nbgrader_meta(cell).get("grade_id") or f"cell {index}"] = msg
+            other_errors[cells.grade_id(cell) or f"cell {index}"] = msg
     nbformat.write(nb, nb_path)
     return messages, other_errors
 
 
+def describe_failure(error: str | None) -> str:
+    """One line saying why nbgrader could not grade a notebook, from its error log."""
+    text = error or ""
+    if "DeadKernelError" in text or "Kernel died" in text:
+        return ("the kernel died while running the notebook (the code ended Python, e.g. "
+                "os._exit, a crash, or ran out of memory)")
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Exit)\b", ln.strip()) and "NbGraderException" not in ln:
+            return summary(ln)
+    return summary(lines[-1]) if lines else "failed"
+
+
+def _autograde_error(res: dict) -> str:
+    """The exception lines of a failed ``NbGraderAPI.autograde`` call, with its error text."""
+    key_lines = [ln.strip() for ln in (res.get("log") or "").splitlines()
+                 if re.match(r"^\s*[\w.]+(Error|Exception)\b", ln) and "Warning" not in ln]
+    return "\n".join(key_lines[-5:] + [(res.get("error") or "")[-2000:]])
+
+
 def apply_verdicts(api, a: str, s: str, out_dir: Path, sessions: dict, job_dir: Path,
                    probe_rel: str) -> None:
-    """Judge the trusted checks from the records the kernel left, then make the job's gradebook and
-    graded notebook say so: a failed verdict scores its cell 0 and becomes the cell's error output
-    (in place of a visible assert's, since it names the likely cause)."""
+    """Judge the trusted checks (``grading.verdict``) from the records the kernel left, then make
+    the job's gradebook and graded notebook say so: a failed verdict scores its cell 0 and becomes
+    the cell's error output (in place of a visible assert's, since it names the likely cause)."""
     import nbformat
 
     for nb_name, nb_sessions in sessions.items():
@@ -75,8 +147,10 @@ def apply_verdicts(api, a: str, s: str, out_dir: Path, sessions: dict, job_dir: 
             continue
         nb = nbformat.read(nb_path, as_version=4)
         for cell in nb.cells:
-            gid = nbgrader_meta(cell).get("grade_id")
+            gid = cells.grade_id(cell)
             if cell.cell_type == "code" and gid in failed:
+                if not verdicts[gid].ran and any(o.get("output_type") == "error" for o in cell.outputs):
+                    continue  # the cell's own error says why nothing ran (e.g. the kernel died)
                 cell.outputs = [o for o in cell.outputs if o.get("output_type") != "error"] + [
                     nbformat.v4.new_output("error", ename="CheckFailed", evalue=failed[gid],
                                            traceback=[f"CheckFailed: {failed[gid]}"])]
@@ -89,7 +163,8 @@ def apply_verdicts(api, a: str, s: str, out_dir: Path, sessions: dict, job_dir: 
             gb.db.commit()
 
 
-def run_job(job: Path) -> dict:
+def grade_job(job: Path) -> WorkerResult:
+    """Autograde the submission of the job folder ``job`` and read its grades back."""
     spec = json.loads((job / "job.json").read_text())
     root = job / "course"
     a, s = spec["assignment"], spec["student"]
@@ -98,74 +173,72 @@ def run_job(job: Path) -> dict:
         overrides["Execute.timeout"] = int(spec["timeout"])
     for name, value in (spec.get("kernel_manager") or {}).items():  # Unix sockets in its home
         overrides[f"KernelManager.{name}"] = value
+    if spec.get("memory_cgroup"):  # to tell an out-of-memory kill from other deaths
+        overrides["CourseExecute.memory_cgroup"] = spec["memory_cgroup"]
+        overrides["CourseExecute.memory_limit_mb"] = int(spec.get("memory_mb") or 0)
+    if spec.get("notebook_timeout"):
+        overrides["CourseExecute.notebook_timeout"] = int(spec["notebook_timeout"])
     api = course.make_api(root, db_url=f"sqlite:///{root / 'gradebook.db'}", **overrides)
     pattern = api.config.IgnorePattern.pattern
-    result = {"student": s, "assignment": a, "ok": False, "error": None, "notebooks": {},
-              "messages": {}, "feedback": {}, "autograded": {}}
-    # Trusted checks: plan them with a seed the kernel never sees, judge after nbgrader ran.
-    probe_home = spec.get("probe_dir")
+    result = WorkerResult()
+    # Trusted checks: planned with a seed the kernel never sees, judged after nbgrader ran.
     sessions: dict[str, dict] = {}
-    if probe_home:
+    if spec.get("probe_dir"):
         seed = secrets.randbits(62)
         for nb_path in course.assignment_notebooks(root, a):
             sessions[nb_path.stem] = verdict.plan_checks(course.read_json(nb_path),
-                                                         os.path.join(probe_home, "plan"), seed)
+                                                         os.path.join(spec["probe_dir"], "plan"), seed)
     t0 = time.perf_counter()
     res = api.autograde(a, s, force=True, create=True)  # its log (stderr) goes to the slot's log
-    result["autograde_seconds"] = round(time.perf_counter() - t0, 2)
     if not res["success"]:
-        log_text = res.get("log") or ""
-        key_lines = [ln.strip() for ln in log_text.splitlines()
-                     if re.match(r"^\s*[\w.]+(Error|Exception)\b", ln) and "Warning" not in ln]
-        result["error"] = "\n".join(key_lines[-5:] + [(res.get("error") or "")[-2000:]])
+        error = _autograde_error(res)
+        if KERNEL_DID_NOT_START in error:
+            result.kernel_started, result.tool_error = False, KERNEL_NOT_STARTED_ERROR
+        else:
+            result.failure = describe_failure(error)
     out_dir = root / "autograded" / s / a
     if res["success"] and any(sessions.values()):
         apply_verdicts(api, a, s, out_dir, sessions, Path(spec["job_dir"]), spec["probe_rel"])
     for nb_path in sorted(out_dir.glob("*.ipynb")):
-        result["messages"][nb_path.stem], result.setdefault("cell_errors", {})[nb_path.stem] = \
+        result.messages[nb_path.stem], result.cell_errors[nb_path.stem] = \
             strip_tracebacks(nb_path, pattern)
-        result["autograded"][nb_path.stem] = str(nb_path)
+        result.autograded[nb_path.stem] = str(nb_path)
     if res["success"]:
         with course.quiet_nbgrader():
             fb = api.generate_feedback(a, s, force=True)
         if not fb["success"]:
-            result["feedback_error"] = (fb.get("error") or fb.get("log") or "")[-2000:]
+            print(f"generate_feedback failed: {(fb.get('error') or fb.get('log') or '')[-2000:]}",
+                  file=sys.stderr)
         for html in sorted((root / "feedback" / s / a).glob("*.html")):
-            result["feedback"][html.stem] = str(html)
+            result.feedback[html.stem] = str(html)
     with course.quiet_nbgrader(), api.gradebook as gb:
         try:
             sub = gb.find_submission(a, s)
         except Exception as exc:  # noqa: BLE001
-            result["error"] = result["error"] or f"no submission in gradebook: {exc}"
+            if result.graded:
+                result.tool_error = f"no submission in the job's gradebook: {exc}"
         else:
             for snb in sub.notebooks:
-                grades = {}
                 comments = {c.name: c.auto_comment for c in snb.comments}
-                for g in snb.grades:
-                    grades[g.name] = {
-                        "auto_score": g.auto_score, "manual_score": g.manual_score,
-                        "max_score": float(g.max_score),
-                        "needs_manual_grade": bool(g.needs_manual_grade),
-                        "auto_comment": comments.get(g.name),
-                    }
-                result["notebooks"][snb.name] = grades
-            result["ok"] = res["success"]
-    result["seconds"] = round(time.perf_counter() - t0, 2)
+                result.grades[snb.name] = {
+                    g.name: CellGrade(g.auto_score, float(g.max_score), bool(g.needs_manual_grade),
+                                      comments.get(g.name))
+                    for g in snb.grades}
+    result.seconds = round(time.perf_counter() - t0, 2)
     return result
 
 
 def run_one(job: Path) -> None:
     """Grade one job folder and write its ``result.json`` (errors included, never raised)."""
-    import os
-
     spec = json.loads((job / "job.json").read_text())
     for key, value in (spec.get("env") or {}).items():
         os.environ[key] = value
     try:
-        result = run_job(job)
-    except Exception:  # noqa: BLE001  (reported to the parent, never fatal to others)
-        result = {"ok": False, "error": traceback.format_exc()[-4000:]}
-    (job / "result.json").write_text(json.dumps(result, indent=1))
+        result = grade_job(job)
+    except Exception as exc:  # noqa: BLE001  (reported to the parent, never fatal to others)
+        traceback.print_exc(file=sys.stderr)  # the slot's log
+        result = WorkerResult(tool_error=f"the grading worker failed: {type(exc).__name__}: {exc}")
+    (job / RESULT_FILE).write_text(result.to_json())
 
 
 def main(argv: list[str] | None = None) -> int:

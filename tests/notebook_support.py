@@ -27,9 +27,11 @@ from typing import Callable
 
 import nbformat
 
+from grading import cells
+
 REPO = Path(__file__).resolve().parent.parent
 
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN, END = f"### {cells.BEGIN_SOLUTION}", f"### {cells.END_SOLUTION}"
 
 
 def solution_path(assignment: str) -> Path:
@@ -42,7 +44,7 @@ def read_cells(path: Path) -> dict[str, str]:
     nb = nbformat.read(path, as_version=4)
     out = {}
     for cell in nb.cells:
-        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        gid = cells.grade_id(cell)
         if cell.cell_type == "code" and gid:
             out[gid] = cell.source
     return out

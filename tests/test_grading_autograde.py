@@ -6,7 +6,6 @@ second run checks that re-running changes nothing, a third that --jobs 1 gives t
 from __future__ import annotations
 
 import csv
-import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -68,6 +67,16 @@ def test_questions_rows_and_manual_points(graded):
     assert hidden["test_square"]["message"] == "AssertionError: hidden check: negative inputs"
 
 
+def test_the_likely_cause_reaches_questions_csv(graded):
+    """A failed check's message of several lines keeps its first line and its likely cause."""
+    q = {r["cell_id"]: r for r in graded["questions"]["likely_cause"]}
+    assert q["test_add_one"]["message"] == ("AssertionError: hidden check: wrong for a negative x "
+                                            "Likely cause: the sign of x is lost (abs?)")
+    assert q["test_add_one"]["points"] == "0" and q["test_square"]["points"] == "2"
+    page = (graded["out"] / "feedback" / "likely_cause" / A / f"{A}.html").read_text()
+    assert "Likely cause: the sign of x is lost" in page   # the whole message in the feedback
+
+
 def test_tampering_is_zeroed_and_marked_for_review(graded):
     g = graded["grades"]["tamper"]
     assert g["auto_score"] == "0" and "np.allclose" in g["review"]
@@ -89,9 +98,8 @@ def test_gradebook_is_consistent(graded):
 
 def test_feedback_has_no_hidden_tests_or_solutions(graded):
     pages = sorted((graded["out"] / "feedback").glob(f"*/{A}/{A}.html"))
-    executed = {n for n, (d, _, _) in graded["cases"].items()
-                if n not in ("invalid_json", "empty_file", "missing_notebook", "other_assignment",
-                             "kernel_death")}
+    executed = {n for n, (d, _, _) in graded["cases"].items()   # (a kernel that died is graded too)
+                if n not in ("invalid_json", "empty_file", "missing_notebook", "other_assignment")}
     assert {p.parent.parent.name for p in pages} == executed
     for p in pages:
         text = p.read_text()
@@ -123,8 +131,10 @@ def test_rerun_changes_nothing_and_force_regrades(graded):
 def test_jobs_1_gives_the_same_grades_as_jobs_2(graded, tmp_path):
     names = ["perfect", "exception", "hidden_fail", "skip_execution"]
     gc.write_tree(tmp_path / "subs", names)
+    with pytest.raises(ValueError, match="unknown assignment '99'"):
+        autograde(tmp_path / "subs", out=tmp_path / "out", assignment="99", root=gc.COURSE)
     autograde(tmp_path / "subs", out=tmp_path / "out", jobs=1, timeout=TIMEOUT, root=gc.COURSE,
-              progress=False)
+              progress=False, assignment="00")   # a prefix, as the other commands accept
     one = {r["student"]: r for r in read_csv(tmp_path / "out" / "grades.csv")}
     assert one == {n: graded["grades"][n] for n in names}
     q1 = [r for r in read_csv(tmp_path / "out" / "questions.csv")]
@@ -148,7 +158,8 @@ def test_lms_zip_download(tmp_path):
 def test_export_feedback_and_manual_grades(graded, tmp_path):
     from nbgrader.api import Gradebook
 
-    from grading.autograde import export_grades, regenerate_feedback
+    from grading.export import export_grades
+    from grading.feedback import regenerate_feedback
 
     db = f"sqlite:///{graded['out'] / 'gradebook.db'}"
     with Gradebook(db, "diffusion") as gb:   # a TA grades the written answer of "perfect"
@@ -165,6 +176,10 @@ def test_export_feedback_and_manual_grades(graded, tmp_path):
     assert len(pages) == 1
     text = pages[0].read_text()
     assert "1.5" in text and not any(s in text for s in gc.HIDDEN_SNIPPETS)
+    from grading.cli import main   # a folder without graded notebooks is an error, not "0 written"
+
+    assert main(["feedback", "--out", str(tmp_path / "nowhere")]) == 2
+    assert main(["export", "--out", str(tmp_path / "nowhere")]) == 2
 
 
 def test_rubric_and_demo_on_the_fixture(capsys):
@@ -188,14 +203,14 @@ def test_student_code_cannot_write_outside_its_job(tmp_path):
     import os
     import subprocess
 
-    from grading.autograde import isolation_mode
+    from grading.isolation import isolation_mode
 
     if os.geteuid() != 0:
         pytest.skip("not root: isolation is the throw-away course copy only")
     out = tmp_path / "out"
     out.mkdir()
-    mode, why = isolation_mode([course.REPO_ROOT, out], tmp_path)
-    assert mode in ("uid", "sandbox"), why
+    mode, why = isolation_mode([course.GRADING_DIR, out], tmp_path)
+    assert mode == "bwrap", why
     targets = [course.REPO_ROOT / "pwned.txt", out / "pwned.txt", tmp_path / "pwned.txt"]
     attack = ("import pathlib\nfor p in %r:\n    try:\n        pathlib.Path(p).write_text('x')\n"
               "    except OSError as e:\n        print('blocked', p, e)\n"
@@ -226,19 +241,20 @@ def test_a_kernel_that_dies_before_any_cell_is_tried_again(tmp_path, monkeypatch
     run grades the student again. The kernel talks over Unix sockets, not localhost ports."""
     import json
 
-    import grading.autograde as ag  # the module as imported now (other tests may purge grading.*),
+    import grading.autograde as ag  # the modules as imported now (other tests may purge grading.*),
+    from grading import isolation
 
-    real, failing, started = ag._kernel_spec, set(), []
+    real, failing, started = isolation.write_kernel_spec, set(), []
 
-    def kernel_spec(job_dir, mode, uid, protect):
-        real(job_dir, mode, uid, protect)
+    def kernel_spec(job_dir, mode, uid, cgroup=None):
+        real(job_dir, mode, uid, cgroup)
         started.append(job_dir)
         if len(started) in failing:
-            spec = job_dir / "kernels" / "kernels" / ag.KERNEL_NAME / "kernel.json"
+            spec = job_dir / "kernels" / "kernels" / isolation.KERNEL_NAME / "kernel.json"
             argv = [sys.executable, "-c", "raise SystemExit(3)", "{connection_file}"]
             spec.write_text(json.dumps({**json.loads(spec.read_text()), "argv": argv}))
 
-    monkeypatch.setattr(ag, "_kernel_spec", kernel_spec)
+    monkeypatch.setattr(isolation, "write_kernel_spec", kernel_spec)
     ipc_check = ("from ipykernel.kernelapp import IPKernelApp\n"
                  "assert IPKernelApp.instance().transport == 'ipc', IPKernelApp.instance().transport\n"
                  "def square(x):\n    return x * x")
@@ -247,18 +263,19 @@ def test_a_kernel_that_dies_before_any_cell_is_tried_again(tmp_path, monkeypatch
     (d / f"{A}.ipynb").write_bytes(gc.dump(gc.with_answer(gc.perfect(), "square", ipc_check)))
     out = tmp_path / "out"
 
-    def run() -> dict:
-        ag.autograde(tmp_path / "subs", out=out, jobs=1, timeout=TIMEOUT, root=gc.COURSE,
-                     progress=False)   # ... so the patched _kernel_spec is the one it calls
-        return read_csv(out / "grades.csv")[0]
+    def run() -> tuple:
+        rep = ag.autograde(tmp_path / "subs", out=out, jobs=1, timeout=TIMEOUT, root=gc.COURSE,
+                           progress=False)   # ... so the patched write_kernel_spec is the one it calls
+        return rep, read_csv(out / "grades.csv")[0]
 
     failing.update({1, 2})                   # fails twice: reported, not held against the student
-    row = run()
+    rep, row = run()
     assert len(started) == 2 and row["auto_score"] == "0", row["notes"]
     assert "died before it ran any cell" in row["notes"] and "run autograde again" in row["notes"]
+    assert len(rep.errors) == 1 and "died before it ran any cell" in rep.errors[0]  # the tool's error
     failing.clear()                           # the same submission again, without --force
-    row = run()
-    assert len(started) == 3 and row["auto_score"] == "3", row["notes"]
+    rep, row = run()
+    assert len(started) == 3 and row["auto_score"] == "3" and rep.errors == [], row["notes"]
     failing.add(4)                            # fails once: the second try grades it
     ag.autograde(tmp_path / "subs", out=out, jobs=1, timeout=TIMEOUT, root=gc.COURSE,
                  progress=False, force=True)
@@ -267,18 +284,17 @@ def test_a_kernel_that_dies_before_any_cell_is_tried_again(tmp_path, monkeypatch
 
 
 def test_sandboxed_kernel_reads_course_data_in_a_closed_folder(tmp_path, monkeypatch):
-    """Sandbox mode (root, Python under a folder closed to other users): the job's uid still
-    reads the course's data and checkpoints when they lie in a closed folder too (here pytest's
-    0700 temporary root), through the links in its home."""
+    """The sandbox (root: an unprivileged uid in bubblewrap's allow-list): the job's uid still
+    reads the course's data and checkpoints when they lie in a closed folder (here pytest's 0700
+    temporary root), through the links in its home."""
     import os
 
-    from grading.autograde import isolation_mode
+    from grading.isolation import isolation_mode
 
     if os.geteuid() != 0:
         pytest.skip("not root")
-    mode, why = isolation_mode([course.REPO_ROOT], tmp_path)
-    if mode != "sandbox":
-        pytest.skip(f"isolation is {mode!r} here: {why}")
+    mode, why = isolation_mode([course.GRADING_DIR], tmp_path)
+    assert mode == "bwrap", why
     data = tmp_path / "closed" / "data"
     data.mkdir(parents=True)
     os.chmod(tmp_path / "closed", 0o700)

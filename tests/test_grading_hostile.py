@@ -79,6 +79,17 @@ def q_sample(x_0, t, alpha_bar, noise):
 '''
 
 
+def earned(rows: list[dict]) -> dict:
+    """``{(student, cell): (points, message)}``: what the code earned in the run. The static tamper
+    scan may also set a flagged notebook to 0 for review ("set to 0 for review (...); ran as P/M"),
+    a flag that no guarantee rests on."""
+    out = {}
+    for r in rows:
+        ran = re.search(r"ran as ([0-9.]+)/", r["message"])
+        out[(r["student"], r["cell_id"])] = (float(ran.group(1) if ran else (r["points"] or 0)), r["message"])
+    return out
+
+
 def _with_q_sample(nb: dict, source: str) -> dict:
     nb = json.loads(json.dumps(nb))
     for cell in nb["cells"]:
@@ -101,15 +112,13 @@ def test_attacks_from_inside_the_kernel_earn_nothing(tmp_path):
     for name, nb in students.items():
         (subs / name / A).mkdir(parents=True)
         (subs / name / A / f"{A}.ipynb").write_text(json.dumps(nb))
+    # an unzipped upload that holds a link to the solution notebook is not a submission
+    (subs / "symlinked" / A).mkdir(parents=True)
+    (subs / "symlinked" / A / f"{A}.ipynb").symlink_to(root / course.SOURCE_DIR / A / f"{A}.ipynb")
     rep = autograde(subs, out=tmp_path / "out", jobs=2, root=root, progress=False)
     assert rep.errors == []
     rows = list(csv.DictReader(open(tmp_path / "out" / "questions.csv")))
-    # What the code earned in the run: the static tamper scan may also set a flagged notebook to 0
-    # for review ("set to 0 for review (...); ran as P/M"), a flag that no guarantee rests on.
-    points = {}
-    for r in rows:
-        ran = re.search(r"ran as ([0-9.]+)/", r["message"])
-        points[(r["student"], r["cell_id"])] = float(ran.group(1) if ran else (r["points"] or 0))
+    points = {key: pts for key, (pts, _) in earned(rows).items()}
     full = points[("perfect", "test_q_sample")]
     assert full > 0
     for name in students:
@@ -121,6 +130,134 @@ def test_attacks_from_inside_the_kernel_earn_nothing(tmp_path):
     for (name, cell), pts in points.items():
         if cell.startswith("test_") and cell != "test_q_sample" and name in ATTACKS and name != "sys_modules":
             assert pts == points[("perfect", cell)], (name, cell)
+    linked = [r for r in rows if r["student"] == "symlinked"]
+    assert linked and all(float(r["points"] or 0) == 0 for r in linked)
+    grades = {r["student"]: r for r in csv.DictReader(open(tmp_path / "out" / "grades.csv"))}
+    assert "symbolic link" in grades["symlinked"]["notes"]
     # the honest mistake still gets the likely cause
-    msg = next(r["message"] for r in rows if r["student"] == "honest_mistake" and r["cell_id"] == "test_q_sample")
-    assert "square root" in msg, msg
+    page = (tmp_path / "out" / "feedback" / "honest_mistake" / A / f"{A}.html").read_text()
+    assert "Likely cause" in page and "square root" in page
+
+
+# ----------------------------------------------------------------------------------------------
+# Leaving the sandbox, and unfair zeros: limits outside the kernel, and a death keeps the points
+# ----------------------------------------------------------------------------------------------
+def _append_to(nb: dict, grade_id: str, code: str) -> dict:
+    nb = json.loads(json.dumps(nb))
+    for cell in nb["cells"]:
+        if (cell["metadata"].get("nbgrader") or {}).get("grade_id") == grade_id:
+            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            cell["source"] = src + "\n" + code
+    return nb
+
+
+LATE = "generate_noisy_samples"  # an answer cell of notebook 01 with test cells before and after it
+
+# look through the file system for what a kernel must never see, and use the reference if found
+READER_Q_SAMPLE = """
+import os as _os
+_found = []
+for _dir, _subs, _files in _os.walk("/"):
+    _subs[:] = [d for d in _subs if _os.path.join(_dir, d) not in
+                ("/proc", "/sys", "/dev", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/run")
+                and d not in ("site-packages", ".pyenv")]
+    for _f in _files:
+        _p = _os.path.join(_dir, _f)
+        if ("grading/reference" in _p or "solutions/" in _p or "autograded/" in _p or "submitted/" in _p
+                or _f.endswith(".db") or "/subs/" in _p):
+            _found.append(_p)
+print("FOUND", _found[:20])
+_ref = [p for p in _found if p.endswith("reference/forward_process.py")]
+if _ref:
+    _ns = {"__name__": "stolen"}
+    exec(open(_ref[0]).read(), _ns)
+    q_sample = _ns["q_sample"]
+else:
+    def q_sample(x_0, t, alpha_bar, noise):
+        ab = alpha_bar[t].reshape(-1, *([1] * (x_0.dim() - 1)))
+        if alpha_bar.shape[0] == 3:
+            return ab.sqrt() * x_0 + (1 - ab).sqrt() * noise
+        return ab * x_0 + (1 - ab).sqrt() * noise
+"""
+
+LIMIT_CASES = {
+    # the code ends Python in a late cell: the cells that passed before keep their points
+    "late_exit": "import os as _os\n_os._exit(3)\n",
+    # a loop that ignores interrupts: killed at the notebook's wall clock
+    "ignores_interrupts": ("import signal as _sg, time as _tm\n_sg.signal(_sg.SIGINT, _sg.SIG_IGN)\n"
+                           "while True:\n    _tm.sleep(0.1)\n"),
+    # more memory than the kernel may have
+    "memory_hog": "import torch as _t\n_hog = _t.ones(3 * 2**30 // 4)\n_hog += 1\n",
+}
+
+
+def test_limits_and_deaths_are_decided_outside_the_kernel(tmp_path):
+    import os
+    import socket
+    import threading
+
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox needs root")
+    root = tmp_path / "course"
+    shutil.copytree(course.REPO_ROOT / course.SOURCE_DIR / A, root / course.SOURCE_DIR / A)
+    release([A], root=root)
+    make_submissions(root, [A], tmp_path / "made")
+    perfect = json.loads((tmp_path / "made" / "perfect" / A / f"{A}.ipynb").read_text())
+
+    # a server on the host's loopback that counts whoever reaches it
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    port, reached, stop = server.getsockname()[1], [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            reached.append(conn.recv(100))
+            conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    leak = f"/dev/shm/diffusion-hostile-{os.getpid()}"
+    students = {name: _append_to(perfect, LATE, code) for name, code in LIMIT_CASES.items()}
+    students["network_and_shm"] = _append_to(perfect, "q_sample", (
+        "import socket as _so\ntry:\n"
+        f"    _so.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'escaped')\n"
+        "except OSError:\n    pass\n"
+        f"open({leak!r}, 'w').write('left behind')\n"))
+    students["reader"] = _with_q_sample(perfect, READER_Q_SAMPLE)
+    students["perfect"] = perfect
+    subs = tmp_path / "subs"
+    for name, nb in students.items():
+        (subs / name / A).mkdir(parents=True)
+        (subs / name / A / f"{A}.ipynb").write_text(json.dumps(nb))
+    try:
+        rep = autograde(subs, out=tmp_path / "out", jobs=2, root=root, progress=False,
+                        notebook_timeout=60, memory_mb=1536)
+    finally:
+        stop.set()
+    assert rep.errors == []
+    rows = list(csv.DictReader(open(tmp_path / "out" / "questions.csv")))
+    pts = earned(rows)
+    order = [(c["metadata"].get("nbgrader") or {}).get("grade_id") for c in perfect["cells"]]
+    tests = [g for g in order if g and g.startswith("test_")]
+    early = [g for g in tests if order.index(g) < order.index(LATE)]   # before the cell that dies
+    late = [g for g in tests if order.index(g) > order.index(LATE)]
+    assert early and late
+    for name, why in (("late_exit", "kernel died"), ("ignores_interrupts", "time limit"),
+                      ("memory_hog", "ran out of memory")):
+        for c in early:  # earned before the kernel went: kept
+            assert pts[(name, c)][0] == pts[("perfect", c)][0] > 0, (name, c, pts[(name, c)])
+        for c in late:
+            assert pts[(name, c)][0] == 0, (name, c)
+        assert any(why in pts[(name, c)][1] for c in late), (name, [pts[(name, c)] for c in late])
+    assert reached == [], "a grading kernel reached the host's loopback"
+    assert not os.path.exists(leak), "a file in /dev/shm outlived its job"
+    assert pts[("network_and_shm", "test_q_sample")][0] == pts[("perfect", "test_q_sample")][0]
+    # nothing secret is on the kernel's file system: not the reference, the solutions, the other
+    # submissions or the gradebook, so the reader's own (wrong) q_sample is what is graded
+    graded = (tmp_path / "out" / "autograded" / "reader" / A / f"{A}.ipynb").read_text()
+    assert "FOUND []" in graded, graded[graded.find("FOUND"):][:500]
+    assert pts[("reader", "test_q_sample")][0] == 0

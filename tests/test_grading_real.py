@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
-from grading import course
-from grading.autograde import _hidden_lines, autograde
+from grading import cells, course
+from grading.autograde import autograde
 from grading.demo import make_submissions
 from grading.release import release
 
@@ -31,16 +30,14 @@ def test_perfect_and_blank_on_a_real_notebook(tmp_path):
     assert rep.errors == []
     rows = {r["student"]: r for r in csv.DictReader(open(tmp_path / "out" / "grades.csv"))}
     sol = json.loads((root / course.SOURCE_DIR / a / f"{a}.ipynb").read_text())
-    max_auto = sum(float(c["metadata"]["nbgrader"].get("points", 0)) for c in sol["cells"]
-                   if (c["metadata"].get("nbgrader") or {}).get("grade")
-                   and not c["metadata"]["nbgrader"].get("solution"))
+    max_auto = sum(c.points for c in cells.graded_cells(sol) if c.kind == "test")
     assert max_auto > 0
     assert float(rows["perfect"]["auto_score"]) == float(rows["perfect"]["auto_max"]) == max_auto
     assert float(rows["blank"]["auto_score"]) == 0
     assert rows["perfect"]["review"] == "" and rows["blank"]["review"] == ""
-    hidden = _hidden_lines(sol)
+    hidden = cells.hidden_test_lines(sol)
     assert hidden
     for page in (tmp_path / "out" / "feedback").glob(f"*/{a}/*.html"):
         text = page.read_text()
-        assert "BEGIN HIDDEN TESTS" not in text and "_hidden.run" not in text
+        assert "BEGIN HIDDEN TESTS" not in text and "_hidden.run" not in text and "gradeprobe.run" not in text
         assert not [ln for ln in hidden if ln in text]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
+from grading import cells
 from grading.checks import forward_process as checks
 from notebook_support import SolutionNotebook, assert_every_cell_passes, run_cells
 
@@ -47,8 +48,7 @@ def test_solution_passes_check(check):
 
 def test_every_test_cell_has_a_check():
     nb = nbformat.read(NB, as_version=4)
-    calls = [c.source for c in nb.cells if c.get("metadata", {}).get("nbgrader", {}).get("grade")
-             and c.cell_type == "code"]
+    calls = [c.source for c in nb.cells if cells.is_test(c)]
     named = {src.split('"01_forward_process", "')[1].split('"')[0] for src in calls}
     assert named == set(checks.CHECKS)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
+from grading import cells
 from grading.checks import score_matching as checks
 from notebook_support import SolutionNotebook, assert_every_cell_passes, run_cells
 
@@ -58,9 +59,8 @@ def test_every_test_cell_has_a_check():
     nb = nbformat.read(NB, as_version=4)
     hidden = {}
     for cell in nb.cells:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if meta.get("grade") and cell.cell_type == "code":
-            hidden[meta["grade_id"]] = cell.source
+        if cells.is_test(cell):
+            hidden[cells.grade_id(cell)] = cell.source
     assert sorted(hidden) == sorted(TEST_CELLS)
     for gid, src in hidden.items():
         assert f'_hidden.run("06_score_matching", "{gid[5:]}", globals())' in src, gid

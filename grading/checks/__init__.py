@@ -1,4 +1,5 @@
 """Hidden tests, one module per notebook (``<name>.py`` for ``NN_<name>``), each with ``CHECKS``.
 
-They run inside the grading kernel through :func:`grading.hidden.run`; see CONTRIBUTING.md.
+Trusted: each check plans the calls the student's kernel makes and judges what came back, in the
+grading worker (``grading.verdict``); nothing of it enters the kernel. See CONTRIBUTING.md.
 """

@@ -5,7 +5,7 @@ One check per graded test cell; each takes the student's notebook globals. The c
 at most on one CPU core). When an output is wrong, it is compared with the outputs of known mistaken
 variants (computed here) so that the message can name the likely cause.
 
-Conventions (COURSE_SPEC.md): code index ``t`` in ``{0, ..., T-1}`` is the paper's step ``t + 1``,
+Conventions (docs/conventions.md): code index ``t`` in ``{0, ..., T-1}`` is the paper's step ``t + 1``,
 ``alpha_bar[t] = prod(alpha[:t+1])``, a batch of times is a ``torch.long`` tensor ``(B,)``.
 
 Random functions are tested through relations (the returned noise and t reproduce x_t) and

@@ -1,7 +1,7 @@
 """Hidden tests of notebook 03_sampling (ancestral sampling, DDIM and SDEdit).
 
 One check per graded test cell; each takes the student's notebook globals. The checks compare with
-``grading.reference.sampling`` and with the oracles of ``notes/algorithms.md`` (3.7), on small
+``grading.reference.sampling`` and with the oracles of ``docs/conventions.md`` (section 4), on small
 inputs (a few seconds at most on one CPU core):
 
 * delta data: with every image equal to ``c`` the exact noise predictor is known, and a correct
@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from grading.hidden import (CheckFailed, ConstantModel, DeltaDataModel, GaussianDataModel, RecordingModel,
+from grading.hidden import (CheckFailed, DeltaDataModel, GaussianDataModel, RecordingModel,
                             _StubModel, _time_batch, as_tensor_array, call, close, describe_diff, expect,
                             generator, match_variants, student, swapped_in)
 from grading.reference import forward_process as ref_fp
@@ -48,10 +48,6 @@ def _short_beta(T: int = 10, low: float = 0.05, high: float = 0.5) -> torch.Tens
     return torch.linspace(low, high, T, dtype=torch.float32)  # (T,)
 
 
-def _abar(beta: torch.Tensor) -> np.ndarray:
-    return np.cumprod(1.0 - beta.double().numpy())  # (T,)
-
-
 def _images(shape: tuple, seed: int) -> torch.Tensor:
     """Images in [-1, 1], float32, of ``shape``."""
     return torch.rand(shape, generator=generator(seed)) * 2 - 1
@@ -66,12 +62,8 @@ class _FixedNoiseModel(_StubModel):
     ``eps(x, t) = (0.6 sin(2 x) + 0.3) (1 + t / 1000)``.
 
     Elementwise (so a loop over the batch sees the same predictions) and known in closed form, so a
-    step's correct output and its mistaken variants can be computed here exactly. (``E`` is unused;
-    kept so the call sites read alike.)
+    step's correct output and its mistaken variants can be computed here exactly.
     """
-
-    def __init__(self, E: torch.Tensor | None = None):
-        super().__init__()
 
     def forward(self, x, t, *rest):
         idx = _time_batch(t, x.shape[0]).to(torch.float64)  # (B,)
@@ -200,9 +192,8 @@ def check_p_sample_step(ns):
     beta64 = beta.double().numpy()
     shape = (3, 1, 6, 6)
     x = _noise(shape, 1)
-    E = _noise(shape, 2)
     z = _noise(shape, 3)
-    model = RecordingModel(_FixedNoiseModel(E))
+    model = RecordingModel(_FixedNoiseModel())
     # with a given z the step is a function: calling it twice gives the same result
     again = as_tensor_array(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
     first = as_tensor_array(call(p_sample_step, model, x.clone(), 500, beta, z.clone()), "p_sample_step(...)")
@@ -227,9 +218,9 @@ def check_p_sample_step(ns):
                        context=f" at t = {t} (T = 1000, linear schedule, a fixed noise prediction)")
     # float64 inputs and a short schedule (large betas make every coefficient matter)
     sb = _short_beta(10).double()
-    x64, z64, E64 = x.double(), z.double(), E.double()
+    x64, z64 = x.double(), z.double()
     for t in (0, 4, 9):
-        out = call(p_sample_step, _FixedNoiseModel(E64), x64, t, sb, z64,
+        out = call(p_sample_step, _FixedNoiseModel(), x64, t, sb, z64,
                    what=f"p_sample_step with float64 inputs (t={t})")
         got = as_tensor_array(out, f"p_sample_step(..., t={t}, ...) with float64 inputs", shape=shape)
         want, variants = _step_variants(x64.numpy(), _eps_of(x64, t), z64.numpy(), t, sb.numpy())
@@ -534,9 +525,8 @@ def check_ddim_step(ns):
     ab = ab_t.double().numpy()
     shape = (3, 1, 6, 6)
     x = _noise(shape, 20)
-    E = _noise(shape, 21)
     z = _noise(shape, 22)
-    model = RecordingModel(_FixedNoiseModel(E))
+    model = RecordingModel(_FixedNoiseModel())
     cases = [(999, 979, 0.0, None), (500, 480, 0.0, None), (20, 0, 0.0, None), (0, -1, 0.0, None),
              (40, -1, 0.0, None), (500, 480, 1.0, z), (300, 200, 0.5, z), (20, 0, 1.0, z), (0, -1, 1.0, z),
              (700, 600, 0.0, z)]
@@ -717,9 +707,8 @@ def _check_sdedit(sdedit):
     ab = ab64.numpy()
     shape = (4, 1, 16, 16)
     x_0 = _images(shape, 40)
-    E = _noise(shape, 41)
     for t_start in (300, 0):
-        rec = RecordingModel(_FixedNoiseModel(E))
+        rec = RecordingModel(_FixedNoiseModel())
         x_in = x_0.clone()
         what = f"sdedit(model, x_0, t_start={t_start}, beta)"
         out = call(sdedit, rec, x_in, t_start, beta, generator=generator(5), what=what)
@@ -774,7 +763,7 @@ def _check_sdedit(sdedit):
                    f"divided by sqrt(beta_t) has std {std:.3f}, expected 1.",
                    hint="the steps must be Algorithm 2's ancestral steps with sigma_t = sqrt(beta_t) and fresh z.")
     # reproducible with the generator
-    m = _FixedNoiseModel(E)
+    m = _FixedNoiseModel()
     o1 = as_tensor_array(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(9)), "sdedit(...)")
     o2 = as_tensor_array(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(9)), "sdedit(...)")
     o3 = as_tensor_array(call(sdedit, m, x_0.clone(), 50, beta, generator=generator(10)), "sdedit(...)")

@@ -2,11 +2,11 @@
 of Song & Ermon 2020).
 
 One check per graded test cell; each takes the student's notebook globals. Conventions
-(COURSE_SPEC.md): ``sigmas[0]`` is the LARGEST noise level, ``sigmas[-1] = sigma_min``; the score is
+(docs/conventions.md): ``sigmas[0]`` is the LARGEST noise level, ``sigmas[-1] = sigma_min``; the score is
 ``net(x) / sigma`` with an unconditional ``net(x)``; Langevin uses the improved paper's update
 ``x + alpha s + sqrt(2 alpha) z`` with ``alpha = eps sigma^2 / sigma_min^2``.
 
-Oracles (notes/algorithms.md, 3.7):
+Oracles (docs/conventions.md, section 4):
 
 * single-point data ``c``: the exact score is ``-(x - c) / sigma^2``; the DSM loss is 0 for it and
   ``0.5 ||noise||^2`` (``D / 2`` in expectation) for a zero score;

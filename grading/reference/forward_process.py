@@ -1,6 +1,6 @@
 """Notebook 01: the forward (noising) process of DDPM (Ho et al. 2020, arXiv:2006.11239).
 
-Conventions (COURSE_SPEC.md): 0-based time, code index ``t`` in ``{0, ..., T-1}`` is the paper's
+Conventions (docs/conventions.md): 0-based time, code index ``t`` in ``{0, ..., T-1}`` is the paper's
 step ``t + 1``; ``beta[t]`` is the paper's beta_{t+1}; ``alpha_bar[t] = prod(alpha[:t+1])``.
 Images are ``(B, 1, 32, 32)`` in ``[-1, 1]``; a batch of times is a ``torch.long`` tensor ``(B,)``.
 """
