@@ -25,6 +25,8 @@ kernel. After the ``yield`` it judges the plain data that came back, in the grad
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
