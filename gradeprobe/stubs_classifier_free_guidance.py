@@ -1,5 +1,7 @@
 """Stub models of notebook 05 (``grading/checks/classifier_free_guidance.py``).
 
+Kernel side: built in the student's kernel from a plan.
+
 They run in the student's kernel, built from a plan of the trusted grader: nothing here is secret,
 and each model's output is known exactly from its parameters, so the trusted side recomputes it
 (with its own copy of this module) instead of believing the kernel. They record their own calls as

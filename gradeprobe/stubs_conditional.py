@@ -1,5 +1,7 @@
 """Stub models and tools of notebook 04 (``grading/checks/conditional.py``).
 
+Kernel side: built in the student's kernel from a plan.
+
 They run in the student's kernel, built from a plan of the trusted grader: nothing here is secret,
 and each model's output is known exactly from its parameters, so the trusted side recomputes it
 (with its own copy of this module) instead of believing the kernel. The recording models subclass

@@ -1,5 +1,7 @@
 """Stub models, optimizers and data of notebook 02 (``grading/checks/ddpm_training.py``).
 
+Kernel side: built in the student's kernel from a plan.
+
 They run in the student's kernel, built from a plan of the trusted grader: nothing here is secret,
 and each one's behaviour is known exactly from its parameters, so the trusted side recomputes what
 it should have done (with its own copy of this module) instead of believing the kernel.
