@@ -10,35 +10,63 @@ w = -1 the unconditional one. Truth comes from mathematics:
 * ``p_sample_loop_cfg``: with exact delta-data predictors (class k -> c_k, null -> u) the guided
   noise is itself the exact predictor for data at ``(1 + w) c_y - w u``, so a correct sampler returns
   that image exactly; Gaussian data give the output variance in closed form. The sampler is graded
-  on its own: during this check it runs with a correct ``guided_eps``.
+  on its own: when it calls the student's ``guided_eps``, those calls are recorded and the loop is
+  judged from them (called at t = T-1, ..., 0 with the given y, w and null label, each step's
+  Algorithm 2 update applied to what guided_eps returned, fresh noise between steps, none at the last
+  step), so a mistake in ``guided_eps`` costs the points of its own cell only. A loop that does not
+  call ``guided_eps`` (guidance inlined) is judged by its output, as the exact predictors allow.
+  When the student's ``guided_eps`` cannot run (missing, or raising), the loop is judged from its
+  calls of a stand-in that returns the plain conditional prediction (it gives no guidance away).
+
+Every check is trusted (``grading.verdict``): before its ``yield`` it only asks for calls, whose inputs
+are drawn from the grading run's secret seed (``p.gen``), with the stubs of
+``gradeprobe.stubs_classifier_free_guidance`` built in the kernel; no reference code enters the
+kernel. After the ``yield`` it judges the plain data that came back, in the grader's process.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from torch import nn
 
-from grading.hidden import CheckFailed, as_array, call, describe_diff, expect, max_abs_diff, student, swapped_in
-from grading.checks.conditional import _gaussian_output_variance, _linear_schedule
+from gradeprobe.stubs_classifier_free_guidance import TwoHeadModel
+from grading.checks.conditional import _gaussian_output_variance, _inputs_changed, _linear_schedule
+from grading.hidden import CheckFailed, as_array, describe_diff, expect, max_abs_diff
+from grading.records import ObjectRecord, TensorRecord
+from grading.verdict import Outcome, Probe, WrappedCall, trusted
 
 # ----------------------------------------------------------------------------------------------
 # drop_labels
 
 
-def check_drop_labels(ns):
-    fn = student(ns, "drop_labels")
+@trusted
+def check_drop_labels(p: Probe):
     N = 10_000
-    y = torch.randint(0, 10, (N,), generator=torch.Generator().manual_seed(31))  # (N,) long
-    y_copy = y.clone()
+    y = torch.randint(0, 10, (N,), generator=p.gen(31))  # (N,) long
 
-    def drop(p, null, seed, labels=None):
+    def drop(rate, null, seed, labels=None, global_seed=None):
         labels = y if labels is None else labels
-        out = call(fn, labels, p, null, generator=torch.Generator().manual_seed(seed),
-                   what=f"drop_labels(y, p_uncond={p}, null_label={null}, generator=...)")
-        return as_array(out, f"drop_labels(y, {p}, {null})", shape=tuple(labels.shape), dtype="long")
+        out = p.call("drop_labels", labels, rate, null, generator=p.generator(seed), global_seed=global_seed,
+                     what=f"drop_labels(y, p_uncond={rate}, null_label={null}, generator=...)")
+        return out, labels, f"drop_labels(y, {rate}, {null})"
 
-    out = drop(0.1, 10, 0)
-    expect(torch.equal(y, y_copy), "drop_labels changed the labels y in place.",
+    main = drop(0.1, 10, 0)
+    others = [drop(0.1, 10, s) for s in range(1, 9)]  # looked at when the whole batch moves together
+    o42 = drop(0.3, 42, 1)
+    o0, o1 = drop(0.0, 10, 2), drop(1.0, 10, 3)
+    # the generator drives the coins: equally seeded generators, the global RNG seeded differently
+    ga, gb, gc = drop(0.5, 10, 5, global_seed=1), drop(0.5, 10, 5, global_seed=2), drop(0.5, 10, 6)
+    small = torch.arange(8) % 10
+    smalls = [drop(0.5, 10, 100 + s, labels=small) for s in range(40)]
+    yield
+
+    def value(case):
+        out, labels, name = case
+        return as_array(out.value, name, shape=tuple(labels.shape), dtype="long")
+
+    out = value(main)
+    expect(not _inputs_changed(main[0], [y]), "drop_labels changed the labels y in place.",
            hint="return a new tensor (e.g. torch.where(drop, null, y) or y.clone() before assigning).")
     yn = y.numpy()
     changed = out != yn
@@ -55,7 +83,7 @@ def check_drop_labels(ns):
         if 0.88 <= frac <= 0.92:
             hint = "labels are dropped with probability 1 - p_uncond; a label is dropped when the coin falls below p_uncond."
         elif frac in (0.0, 1.0):
-            fracs = [float((drop(0.1, 10, s) == 10).mean()) for s in range(1, 9)]
+            fracs = [float((value(o) == 10).mean()) for o in others]
             if all(f in (0.0, 1.0) for f in fracs):
                 hint = ("the whole batch is dropped or kept together: draw one coin per label, e.g. "
                         "torch.rand(y.shape, generator=generator) < p_uncond.")
@@ -66,7 +94,7 @@ def check_drop_labels(ns):
            "Every class should be dropped at the same rate p_uncond; the rates per class range from "
            f"{min(per_class):.2f} to {max(per_class):.2f}.", hint="draw one coin per label, independent of the label.")
     # another null label and another rate (the null label is an argument, not a constant)
-    out42 = drop(0.3, 42, 1)
+    out42 = value(o42)
     frac42 = float((out42 == 42).mean())
     expect(set(np.unique(out42[out42 != yn]).tolist()) <= {42} and 0.28 <= frac42 <= 0.32,
            f"drop_labels(y, p_uncond=0.3, null_label=42) should replace about 30% of the labels by 42; "
@@ -74,14 +102,14 @@ def check_drop_labels(ns):
            f"{sorted(set(out42[out42 != yn].tolist()))[:5]}.",
            hint="use the arguments p_uncond and null_label, not fixed values.")
     # edge cases
-    out0 = drop(0.0, 10, 2)
+    out0 = value(o0)
     expect(np.array_equal(out0, yn), f"With p_uncond = 0 no label may change; {int((out0 != yn).sum())} did.",
            hint="drop when the coin is strictly below p_uncond (torch.rand(...) < p_uncond).")
-    out1 = drop(1.0, 10, 3)
+    out1 = value(o1)
     expect(bool((out1 == 10).all()), f"With p_uncond = 1 every label must become the null label; "
            f"{int((out1 != 10).sum())} did not.")
     # the generator drives the coins, one per label
-    a, b, c = drop(0.5, 10, 5), drop(0.5, 10, 5), drop(0.5, 10, 6)
+    a, b, c = value(ga), value(gb), value(gc)
     expect(np.array_equal(a, b) and not np.array_equal(a, c),
            "drop_labels should draw its coins with the `generator` argument: equally seeded generators "
            "should give the same result, differently seeded ones a different one.",
@@ -91,176 +119,301 @@ def check_drop_labels(ns):
            f"With p_uncond = 0.5 two independent draws should agree on about half of the labels; they agree "
            f"on {100 * agree:.0f}%.", hint="draw a fresh coin for every label.")
     # small batches get independent coins too
-    small = torch.arange(8) % 10
-    mixed = 0
-    for s in range(40):
-        o = drop(0.5, 10, 100 + s, labels=small)
-        mixed += int(0 < (o == 10).sum() < 8)
+    mixed = sum(int(0 < (value(o) == 10).sum() < 8) for o in smalls)
     expect(mixed >= 30, f"On batches of 8 labels with p_uncond = 0.5 most batches should mix dropped and kept "
            f"labels; only {mixed} of 40 did.",
            hint="one coin per label, not one coin for the whole batch.")
-    expect(torch.equal(y, y_copy), "drop_labels changed the labels y in place.")
+    expect(not any(_inputs_changed(o[0], [o[1]]) for o in [main, *others, o42, o0, o1, ga, gb, gc, *smalls]),
+           "drop_labels changed the labels y in place.")
 
 
 # ----------------------------------------------------------------------------------------------
 # guided_eps
 
 
-class _TwoHeadModel(nn.Module):
-    """``model(x, t, y) = 0.5 x + 0.001 t + (1 + 0.1 y)`` for real labels and ``0.5 x + 0.001 t - 0.7``
-    for the null label; records every call."""
-
-    def __init__(self, null_label: int):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
-        self.null_label = null_label
-        self.calls = []
-
-    @staticmethod
-    def heads(x, t, y, null_label):
-        t = torch.as_tensor(t).to(x.dtype).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(x.shape[0])
-        y = torch.as_tensor(y).reshape(-1)
-        base = 0.5 * x + 0.001 * t.reshape(-1, 1, 1, 1)
-        cond = 1.0 + 0.1 * y.to(x.dtype)
-        val = torch.where(y == null_label, torch.full_like(cond, -0.7), cond)  # (B,)
-        return base + val.reshape(-1, 1, 1, 1)
-
-    def forward(self, x, t, y=None):
-        self.calls.append({"x": x.detach().clone(), "t": torch.as_tensor(t).detach().clone(),
-                           "y": None if y is None else torch.as_tensor(y).detach().clone()})
-        if y is None:
-            raise TypeError("this conditional model needs labels: model(x, t, y)")
-        return self.heads(x, t, y, self.null_label)
-
-
 def _check_guided_calls(calls, y, null, B):
     """One batched pass (2B) or two passes (B each): the model must see the real labels (conditional
     prediction) and the null label for every example (unconditional prediction)."""
-    labels = torch.cat([c["y"].reshape(-1).long() for c in calls])
+    ys = [c["y"] for c in calls if isinstance(c.get("y"), TensorRecord)]
+    labels = np.concatenate([np.asarray(r.array).reshape(-1).astype(np.int64) for r in ys]) if ys else \
+        np.zeros(0, dtype=np.int64)
     expect(bool((labels == null).sum() >= B) and all(int((labels == int(v)).sum()) >= int((y == v).sum())
                                                      for v in y),
            "The model should see the real labels y once (conditional pass) and the null label once per "
            f"example (unconditional pass); it saw labels {labels.tolist()}.")
 
 
-def check_guided_eps(ns):
-    fn = student(ns, "guided_eps")
-    gen = torch.Generator().manual_seed(41)
+@trusted
+def check_guided_eps(p: Probe):
+    gen = p.gen(41)
     B = 5
     x = torch.randn(B, 1, 3, 3, generator=gen, dtype=torch.float64)  # (B, 1, 3, 3)
-    t = torch.tensor([999, 500, 20, 3, 0])
-    y = torch.tensor([7, 0, 3, 9, 1])
-    copies = (x.clone(), t.clone(), y.clone())
-
+    inner = torch.sort(torch.randperm(998, generator=gen)[:3] + 1, descending=True).values
+    t = torch.cat([torch.tensor([999]), inner, torch.tensor([0])])  # (B,) both ends included
+    y = torch.randperm(10, generator=gen)[:B]  # (B,) distinct real labels
+    cases = []
     for null in (10, 12):
         for w in (2.5, 0.0, -1.0, 7):
-            model = _TwoHeadModel(null)
-            out = as_array(call(fn, model, x, t, y, w, null, what=f"guided_eps(model, x_t, t, y, w={w}, null_label={null})"),
-                           "guided_eps(...)", shape=tuple(x.shape), dtype="float")
-            e_c = _TwoHeadModel.heads(x, t, y, null).numpy()
-            e_u = _TwoHeadModel.heads(x, t, torch.full_like(y, null), null).numpy()
-            want = (1 + w) * e_c - w * e_u
-            if max_abs_diff(out, want) < 1e-6:
-                if w not in (0.0, -1.0):  # w = 0 or -1 may take a shortcut with one pass
-                    _check_guided_calls(model.calls, y, null, B)
-                continue
-            e_0 = _TwoHeadModel.heads(x, t, torch.zeros_like(y), null).numpy()
-            variants = [
-                (e_u + w * (e_c - e_u), "this is eps_u + w (eps_c - eps_u), the s = w convention; this course "
-                 "writes (1 + w) eps_c - w eps_u, i.e. s = 1 + w."),
-                ((1 + w) * e_u - w * e_c, "the guidance sign is reversed: the conditional prediction gets the "
-                 "weight (1 + w) and the unconditional one -w."),
-                ((1 - w) * e_c + w * e_u, "the guidance sign is reversed: it should be (1 + w) eps_c - w eps_u."),
-                (e_c, "the result equals the conditional prediction: is the unconditional pass given the real "
-                 "labels y instead of the null label (or is w ignored)?"),
-                (e_u, "the result equals the unconditional prediction: is the conditional pass given the null label?"),
-                ((1 + w) * e_c - w * e_0, "the unconditional pass used label 0; use null_label (a dedicated "
-                 "label that no real class has)."),
-            ]
-            if null == 12:
-                e_10 = _TwoHeadModel.heads(x, t, torch.full_like(y, 10), null).numpy()
-                variants.append(((1 + w) * e_c - w * e_10, "the null label is hard-coded as 10; use the "
-                                 "argument null_label."))
-            hint = next((h for v, h in variants if max_abs_diff(out, v) < 1e-6 and max_abs_diff(v, want) > 1e-6), None)
-            raise CheckFailed(
-                f"With a stub model whose conditional prediction is eps_c and whose unconditional prediction "
-                f"(null label {null}) is eps_u, guided_eps(w={w}) should return (1 + w) eps_c - w eps_u: "
-                f"{describe_diff(out, want)}." + (f"\nLikely cause: {hint}" if hint else ""))
-    expect(all(torch.equal(a, b) for a, b in zip(copies, (x, t, y))),
+            model = p.stub("classifier_free_guidance.TwoHeadModel", null_label=null)
+            out = p.call("guided_eps", model, x, t, y, w, null,
+                         what=f"guided_eps(model, x_t, t, y, w={w}, null_label={null})")
+            cases.append((null, w, model, out))
+    yield
+
+    for null, w, model, call_out in cases:
+        out = as_array(call_out.value, "guided_eps(...)", shape=tuple(x.shape), dtype="float")
+        e_c = TwoHeadModel.heads(x, t, y, null).numpy()
+        e_u = TwoHeadModel.heads(x, t, torch.full_like(y, null), null).numpy()
+        want = (1 + w) * e_c - w * e_u
+        if max_abs_diff(out, want) < 1e-6:
+            if w not in (0.0, -1.0):  # w = 0 or -1 may take a shortcut with one pass
+                _check_guided_calls(call_out.model_calls(model), y, null, B)
+            continue
+        e_0 = TwoHeadModel.heads(x, t, torch.zeros_like(y), null).numpy()
+        variants = [
+            (e_u + w * (e_c - e_u), "this is eps_u + w (eps_c - eps_u), the s = w convention; this course "
+             "writes (1 + w) eps_c - w eps_u, i.e. s = 1 + w."),
+            ((1 + w) * e_u - w * e_c, "the guidance sign is reversed: the conditional prediction gets the "
+             "weight (1 + w) and the unconditional one -w."),
+            ((1 - w) * e_c + w * e_u, "the guidance sign is reversed: it should be (1 + w) eps_c - w eps_u."),
+            (e_c, "the result equals the conditional prediction: is the unconditional pass given the real "
+             "labels y instead of the null label (or is w ignored)?"),
+            (e_u, "the result equals the unconditional prediction: is the conditional pass given the null label?"),
+            ((1 + w) * e_c - w * e_0, "the unconditional pass used label 0; use null_label (a dedicated "
+             "label that no real class has)."),
+        ]
+        if null == 12:
+            e_10 = TwoHeadModel.heads(x, t, torch.full_like(y, 10), null).numpy()
+            variants.append(((1 + w) * e_c - w * e_10, "the null label is hard-coded as 10; use the "
+                             "argument null_label."))
+        hint = next((h for v, h in variants if max_abs_diff(out, v) < 1e-6 and max_abs_diff(v, want) > 1e-6), None)
+        raise CheckFailed(
+            f"With a stub model whose conditional prediction is eps_c and whose unconditional prediction "
+            f"(null label {null}) is eps_u, guided_eps(w={w}) should return (1 + w) eps_c - w eps_u: "
+            f"{describe_diff(out, want)}." + (f"\nLikely cause: {hint}" if hint else ""))
+    expect(not any(_inputs_changed(o, [None, x, t, y]) for *_, o in cases),
            "guided_eps changed x_t, t or y in place.", hint="build the null labels with torch.full_like(y, null_label).")
 
 
 # ----------------------------------------------------------------------------------------------
 # p_sample_loop_cfg
 
-
-class _GuidedDeltaModel(nn.Module):
-    """Exact predictors: class k -> data fixed at centers[k]; the null label -> data fixed at u.
-    With ``gaussian=True`` the data are N(center, I) instead."""
-
-    def __init__(self, centers, u, alpha_bar, null_label, gaussian=False):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
-        self.centers = torch.cat([centers, u[None]]).to(torch.float64)  # (K + 1, C, H, W)
-        self.alpha_bar = alpha_bar.to(torch.float64)
-        self.null_label, self.gaussian = null_label, gaussian
-        self.calls = []
-
-    def forward(self, x, t, y=None):
-        if y is None:
-            raise TypeError("this conditional model needs labels: model(x, t, y)")
-        tt = torch.as_tensor(t).reshape(-1).long()
-        if tt.numel() == 1:
-            tt = tt.expand(x.shape[0])
-        yy = torch.as_tensor(y).reshape(-1).long()
-        self.calls.append({"t": tt.clone(), "y": yy.clone()})
-        idx = torch.where(yy == self.null_label, torch.full_like(yy, len(self.centers) - 1), yy)
-        ab = self.alpha_bar[tt].reshape(-1, 1, 1, 1)
-        sa, s1 = ab.sqrt().to(x.dtype), (1 - ab).sqrt().to(x.dtype)
-        c = self.centers[idx].to(x.dtype)
-        return s1 * (x - sa * c) if self.gaussian else (x - sa * c) / s1
+_LABEL = "p_sample_loop_cfg(model, x_T, y, w, beta, null_label)"
+_GUIDED_ARGS = ("model", "x_t", "t", "y", "w", "null_label")
 
 
-def _reference_guided_eps(model, x_t, t, y, w, null_label):
-    """A correct guided_eps that accepts t as an int or a tensor (two passes)."""
-    y_null = torch.full_like(y, null_label) if isinstance(y, torch.Tensor) else null_label
-    return (1 + w) * model(x_t, t, y) - w * model(x_t, t, y_null)
+def _number(v):
+    """A recorded scalar argument (a Python number, a NumPy scalar or a one-element tensor) as a float."""
+    if isinstance(v, TensorRecord):
+        v = v.array
+    if isinstance(v, np.ndarray):
+        return float(v.reshape(-1)[0]) if v.size == 1 else None
+    if isinstance(v, (bool, ObjectRecord)) or v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
-def check_p_sample_loop_cfg(ns):
-    fn = student(ns, "p_sample_loop_cfg")
-    with swapped_in(ns, {"guided_eps": _reference_guided_eps}):  # grade the loop on its own
-        _check_cfg_loop(fn)
+def _shown(v) -> str:
+    return "no number" if v is None else (str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}")
 
 
-def _check_cfg_loop(fn):
+def _parse_guided(calls: list[WrappedCall]) -> list[dict] | None:
+    """The arguments and result of each recorded guided_eps call, as arrays; None when a call cannot
+    be read as guided_eps(model, x_t, t, y, w, null_label) -> tensor."""
+    out = []
+    for c in calls:
+        given = dict(zip(_GUIDED_ARGS, c.args))
+        given.update({k: v for k, v in c.kwargs.items() if k in _GUIDED_ARGS})
+        if c.error or not isinstance(c.value, TensorRecord) or not isinstance(given.get("x_t"), TensorRecord) \
+                or any(k not in given for k in _GUIDED_ARGS):
+            return None
+        t = given["t"]
+        t_arr = np.asarray(t.array).reshape(-1) if isinstance(t, TensorRecord) else np.asarray([_number(t)])
+        y = given["y"]
+        out.append({"x": np.asarray(given["x_t"].array, dtype=np.float64),
+                    "eps": np.asarray(c.value.array, dtype=np.float64), "t": t_arr,
+                    "y": np.asarray(y.array).reshape(-1) if isinstance(y, TensorRecord) else None,
+                    "w": _number(given["w"]), "null": _number(given["null_label"])})
+    return out
+
+
+def _judge_composition(calls: list[dict], out: np.ndarray, x_T: torch.Tensor, y: torch.Tensor, w: float,
+                       beta: torch.Tensor, null: int) -> None:
+    """The loop as composed from the student's own guided_eps: one call per step at t = T-1, ..., 0
+    with the given y, w and null label; x_T first, then each step's Algorithm 2 mean of what the
+    previous call returned plus sigma_t z (sigma_t^2 = beta_t or beta_tilde_t, z fresh standard
+    normal noise); no noise after the call at t = 0."""
+    label, T = _LABEL, len(beta)
+    expect(len(calls) == T, f"{label} called guided_eps {len(calls)} times for T = {T} steps; expected one "
+           "call per step.", hint="call guided_eps(model, x, t_batch, y, w, null_label) once at every step.")
+    times = []
+    for i, c in enumerate(calls):
+        tt = c["t"]
+        expect(tt.size in (1, len(y)) and bool(np.all(tt == tt[0])),
+               f"Call {i} of guided_eps got times {tt.tolist()}; expected the same step for the whole batch.")
+        times.append(int(tt[0]))
+    expect(times == list(range(T - 1, -1, -1)),
+           f"The model should be queried at t = {T - 1}, ..., 0 in that order; got {times[:4]} ... {times[-3:]}.",
+           hint="loop over reversed(range(T)).")
+    for c, t in zip(calls, times):
+        if c["w"] is None or abs(c["w"] - w) > 1e-12:
+            hint = ("the samples then follow the conditional model only: the loop never uses guidance (pass "
+                    "the guidance weight on: guided_eps(model, x, t, y, w, null_label) at every step)."
+                    if c["w"] == 0 else "pass the guidance weight w on to guided_eps unchanged.")
+            raise CheckFailed(f"At step t = {t}, {label} with w = {w} called guided_eps with w = {_shown(c['w'])}."
+                              f"\nLikely cause: {hint}")
+        expect(c["null"] is not None and c["null"] == null,
+               f"At step t = {t}, {label} called guided_eps with null_label = {_shown(c['null'])} instead of {null}.",
+               hint="pass the null_label argument on to guided_eps.")
+        expect(c["y"] is not None and c["y"].shape == tuple(y.shape) and np.array_equal(c["y"], y.numpy()),
+               f"At step t = {t} guided_eps got labels {None if c['y'] is None else c['y'].tolist()} instead of "
+               f"y = {y.tolist()}.", hint="pass the labels y (one per example) to guided_eps at every step.")
+    x0 = x_T.numpy()
+    expect(calls[0]["x"].shape == x0.shape and np.allclose(calls[0]["x"], x0, atol=1e-12, rtol=0),
+           f"The first call of guided_eps (t = {T - 1}) should get x_T itself: "
+           f"{describe_diff(calls[0]['x'], x0)}.", hint="start with x = x_T.")
+    b = beta.numpy().astype(np.float64)
+    alpha = 1 - b
+    ab = np.cumprod(alpha)
+    ab_prev = np.concatenate([[1.0], ab[:-1]])
+    means = []
+    for c, t in zip(calls, times):
+        expect(c["eps"].shape == c["x"].shape,
+               f"guided_eps returned shape {c['eps'].shape} for x of shape {c['x'].shape} at step t = {t}.")
+        means.append((c["x"] - b[t] / np.sqrt(1 - ab[t]) * c["eps"]) / np.sqrt(alpha[t]))
+    # x_{t-1} = mean_t + sigma_t z between the calls, z fresh standard normal noise
+    d = np.stack([calls[k + 1]["x"] - means[k] for k in range(T - 1)])  # (T - 1, B, C, H, W), t = T-1, ..., 1
+    ts = np.array(times[:-1])
+    shape = (-1,) + (1,) * (d.ndim - 1)
+    stats = []
+    for var_t in (b[ts], b[ts] * (1 - ab_prev[ts]) / (1 - ab[ts])):  # sigma^2 = beta_t or beta_tilde_t
+        z = d / np.sqrt(var_t).reshape(shape)
+        stats.append((abs(float(z.mean())) + abs(float(z.var()) - 1), float(z.mean()), float(z.var()), z))
+    _, m, v, z = min(stats, key=lambda s_: s_[0])
+    flat_z = z.reshape(len(ts), -1)
+    if v > 0.25:  # some noise: it must be fresh at every step
+        r = float(np.corrcoef(flat_z[:-1].reshape(-1), flat_z[1:].reshape(-1))[0, 1])
+        expect(not abs(r) >= 0.8, f"{label} adds the same noise at every step (correlation {r:.2f} between the "
+               f"noise of successive steps).", hint="draw a fresh z at every step: torch.randn(x.shape, "
+                                                   "generator=generator, dtype=x.dtype).")
+    eps_prev = np.stack([calls[k]["eps"] for k in range(T - 1)]).reshape(len(ts), -1)
+    x_prev = np.stack([calls[k]["x"] for k in range(T - 1)]).reshape(len(ts), -1)
+    for other, what in ((eps_prev, "the guided noise prediction"), (x_prev, "x")):
+        r = float(np.corrcoef(flat_z.reshape(-1), other.reshape(-1))[0, 1])
+        expect(not abs(r) >= 0.1,  # (NaN: a constant, nothing to correlate with)
+               f"Between the guided_eps calls, {label} adds something that correlates with {what} "
+               f"(correlation {r:.2f}), not only fresh noise.",
+               hint="the update must be Algorithm 2's (x - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) "
+                    "+ sqrt(beta_t) z: check its coefficients.")
+    if v > 0.25:  # some noise: it must be fresh at every step
+        r = float(np.corrcoef(flat_z[:-1].reshape(-1), flat_z[1:].reshape(-1))[0, 1])
+        expect(not abs(r) >= 0.3, f"{label} adds the same noise at every step (correlation {r:.2f} between the noise "
+               f"of successive steps).", hint="draw a fresh z at every step: torch.randn(x.shape, "
+                                             "generator=generator, dtype=x.dtype).")
+    if not (abs(m) < 0.1 and abs(v - 1) < 0.15):
+        hint = "the update of x between the steps must be Algorithm 2's (x - beta_t / sqrt(1 - alpha_bar_t) eps) / " \
+               "sqrt(alpha_t) + sqrt(beta_t) z: check its coefficients."
+        if v < 0.5:
+            hint = "no (or too little) noise is added between steps: add sqrt(beta[t]) z for t > 0."
+        elif v > 1.5:
+            hint = "too much noise is added (or the update's coefficients are off): sigma_t is sqrt(beta[t])."
+        raise CheckFailed(f"Between the guided_eps calls at t and t - 1, {label} should move x to the Algorithm 2 "
+                          f"mean of that step plus sigma_t z with sigma_t = sqrt(beta_t) and z standard normal; the "
+                          f"z this implies has mean {m:.3f} and variance {v:.3f}.\nLikely cause: {hint}")
+    # no noise after the last step
+    last = means[-1]
+    if not (out.shape == last.shape and np.allclose(out, last, atol=1e-5, rtol=1e-5)):
+        resid = out - last if out.shape == last.shape else None
+        sb0 = math.sqrt(float(b[0]))
+        hint = ("the last step must return (x - beta_0 / sqrt(1 - alpha_bar_0) eps) / sqrt(alpha_0), with eps "
+                "what guided_eps returned at t = 0 and no noise: check the coefficients of Algorithm 2, line 4, "
+                "and return x after the last update.")
+        if resid is not None and abs(float(resid.std()) - sb0) < 0.5 * sb0:
+            hint = (f"the output is the last step's mean plus noise of std about sqrt(beta[0]) = {sb0:.3g}: noise is "
+                    "added at the last step (t = 0); Algorithm 2 uses z = 0 there.")
+        raise CheckFailed(f"{label} with w = {w} did not return the update of its last step: "
+                          f"{describe_diff(out, last)}.\nLikely cause: {hint}")
+
+
+def _sampled(out: Outcome, x_T: torch.Tensor, y: torch.Tensor):
+    """The output of a sampler call and the recorded guided_eps calls (None when the loop did not
+    call guided_eps, or called it in a way that cannot be read)."""
+    got = as_array(out.value, f"the output of {_LABEL}", shape=tuple(x_T.shape), dtype="float")
+    expect(not _inputs_changed(out, [None, x_T, y]), f"{_LABEL} changed x_T or y in place.",
+           hint="start with x = x_T and update it out of place.")
+    wrapped = out.wrapped("guided_eps")
+    return got, (_parse_guided(wrapped) if wrapped else None)
+
+
+@trusted
+def check_p_sample_loop_cfg(p: Probe):
     T, null = 100, 10
     beta = _linear_schedule(T, 1e-3, 0.1)  # (T,)
     alpha_bar = torch.cumprod(1 - beta, dim=0)
-    g = torch.Generator().manual_seed(51)
+    g = p.gen(51)
     centers = torch.rand(10, 1, 3, 3, generator=g, dtype=torch.float64) * 1.2 - 0.6  # (10, 1, 3, 3)
     u = torch.rand(1, 3, 3, generator=g, dtype=torch.float64) * 1.2 - 0.6  # (1, 3, 3)
-    y = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
-    B = len(y)
-    x_T = torch.randn(B, 1, 3, 3, generator=g, dtype=torch.float64)
-    copies = (x_T.clone(), y.clone())
-    label = "p_sample_loop_cfg(model, x_T, y, w, beta, null_label)"
-
+    y = torch.randperm(10, generator=g)[:8]  # (B,) distinct labels
+    x_T = torch.randn(len(y), 1, 3, 3, generator=g, dtype=torch.float64)
+    fn, wrap = "p_sample_loop_cfg", ("guided_eps",)
+    delta = []
     for w in (2.0, 0.0, -1.0):
-        model = _GuidedDeltaModel(centers, u, alpha_bar, null)
-        out = as_array(call(fn, model, x_T, y, w, beta, null, generator=torch.Generator().manual_seed(0), what=label),
-                       f"the output of {label}", shape=tuple(x_T.shape), dtype="float")
-        expect(all(torch.equal(a, b) for a, b in zip(copies, (x_T, y))), f"{label} changed x_T or y in place.",
-               hint="start with x = x_T and update it out of place.")
+        model = p.stub("classifier_free_guidance.GuidedDeltaModel", centers=centers, u=u, alpha_bar=alpha_bar,
+                       null_label=null)
+        delta.append((w, model, p.call(fn, model, x_T, y, w, beta, null, generator=p.generator(0), what=_LABEL,
+                                       wrap=wrap)))
+    # Gaussian data: the right variance (noise added for t > 0), mean (1 + w) c - w u
+    N, w_g = 3000, 1.5
+    yy = torch.arange(N) % 10
+    x_N = torch.randn(N, 1, 3, 3, generator=p.gen(52), dtype=torch.float64)
+    gmodel = p.stub("classifier_free_guidance.GuidedDeltaModel", centers=centers, u=u, alpha_bar=alpha_bar,
+                    null_label=null, gaussian=True, record=False)
+    # (looked at only when the loop does not call guided_eps: a loop that does is judged from the calls
+    # of the delta-data runs, and a Gaussian output would also judge the student's guided_eps)
+    gauss = p.call(fn, gmodel, x_N, yy, w_g, beta, null, generator=p.generator(1), what=_LABEL)
+    # the generator drives the randomness (the global random state seeded differently each time)
+    xs, ys = x_N[:16], yy[:16]
+    runs = [p.call(fn, gmodel, xs, ys, w_g, beta, null, generator=p.generator(s), what=_LABEL, global_seed=gs)
+            for s, gs in ((7, 1), (7, 2), (8, 3))]
+    # the same with a stand-in guided_eps (the conditional prediction), looked at only when the
+    # student's own guided_eps cannot run: the loop is still graded, from its calls of the stand-in
+    stand_in = {"guided_eps": p.stub("classifier_free_guidance.StandInGuide")}
+    w_s, model_s = delta[0][0], p.stub("classifier_free_guidance.GuidedDeltaModel", centers=centers, u=u,
+                                       alpha_bar=alpha_bar, null_label=null)
+    spare = p.call(fn, model_s, x_T, y, w_s, beta, null, generator=p.generator(0), what=_LABEL, wrap=wrap,
+                   bind=stand_in)
+    spare_runs = [p.call(fn, gmodel, xs, ys, w_g, beta, null, generator=p.generator(s), what=_LABEL,
+                         global_seed=gs, bind=stand_in) for s, gs in ((7, 1), (7, 2), (8, 3))]
+    yield
+
+    label = _LABEL
+    if _block_cannot_run(delta[0][2]):
+        # grade the loop on its own: guided_eps loses its points in its own cell
+        out, guided = _sampled(spare, x_T, y)
+        expect(guided is not None, f"{label} failed with your guided_eps, and with a stand-in guided_eps it "
+               f"did not call guided_eps(model, x, t, y, w, null_label) either.",
+               hint="call guided_eps(model, x, t_batch, y, w, null_label) at every step.")
+        _judge_composition(guided, out, x_T, y, w_s, beta, null)
+        _judge_generator(spare_runs)
+        return
+    model_calls = []
+    for w, model, call_out in delta:
+        out, guided = _sampled(call_out, x_T, y)
+        if guided is not None:  # the loop's own guided_eps: judge the composition, not guided_eps itself
+            _judge_composition(guided, out, x_T, y, w, beta, null)
+            model_calls = None
+            continue
+        model_calls = call_out.model_calls(model)
         c = centers[y].numpy()
         uu = np.broadcast_to(u.numpy(), c.shape)
         want = (1 + w) * c - w * uu
         err = np.abs(out - want).max()
         if err <= 2e-3:
             continue
-        null_seen = any(bool((call_["y"] == null).any()) for call_ in model.calls)
+        null_seen = any(mc.get("null") is True for mc in model_calls)
         variants = [
             (c, "the samples follow the conditional model only: the loop never uses guidance (call "
              "guided_eps(model, x, t, y, w, null_label) at every step)."),
@@ -281,40 +434,48 @@ def _check_cfg_loop(fn):
             f"exact predictor for data at (1 + w) c_y - w u, so {label} with w = {w} must return that image: "
             f"{describe_diff(out, want)}." + (f"\nLikely cause: {hint}" if hint else
                                                "\nLikely cause: check the coefficients of Algorithm 2, line 4."))
-    # one step after the other, T - 1 down to 0
-    times = []
-    for c_ in model.calls:
-        if not times or times[-1] != int(c_["t"][0]):
-            times.append(int(c_["t"][0]))
-    expect(times == list(range(T - 1, -1, -1)),
-           f"The model should be queried at t = {T - 1}, ..., 0 in that order; got {times[:4]} ... {times[-3:]}.",
-           hint="loop over reversed(range(T)).")
-    # Gaussian data: the right variance (noise added for t > 0), mean (1 + w) c - w u
-    N, w = 3000, 1.5
-    yy = torch.arange(N) % 10
-    x_T = torch.randn(N, 1, 3, 3, generator=torch.Generator().manual_seed(52), dtype=torch.float64)
-    gmodel = _GuidedDeltaModel(centers, u, alpha_bar, null, gaussian=True)
-    out = as_array(call(fn, gmodel, x_T, yy, w, beta, null, generator=torch.Generator().manual_seed(1), what=label),
-                   f"the output of {label}", shape=tuple(x_T.shape), dtype="float")
-    resid = out - ((1 + w) * centers[yy] - w * u[None]).numpy()
-    var = float(resid.var())
-    v_beta, v_tilde = _gaussian_output_variance(beta, False), _gaussian_output_variance(beta, True)
-    hint = None
-    if var < 0.5 * v_tilde:
-        hint = "no (or too little) noise is added between steps: add sqrt(beta[t]) z for t > 0."
-    elif var > 1.5:
-        hint = "too much noise is added: sigma_t is sqrt(beta[t])."
-    expect(min(abs(var - v_beta), abs(var - v_tilde)) < 0.05 and abs(float(resid.mean())) < 0.05,
-           f"For Gaussian data the guided samples should have variance about {v_beta:.3f} around "
-           f"(1 + w) c_y - w u; got variance {var:.3f} and mean offset {float(resid.mean()):.3f}.", hint=hint)
-    # the generator drives the randomness
-    xs, ys = x_T[:16], yy[:16]
-    runs = [as_array(call(fn, gmodel, xs, ys, w, beta, null, generator=torch.Generator().manual_seed(s), what=label),
-                     "output") for s in (7, 7, 8)]
-    expect(max_abs_diff(runs[0], runs[1]) < 1e-10 and max_abs_diff(runs[0], runs[2]) > 1e-6,
-           f"{label} should draw its noise with the `generator` argument: equally seeded generators should "
+    if model_calls is not None:  # the loop does not call guided_eps: judged from the model's calls
+        # one step after the other, T - 1 down to 0
+        times = []
+        for c_ in model_calls:
+            t0 = c_.get("t")
+            if not times or times[-1] != t0:
+                times.append(t0)
+        expect(times == list(range(T - 1, -1, -1)),
+               f"The model should be queried at t = {T - 1}, ..., 0 in that order; got {times[:4]} ... {times[-3:]}.",
+               hint="loop over reversed(range(T)).")
+        out, _ = _sampled(gauss, x_N, yy)
+        resid = out - ((1 + w_g) * centers[yy] - w_g * u[None]).numpy()
+        var = float(resid.var())
+        v_beta, v_tilde = _gaussian_output_variance(beta, False), _gaussian_output_variance(beta, True)
+        hint = None
+        if var < 0.5 * v_tilde:
+            hint = "no (or too little) noise is added between steps: add sqrt(beta[t]) z for t > 0."
+        elif var > 1.5:
+            hint = "too much noise is added: sigma_t is sqrt(beta[t])."
+        expect(min(abs(var - v_beta), abs(var - v_tilde)) < 0.05 and abs(float(resid.mean())) < 0.05,
+               f"For Gaussian data the guided samples should have variance about {v_beta:.3f} around "
+               f"(1 + w) c_y - w u; got variance {var:.3f} and mean offset {float(resid.mean()):.3f}.", hint=hint)
+    _judge_generator(runs)
+
+
+def _judge_generator(runs: list[Outcome]) -> None:
+    """Equally seeded generators give the same samples, differently seeded ones other samples."""
+    a, b, c = (as_array(r.value, "output") for r in runs)
+    expect(max_abs_diff(a, b) < 1e-10 and max_abs_diff(a, c) > 1e-6,
+           f"{_LABEL} should draw its noise with the `generator` argument: equally seeded generators should "
            "give the same samples, differently seeded ones different samples.",
            hint="draw z with torch.randn(x.shape, generator=generator, dtype=x.dtype).")
+
+
+def _block_cannot_run(out: Outcome) -> bool:
+    """The sampler raised because the student's guided_eps is missing or raised itself."""
+    if not out.raised:
+        return False
+    calls = out.wrapped("guided_eps")
+    if calls is None:  # not defined in the notebook
+        return "guided_eps" in (out.error or "")
+    return bool(calls) and calls[-1].error is not None
 
 
 CHECKS = {

@@ -12,6 +12,11 @@ random draws:
 * ``conditional_ddpm_loss``: a label-dependent stub model that records its inputs.
 * ``p_sample_loop_conditional``: per-class delta-data oracles (the exact sampler returns each class's
   image exactly) and per-class Gaussian-data oracles (the output variance is known in closed form).
+
+Every check is trusted (``grading.verdict``): before its ``yield`` it only asks for calls, whose inputs
+are drawn from the grading run's secret seed (``p.gen``), with the stubs of
+``gradeprobe.stubs_conditional`` built in the kernel; after the ``yield`` it judges the plain data that
+came back (values, the calls the recording stubs saw, the parameters' gradients) in the grader's process.
 """
 from __future__ import annotations
 
@@ -19,9 +24,11 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
 
-from grading.hidden import CheckFailed, as_array, call, describe_diff, expect, max_abs_diff, student
+from gradeprobe.stubs_conditional import LabelModel
+from grading.hidden import CheckFailed, as_array, describe_diff, expect, max_abs_diff
+from grading.records import TensorRecord
+from grading.verdict import Outcome, Probe, trusted
 
 # ----------------------------------------------------------------------------------------------
 # Small shared tools
@@ -36,56 +43,8 @@ def _group_norm(h: torch.Tensor, groups: int, eps: float = 1e-5) -> torch.Tensor
     return ((g - mean) / torch.sqrt(var + eps)).reshape(h.shape)
 
 
-def _fill_parameters(module: nn.Module, value=None, seed: int = 0, std: float = 0.4) -> None:
-    """Set every parameter of ``module`` to ``value`` or to seeded N(0, std^2) draws."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if value is not None:
-                p.fill_(value)
-            else:
-                p.copy_((torch.randn(p.shape, generator=gen, dtype=torch.float64) * std).to(p.dtype))
-
-
 def _linear_schedule(T: int, start: float, end: float) -> torch.Tensor:
     return torch.linspace(start, end, T, dtype=torch.float64)  # (T,)
-
-
-# ----------------------------------------------------------------------------------------------
-# AdaptiveGroupNorm
-
-_C, _D, _B, _HW = 6, 5, 6, 4
-
-
-def _make_norm(cls, *args, **kwargs) -> nn.Module:
-    norm = call(cls, *args, what=f"AdaptiveGroupNorm{args}", **kwargs)
-    expect(isinstance(norm, nn.Module), "AdaptiveGroupNorm(...) should create an nn.Module, got "
-           f"{type(norm).__name__}.", hint="define `class AdaptiveGroupNorm(nn.Module)` and call "
-           "`super().__init__()` first in `__init__`.")
-    params = list(norm.parameters())
-    expect(len(params) > 0, "AdaptiveGroupNorm has no registered parameters, so it cannot learn how "
-           "the condition scales and shifts the features.",
-           hint="create the linear map in __init__ (e.g. `self.proj = nn.Linear(cond_dim, 2 * num_channels)`), "
-           "not inside forward, so that it is a registered sub-module.")
-    return norm.double()
-
-
-def _forward(norm: nn.Module, h: torch.Tensor, cond: torch.Tensor, what: str) -> np.ndarray:
-    out = call(norm, h, cond, what=what)
-    return as_array(out, what, shape=tuple(h.shape), dtype="float")
-
-
-def _inputs(seed: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    h = 1.5 * torch.randn(_B, _C, _HW, _HW, generator=gen, dtype=torch.float64) + 0.7  # (B, C, H, W)
-    # per-channel offsets so that the group statistics differ from the channel statistics
-    h = h + torch.arange(_C, dtype=torch.float64).reshape(1, _C, 1, 1) * 0.5
-    c1 = torch.randn(_D, generator=gen, dtype=torch.float64)
-    c2 = torch.randn(_D, generator=gen, dtype=torch.float64)
-    c3 = torch.randn(_D, generator=gen, dtype=torch.float64)
-    # rows: c1, c2, c1 + c2, 0, c3, -c1 : an affine map f has f(c1) + f(c2) = f(c1 + c2) + f(0)
-    cond = torch.stack([c1, c2, c1 + c2, torch.zeros(_D, dtype=torch.float64), c3, -c1])  # (B, D)
-    return h, cond
 
 
 def _fit_per_channel(out: np.ndarray, n: np.ndarray):
@@ -101,21 +60,95 @@ def _fit_per_channel(out: np.ndarray, n: np.ndarray):
     return slope, icpt, float(resid)
 
 
-def check_adaptive_group_norm(ns):
-    cls = student(ns, "AdaptiveGroupNorm")
-    h, cond = _inputs()
+def _inputs_changed(out: Outcome, sent: list) -> bool:
+    """Whether a call changed one of its tensor arguments in place (``sent``: what was sent, in
+    argument order; None for the arguments that are not tensors)."""
+    after = out.args_after
+    for x, got in zip(sent, after):
+        if x is None or got is None:
+            continue
+        want = x.detach().numpy()
+        arr = got.array if isinstance(got, TensorRecord) else got
+        if not (isinstance(arr, np.ndarray) and arr.shape == want.shape
+                and np.array_equal(arr.astype(np.float64), want.astype(np.float64), equal_nan=True)):
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# AdaptiveGroupNorm
+
+_C, _D, _B, _HW = 6, 5, 6, 4
+
+
+def _judge_made(info: Outcome, made: Outcome) -> None:
+    """The layer was built, is an nn.Module and has registered parameters (as ``_make_norm`` did)."""
+    made.value  # noqa: B018 - the constructor's own error first
+    d = info.value
+    expect(isinstance(d, dict) and d.get("module") is True, "AdaptiveGroupNorm(...) should create an nn.Module, got "
+           f"{made.value.type if hasattr(made.value, 'type') else type(made.value).__name__}.",
+           hint="define `class AdaptiveGroupNorm(nn.Module)` and call `super().__init__()` first in `__init__`.")
+    expect(int(d.get("params", 0)) > 0, "AdaptiveGroupNorm has no registered parameters, so it cannot learn how "
+           "the condition scales and shifts the features.",
+           hint="create the linear map in __init__ (e.g. `self.proj = nn.Linear(cond_dim, 2 * num_channels)`), "
+           "not inside forward, so that it is a registered sub-module.")
+
+
+def _forward_value(out: Outcome, h: torch.Tensor) -> np.ndarray:
+    return as_array(out.value, out.what, shape=tuple(h.shape), dtype="float")
+
+
+def _inputs(g: torch.Generator):
+    h = 1.5 * torch.randn(_B, _C, _HW, _HW, generator=g, dtype=torch.float64) + 0.7  # (B, C, H, W)
+    # per-channel offsets so that the group statistics differ from the channel statistics
+    h = h + torch.arange(_C, dtype=torch.float64).reshape(1, _C, 1, 1) * 0.5
+    c1 = torch.randn(_D, generator=g, dtype=torch.float64)
+    c2 = torch.randn(_D, generator=g, dtype=torch.float64)
+    c3 = torch.randn(_D, generator=g, dtype=torch.float64)
+    # rows: c1, c2, c1 + c2, 0, c3, -c1 : an affine map f has f(c1) + f(c2) = f(c1 + c2) + f(0)
+    cond = torch.stack([c1, c2, c1 + c2, torch.zeros(_D, dtype=torch.float64), c3, -c1])  # (B, D)
+    return h, cond
+
+
+@trusted
+def check_adaptive_group_norm(p: Probe):
+    h, cond = _inputs(p.gen(1))
+    seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=p.gen(k))) for k in (3, 4)]
+    tools = p.stub("conditional.ModuleTools")
+    label = "AdaptiveGroupNorm(6, 5)(h, cond)"
+
+    def make(**kwargs):
+        # (a stub is built in the kernel where a step first names it as a value: bound here, under a
+        # name no notebook uses, for the method steps on it that follow)
+        made = p.call("AdaptiveGroupNorm", _C, _D, what="AdaptiveGroupNorm(6, 5)", keep=True,
+                      bind={"_gradeprobe_module_tools": tools}, **kwargs)
+        info = p.method(tools, "describe", made, what="a look at AdaptiveGroupNorm(6, 5)")
+        p.method(made, "double", what="AdaptiveGroupNorm(6, 5).double()")
+        return made, info
+
+    norm, info = make()
+    p.method(tools, "fill", norm, 0.0, what="setting the parameters of AdaptiveGroupNorm to zero")
+    out0 = p.method(norm, "__call__", h, cond, what=label)
+    norm3, info3 = make(num_groups=3)
+    p.method(tools, "fill", norm3, 0.0, what="setting the parameters of AdaptiveGroupNorm to zero")
+    out3 = p.method(norm3, "__call__", h, cond, what="AdaptiveGroupNorm(6, 5, num_groups=3)(h, cond)")
+    p.method(tools, "fill", norm, seed=seeds[0], what="setting random parameters of AdaptiveGroupNorm")
+    out_r = p.method(norm, "__call__", h, cond, what=label)
+    singles = [p.method(norm, "__call__", h[i:i + 1], cond[i:i + 1], what="AdaptiveGroupNorm on one example")
+               for i in range(_B)]
+    p.method(tools, "fill", norm, seed=seeds[1], what="setting random parameters of AdaptiveGroupNorm")
+    out_b = p.method(norm, "__call__", h, cond, what=label)
+    yield
 
     # 1. GroupNorm's own affine parameters must be off
-    norm = _make_norm(cls, _C, _D)
-    affine = [name for name, m in norm.named_modules()
-              if isinstance(m, nn.GroupNorm) and (m.affine or m.weight is not None)]
+    _judge_made(info, norm)
+    affine = info.value.get("affine") or []
     expect(not affine, f"The GroupNorm inside AdaptiveGroupNorm ({affine[0] if affine else ''}) has its own "
            "learnable weight and bias; the scale and shift must come only from the condition.",
            hint="create it as `nn.GroupNorm(num_groups, num_channels, affine=False)`.")
 
     # 2. all parameters zero -> scale = shift = 0 -> a plain GroupNorm (default num_groups = 1)
-    _fill_parameters(norm, 0.0)
-    out = _forward(norm, h, cond, "AdaptiveGroupNorm(6, 5)(h, cond)")
+    out = _forward_value(out0, h)
     want = _group_norm(h, 1).numpy()
     if max_abs_diff(out, want) > 1e-4:
         hint = None
@@ -138,19 +171,17 @@ def check_adaptive_group_norm(ns):
                           f"\nLikely cause: {hint}")
 
     # 3. num_groups is honoured
-    norm3 = _make_norm(cls, _C, _D, num_groups=3)
-    _fill_parameters(norm3, 0.0)
-    out3 = _forward(norm3, h, cond, "AdaptiveGroupNorm(6, 5, num_groups=3)(h, cond)")
+    _judge_made(info3, norm3)
+    got3 = _forward_value(out3, h)
     want3 = _group_norm(h, 3).numpy()
-    expect(max_abs_diff(out3, want3) < 1e-4,
+    expect(max_abs_diff(got3, want3) < 1e-4,
            "AdaptiveGroupNorm(6, 5, num_groups=3) with zero parameters should equal a GroupNorm with 3 "
-           f"groups: {describe_diff(out3, want3)}.",
+           f"groups: {describe_diff(got3, want3)}.",
            hint="pass num_groups on to nn.GroupNorm(num_groups, num_channels, affine=False)."
-           if max_abs_diff(out3, want) < 1e-4 else None)
+           if max_abs_diff(got3, want) < 1e-4 else None)
 
     # 4. seeded random parameters: out = n * (1 + scale(cond)) + shift(cond), affine in cond
-    _fill_parameters(norm, seed=3)
-    out = _forward(norm, h, cond, "AdaptiveGroupNorm(6, 5)(h, cond)")
+    out = _forward_value(out_r, h)
     n = _group_norm(h, 1).numpy()
     slope, icpt, resid = _fit_per_channel(out, n)
     expect(resid < 1e-4 * max(1.0, np.abs(out).max()),
@@ -160,13 +191,12 @@ def check_adaptive_group_norm(ns):
                 "compute `norm(h) * (1 + scale) + shift` (no activation after it).")
     scale, shift = slope - 1.0, icpt  # (B, C) each
     # each example uses its own condition: batch rows must equal single-example calls
-    singles = np.concatenate([_forward(norm, h[i:i + 1], cond[i:i + 1], "AdaptiveGroupNorm on one example")
-                              for i in range(_B)])
-    if max_abs_diff(out, singles) > 1e-6:
+    one = np.concatenate([as_array(s_.value, s_.what, shape=(1, _C, _HW, _HW), dtype="float") for s_ in singles])
+    if max_abs_diff(out, one) > 1e-6:
         same = np.abs(scale - scale[:1]).max() < 1e-6 and np.abs(shift - shift[:1]).max() < 1e-6
         raise CheckFailed(
             "The output for an example in a batch differs from its output alone "
-            f"({describe_diff(out, singles)}): one example's result depends on the others' conditions."
+            f"({describe_diff(out, one)}): one example's result depends on the others' conditions."
             + ("\nLikely cause: every example got the same scale and shift: is one condition (e.g. cond[0] "
                "or cond.mean(0)) shared by the whole batch? Each row of cond belongs to one example."
                if same else "\nLikely cause: the scale and shift are not computed row by row from cond."))
@@ -180,15 +210,14 @@ def check_adaptive_group_norm(ns):
            "Two different conditions gave the same scale and shift: the condition has no effect.",
            hint="compute scale and shift from cond (the second argument of forward).")
     # every parameter must matter through the linear map of cond (and not elsewhere)
-    _fill_parameters(norm, seed=4)
-    out_b = _forward(norm, h, cond, "AdaptiveGroupNorm(6, 5)(h, cond)")
-    _, _, resid_b = _fit_per_channel(out_b, n)
-    expect(resid_b < 1e-4 * max(1.0, np.abs(out_b).max()),
+    got_b = _forward_value(out_b, h)
+    _, _, resid_b = _fit_per_channel(got_b, n)
+    expect(resid_b < 1e-4 * max(1.0, np.abs(got_b).max()),
            "With other random parameters the output is no longer GroupNorm(h) * (1 + scale) + shift "
            f"(off by {resid_b:.3g}).")
     # the input tensors are left alone
-    h2, cond2 = _inputs()
-    expect(torch.equal(h, h2) and torch.equal(cond, cond2),
+    expect(not any(_inputs_changed(o, [h, cond]) for o in (out0, out3, out_r, out_b)) and
+           not any(_inputs_changed(s_, [h[i:i + 1], cond[i:i + 1]]) for i, s_ in enumerate(singles)),
            "AdaptiveGroupNorm changed its inputs h or cond in place.",
            hint="avoid in-place operations (add_, mul_, ...) on h and cond.")
 
@@ -197,67 +226,50 @@ def check_adaptive_group_norm(ns):
 # conditional_ddpm_loss
 
 
-class _LabelModel(nn.Module):
-    """``model(x, t, y) = a * x + 0.3 * y + 0.001 * t``, recording its inputs; y may be missing."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
-        self.calls = []
-
-    def forward(self, x, t, y=None):
-        self.calls.append({"x": x.detach().clone(), "t": torch.as_tensor(t).detach().clone(),
-                           "y": None if y is None else torch.as_tensor(y).detach().clone()})
-        tt = torch.as_tensor(t).to(x.dtype).reshape(-1, 1, 1, 1)
-        out = self.a * x + 0.001 * tt
-        if y is not None:
-            out = out + 0.3 * torch.as_tensor(y).to(x.dtype).reshape(-1, 1, 1, 1)
-        return out
-
-    @staticmethod
-    def expected(a, x, t, y):
-        out = a * x + 0.001 * t.to(x.dtype).reshape(-1, 1, 1, 1)
-        if y is not None:
-            out = out + 0.3 * y.to(x.dtype).reshape(-1, 1, 1, 1)
-        return out
-
-
-def check_conditional_ddpm_loss(ns):
-    fn = student(ns, "conditional_ddpm_loss")
-    gen = torch.Generator().manual_seed(11)
+@trusted
+def check_conditional_ddpm_loss(p: Probe):
+    gen = p.gen(11)
     T, B = 1000, 6
     alpha_bar = torch.cumprod(1 - _linear_schedule(T, 1e-4, 0.02), dim=0)  # (T,)
     x_0 = torch.rand(B, 1, 4, 4, generator=gen, dtype=torch.float64) * 2 - 1  # (B, 1, 4, 4)
     noise = torch.randn(B, 1, 4, 4, generator=gen, dtype=torch.float64)
-    y = torch.tensor([3, 1, 4, 1, 5, 9])
-    t = torch.tensor([0, 17, 250, 499, 800, 999])
-    args = [x.clone() for x in (x_0, y, t, noise, alpha_bar)]
-    model = _LabelModel()
-    loss = call(fn, model, *args, what="conditional_ddpm_loss(model, x_0, y, t, noise, alpha_bar)")
-    value = as_array(loss, "the loss", shape=(), dtype="float")
+    y = torch.randperm(10, generator=gen)[:B]  # (B,) distinct labels, none of them all zero
+    inner = torch.sort(torch.randperm(T - 2, generator=gen)[:B - 2] + 1).values
+    t = torch.cat([torch.tensor([0]), inner, torch.tensor([T - 1])])  # (B,) both ends included
+    model = p.stub("conditional.LabelModel")
+    out = p.call("conditional_ddpm_loss", model, x_0, y, t, noise, alpha_bar, keep=True,
+                 what="conditional_ddpm_loss(model, x_0, y, t, noise, alpha_bar)")
+    back = p.method(out, "backward", what="loss.backward() on the loss of conditional_ddpm_loss")
+    state = p.inspect(model, "the stub model after loss.backward()")
+    yield
 
+    loss = out.value
+    value = as_array(loss, "the loss", shape=(), dtype="float")
     sa = alpha_bar[t].sqrt().reshape(-1, 1, 1, 1)
     s1 = (1 - alpha_bar[t]).sqrt().reshape(-1, 1, 1, 1)
     x_t = sa * x_0 + s1 * noise  # (B, 1, 4, 4)
-    a = float(model.a.detach())
-    want = float(((noise - _LabelModel.expected(a, x_t, t, y)) ** 2).mean())
+    want = float(((noise - LabelModel.expected(LabelModel.A, x_t, t, y)) ** 2).mean())
 
-    expect(len(model.calls) >= 1, "conditional_ddpm_loss never called the model.")
-    got_y = model.calls[-1]["y"]
+    calls = out.model_calls(model)
+    expect(len(calls) >= 1, "conditional_ddpm_loss never called the model.")
+    got_y = calls[-1]["y"]
     expect(got_y is not None,
            "The model was called without the labels, as model(x_t, t): the loss ignores the class.",
            hint="call model(x_t, t, y): the conditional model needs the labels.")
-    expect(got_y.shape == y.shape and got_y.dtype == torch.long,
-           f"The model got labels of shape {tuple(got_y.shape)} and dtype {got_y.dtype}; expected the long "
-           f"tensor y of shape {tuple(y.shape)}.", hint="pass y unchanged to the model.")
-    expect(torch.equal(got_y, y),
-           f"The model got labels {got_y.tolist()} instead of y = {y.tolist()}.",
+    expect(isinstance(got_y, TensorRecord) and got_y.shape == tuple(y.shape) and got_y.dtype == "torch.int64",
+           f"The model got labels of shape {tuple(getattr(got_y, 'shape', ()))} and dtype "
+           f"{getattr(got_y, 'dtype', type(got_y).__name__)}; expected the long tensor y of shape {tuple(y.shape)}.",
+           hint="pass y unchanged to the model.")
+    expect(np.array_equal(got_y.array, y.numpy()),
+           f"The model got labels {got_y.array.tolist()} instead of y = {y.tolist()}.",
            hint="pass the labels y you were given to the model; do not replace or drop them here "
                 "(classifier-free guidance's label dropout comes in notebook 05).")
-    got_t = model.calls[-1]["t"]
-    expect(got_t.shape == t.shape and torch.equal(got_t.long(), t),
-           f"The model got times {got_t.tolist()} instead of t = {t.tolist()}.", hint="pass t unchanged.")
-    got_x = as_array(model.calls[-1]["x"], "x_t given to the model", shape=tuple(x_0.shape))
+    got_t = calls[-1]["t"]
+    expect(isinstance(got_t, TensorRecord) and got_t.shape == tuple(t.shape)
+           and np.array_equal(got_t.array.astype(np.int64), t.numpy()),
+           f"The model got times {getattr(got_t, 'array', np.array(got_t)).tolist()} instead of t = {t.tolist()}.",
+           hint="pass t unchanged.")
+    got_x = as_array(calls[-1]["x"], "x_t given to the model", shape=tuple(x_0.shape))
     expect(max_abs_diff(got_x, x_t.numpy()) < 1e-5,
            f"The model should get x_t = sqrt(alpha_bar[t]) x_0 + sqrt(1 - alpha_bar[t]) noise (eq. 4): "
            f"{describe_diff(got_x, x_t.numpy())}.",
@@ -272,57 +284,22 @@ def check_conditional_ddpm_loss(ns):
             hint = "this is the root of the mean squared error; use the mean squared error itself."
         raise CheckFailed(f"The loss should be mean((noise - model(x_t, t, y))**2) = {want:.6g}, got "
                           f"{float(value):.6g}." + (f"\nLikely cause: {hint}" if hint else ""))
-    expect(isinstance(loss, torch.Tensor) and loss.requires_grad,
+    expect(isinstance(loss, TensorRecord) and loss.requires_grad,
            "The loss carries no gradient, so training could not update the model.",
            hint="compute it with torch operations on the model's output (no .item(), .detach() or numpy).")
-    loss.backward()
-    expect(model.a.grad is not None and abs(float(model.a.grad)) > 0,
+    if back.raised:
+        raise CheckFailed(back.error)
+    grads = (state.value or {}).get("grads") or {}
+    grad_a = grads.get("a")
+    expect(isinstance(grad_a, TensorRecord) and abs(float(np.asarray(grad_a.array).reshape(-1)[0])) > 0,
            "Back-propagating the loss gave no gradient for the model's parameters.")
-    expect(all(torch.equal(u, v) for u, v in zip(args, (x_0, y, t, noise, alpha_bar))),
+    expect(not _inputs_changed(out, [None, x_0, y, t, noise, alpha_bar]),
            "conditional_ddpm_loss changed one of its inputs in place.",
            hint="avoid in-place operations on x_0, y, t, noise and alpha_bar.")
 
 
 # ----------------------------------------------------------------------------------------------
 # p_sample_loop_conditional
-
-
-class _ClassDeltaModel(nn.Module):
-    """Exact noise predictor when every image of class k equals centers[k] (shape (K, C, H, W))."""
-
-    def __init__(self, centers, alpha_bar):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
-        self.centers = centers.to(torch.float64)
-        self.alpha_bar = alpha_bar.to(torch.float64)
-        self.calls = []
-
-    def _coefs(self, t, x):
-        t = torch.as_tensor(t).reshape(-1).long()
-        if t.numel() == 1:
-            t = t.expand(x.shape[0])
-        ab = self.alpha_bar[t].reshape(-1, 1, 1, 1)
-        return ab.sqrt().to(x.dtype), (1 - ab).sqrt().to(x.dtype)
-
-    def forward(self, x, t, y=None):
-        self.calls.append({"t": torch.as_tensor(t).detach().clone(),
-                           "y": None if y is None else torch.as_tensor(y).detach().clone()})
-        if y is None:
-            raise TypeError("this conditional model needs labels: model(x, t, y)")
-        sa, s1 = self._coefs(t, x)
-        c = self.centers[torch.as_tensor(y).long()].to(x.dtype)  # (B, C, H, W)
-        return (x - sa * c) / s1
-
-
-class _ClassGaussianModel(_ClassDeltaModel):
-    """Exact noise predictor when images of class k are N(centers[k], I)."""
-
-    def forward(self, x, t, y=None):
-        if y is None:
-            raise TypeError("this conditional model needs labels: model(x, t, y)")
-        sa, s1 = self._coefs(t, x)
-        c = self.centers[torch.as_tensor(y).long()].to(x.dtype)
-        return s1 * (x - sa * c)
 
 
 def _gaussian_output_variance(beta: torch.Tensor, tilde: bool) -> float:
@@ -339,42 +316,57 @@ def _gaussian_output_variance(beta: torch.Tensor, tilde: bool) -> float:
     return v
 
 
-def _centers(K: int = 10, size: int = 3) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(5)
-    return torch.rand(K, 1, size, size, generator=gen, dtype=torch.float64) * 1.6 - 0.8  # (K, 1, s, s)
+def _centers(g: torch.Generator, K: int = 10, size: int = 3) -> torch.Tensor:
+    return torch.rand(K, 1, size, size, generator=g, dtype=torch.float64) * 1.6 - 0.8  # (K, 1, s, s)
 
 
-def run_conditional_sampler_checks(sample, label: str, make_model, T: int = 100):
-    """Shared by notebook 04 and 05: ``sample(model, x_T, y, beta, generator)`` -> x_0."""
+@trusted
+def check_p_sample_loop_conditional(p: Probe):
+    label = "p_sample_loop_conditional(model, x_T, y, beta)"
+    fn = "p_sample_loop_conditional"
+    T = 100
     beta = _linear_schedule(T, 1e-3, 0.1)  # (T,): sqrt(beta[0]) ~ 0.03 makes a last-step noise visible
     alpha_bar = torch.cumprod(1 - beta, dim=0)
-    centers = _centers()
-    y = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    centers = _centers(p.gen(5))
+    g = p.gen(21)
+    y = torch.randperm(10, generator=g)[:8]  # (B,) distinct labels
     B = len(y)
-    gen = torch.Generator().manual_seed(21)
-    x_T = torch.randn(B, 1, 3, 3, generator=gen, dtype=torch.float64)  # (B, 1, 3, 3)
-    x_T_copy, y_copy = x_T.clone(), y.clone()
-
+    x_T = torch.randn(B, 1, 3, 3, generator=g, dtype=torch.float64)  # (B, 1, 3, 3)
     # (a) delta data per class: the exact sampler lands on each class's image
-    model = make_model(_ClassDeltaModel, centers, alpha_bar)
-    out = as_array(call(sample, model, x_T, y, beta, torch.Generator().manual_seed(0), what=label),
-                   f"the output of {label}", shape=tuple(x_T.shape), dtype="float")
-    expect(torch.equal(x_T, x_T_copy) and torch.equal(y, y_copy),
+    model = p.stub("conditional.ClassDeltaModel", centers=centers, alpha_bar=alpha_bar)
+    out_a = p.call(fn, model, x_T, y, beta, generator=p.generator(0), what=label)
+    # (c) Gaussian data per class: the right mean and the right variance
+    N = 4000
+    yy = torch.arange(N) % 10
+    x_N = torch.randn(N, 1, 3, 3, generator=p.gen(22), dtype=torch.float64)
+    gmodel = p.stub("conditional.ClassGaussianModel", centers=centers, alpha_bar=alpha_bar)
+    out_c = p.call(fn, gmodel, x_N, yy, beta, generator=p.generator(1), what=label)
+    # (d) the generator drives the randomness (the global random state seeded differently each time)
+    x_small = x_N[:16]
+    runs = [p.call(fn, gmodel, x_small, yy[:16], beta, generator=p.generator(s), what=label, global_seed=gs)
+            for s, gs in ((7, 1), (7, 2), (8, 3))]
+    yield
+
+    out = as_array(out_a.value, f"the output of {label}", shape=tuple(x_T.shape), dtype="float")
+    expect(not _inputs_changed(out_a, [None, x_T, y]),
            f"{label} changed x_T or y in place.",
            hint="start with `x = x_T` and use out-of-place updates (x = ...), never x_T.sub_(...).")
+    calls = out_a.model_calls(model)
     want = centers[y].numpy()
     err = np.abs(out - want).max()
     if err > 2e-3:
         first = centers[y[:1].repeat(B)].numpy()
         hint = None
+        y0 = calls[0]["y"] if calls else None
         if np.abs(out - first).max() < 2e-3:
             hint = ("every sample became the first label's image: is the whole batch sampled with y[0] "
                     "(or one label)? Pass the (B,) label tensor y to the model at every step.")
         elif 2e-3 < err < 0.3 and abs(np.std(out - want) - math.sqrt(float(beta[0]))) < 0.5 * math.sqrt(float(beta[0])):
             hint = (f"the output is the right image plus noise of std about sqrt(beta[0]) = "
                     f"{math.sqrt(float(beta[0])):.3g}: noise is added at the last step (t = 0); Algorithm 2 uses z = 0 there.")
-        elif model.calls and model.calls[0]["y"] is not None and not torch.equal(model.calls[0]["y"].long(), y):
-            hint = f"the model got labels {model.calls[0]['y'].tolist()} instead of y = {y.tolist()}."
+        elif isinstance(y0, TensorRecord) and not (y0.shape == tuple(y.shape)
+                                                   and np.array_equal(y0.array.astype(np.int64), y.numpy())):
+            hint = f"the model got labels {y0.array.tolist()} instead of y = {y.tolist()}."
         raise CheckFailed(
             f"With a model that is exact for data where every image of class k equals one fixed image c_k, "
             f"{label} must return c_y for each sample (Algorithm 2 with z = 0 at the last step): "
@@ -382,30 +374,26 @@ def run_conditional_sampler_checks(sample, label: str, make_model, T: int = 100)
                                                "\nLikely cause: check the coefficients of Algorithm 2, line 4."))
 
     # (b) one model call per step, times T-1 down to 0, the labels y every time
-    calls = [c for c in model.calls]
     expect(len(calls) == T, f"{label} called the model {len(calls)} times for T = {T} steps; expected one "
            "call per step.")
     times = []
     for i, c in enumerate(calls):
-        tt = c["t"].reshape(-1)
-        expect(tt.numel() in (1, B) and bool((tt == tt[0]).all()),
+        tt = np.asarray(c["t"].array).reshape(-1)
+        expect(tt.size in (1, B) and bool((tt == tt[0]).all()),
                f"Call {i} gave the model times {tt.tolist()}; expected the same step for the whole batch.")
         times.append(int(tt[0]))
-        expect(c["y"] is not None and torch.equal(c["y"].long().reshape(-1), y),
+        cy = c["y"]
+        expect(isinstance(cy, TensorRecord) and np.array_equal(np.asarray(cy.array).astype(np.int64).reshape(-1),
+                                                               y.numpy()),
                f"At step {times[-1]} the model got labels "
-               f"{None if c['y'] is None else c['y'].tolist()} instead of y = {y.tolist()}.",
+               f"{None if not isinstance(cy, TensorRecord) else cy.array.tolist()} instead of y = {y.tolist()}.",
                hint="pass the labels y (one per example) to the model at every step.")
     expect(times == list(range(T - 1, -1, -1)),
            f"The model should be called at t = {T - 1}, {T - 2}, ..., 0 in that order; got "
            f"{times[:4]} ... {times[-3:]}.", hint="loop over `reversed(range(T))` (0-based steps).")
 
     # (c) Gaussian data per class: the right mean and the right variance (sigma^2 = beta or beta_tilde)
-    N = 4000
-    yy = torch.arange(N) % 10
-    x_T = torch.randn(N, 1, 3, 3, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
-    gmodel = make_model(_ClassGaussianModel, centers, alpha_bar)
-    out = as_array(call(sample, gmodel, x_T, yy, beta, torch.Generator().manual_seed(1), what=label),
-                   f"the output of {label}", shape=tuple(x_T.shape), dtype="float")
+    out = as_array(out_c.value, f"the output of {label}", shape=tuple(x_N.shape), dtype="float")
     resid = out - centers[yy].numpy()
     var = float(resid.var())
     v_beta, v_tilde = _gaussian_output_variance(beta, False), _gaussian_output_variance(beta, True)
@@ -422,25 +410,12 @@ def run_conditional_sampler_checks(sample, label: str, make_model, T: int = 100)
            f"{float(resid.mean()):.3f}.")
 
     # (d) the generator drives the randomness
-    x_small = x_T[:16]
-    a = as_array(call(sample, gmodel, x_small, yy[:16], beta, torch.Generator().manual_seed(7), what=label), "output")
-    b = as_array(call(sample, gmodel, x_small, yy[:16], beta, torch.Generator().manual_seed(7), what=label), "output")
-    c = as_array(call(sample, gmodel, x_small, yy[:16], beta, torch.Generator().manual_seed(8), what=label), "output")
+    a, b, c = (as_array(r.value, "output") for r in runs)
     expect(max_abs_diff(a, b) < 1e-10 and max_abs_diff(a, c) > 1e-6,
            f"{label} should draw its noise with the `generator` argument: two calls with equally seeded "
            "generators should agree and differently seeded ones should differ.",
            hint="draw z with torch.randn(x.shape, generator=generator, dtype=x.dtype); "
                 "torch.randn_like takes no generator.")
-
-
-def check_p_sample_loop_conditional(ns):
-    fn = student(ns, "p_sample_loop_conditional")
-
-    def sample(model, x_T, y, beta, gen):
-        return fn(model, x_T, y, beta, generator=gen)
-
-    run_conditional_sampler_checks(sample, "p_sample_loop_conditional(model, x_T, y, beta)",
-                                   lambda cls, centers, ab: cls(centers, ab))
 
 
 CHECKS = {

@@ -1,14 +1,21 @@
 """Hidden checks of notebook 02_ddpm_training (Ho et al. 2020, Algorithm 1).
 
 One check per graded function: ``timestep_embedding``, ``ddpm_loss``, ``train_step``, ``evaluate``
-and ``ema_update``. Each check runs the student's function on small fixed inputs with stub models
-whose right answer is known exactly, and, when the answer is wrong, compares it with the known
-mistaken variants to name the likely cause.
+and ``ema_update``. Each check runs the student's function on small inputs with stub models whose
+right answer is known exactly, and, when the answer is wrong, compares it with the known mistaken
+variants to name the likely cause.
 
 Random functions (``train_step``, ``evaluate``) are tested through relations, never by replaying a
 generator: the ``t`` and ``x_t`` the model was called with must be consistent with *some* standard
 normal noise, the returned loss must be the loss of that call, and the optimizer must have taken
 exactly the step the loss's gradient asks for. Any order of random draws is accepted.
+
+Every check is trusted (``grading.verdict``): before its ``yield`` it only asks for calls, whose
+inputs are drawn from the grading run's secret seed (``p.gen``), with the stubs of
+``gradeprobe.stubs_ddpm_training`` built in the kernel; the kernel runs them and sends back plain
+data (the values, the calls the recording stubs saw, the parameters and gradients afterwards, the
+optimizer's counters); after the ``yield`` the check judges in the grader's own process, recomputing
+what each stub should have done with its own copy of the stub classes.
 """
 from __future__ import annotations
 
@@ -16,11 +23,13 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
 
-from grading.hidden import CheckFailed, as_array, call, close, expect, first_match, generator, max_abs_diff, student
+from gradeprobe import stubs_ddpm_training as stubs
+from grading.hidden import CheckFailed, as_array, close, expect, first_match, max_abs_diff
+from grading.records import TensorRecord, type_name
 from grading.reference import ddpm_training as ref
 from grading.reference import forward_process as ref01
+from grading.verdict import Outcome, Probe, trusted
 
 __all__ = ["CHECKS"]
 
@@ -28,7 +37,11 @@ __all__ = ["CHECKS"]
 # ----------------------------------------------------------------------------- small utilities
 
 def _f64(x) -> np.ndarray:
-    """A tensor (any dtype, detached) as a float64 numpy array."""
+    """A tensor (any dtype, detached) or a recorded tensor as a float64 numpy array."""
+    if isinstance(x, TensorRecord):
+        return np.asarray(x.array, dtype=np.float64)
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float64)
     return x.detach().cpu().to(torch.float64).numpy()
 
 
@@ -44,12 +57,12 @@ def _schedule(T: int, beta_start: float, beta_end: float) -> torch.Tensor:
 
 def _as_scalar_float(value, what: str) -> float:
     """The student's returned loss as a float; it must be a Python float as the spec says."""
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, TensorRecord):
         raise CheckFailed(
             f"{what} must return the loss as a Python float, got a torch.Tensor of shape "
             f"{tuple(value.shape)}. Likely cause: returning `loss` instead of `loss.item()`.")
     if isinstance(value, bool) or not isinstance(value, (float, np.floating)):
-        raise CheckFailed(f"{what} must return the loss as a Python float, got {type(value).__name__}. "
+        raise CheckFailed(f"{what} must return the loss as a Python float, got {type_name(value)}. "
                           "Return `loss.item()`.")
     value = float(value)
     if not math.isfinite(value):
@@ -92,21 +105,20 @@ def _embedding_variants(t: torch.Tensor, dim: int, max_period: float) -> dict:
     return {k: (v.numpy() if v is not None else None) for k, v in variants.items()}
 
 
-def _check_one_embedding(fn, t: torch.Tensor, dim: int, max_period: float | None) -> None:
-    args = (t, dim) if max_period is None else (t, dim, max_period)
+def _judge_one_embedding(out: Outcome, t: torch.Tensor, dim: int, max_period: float | None) -> None:
     mp = 10000.0 if max_period is None else max_period
-    shown = f"timestep_embedding(t={t.tolist()}, dim={dim}" + ("" if max_period is None else f", max_period={mp}") + ")"
-    out = call(fn, *args, what=shown)
-    expect(isinstance(out, torch.Tensor),
+    shown = out.what
+    value = out.value
+    expect(isinstance(value, TensorRecord),
            f"{shown} must return a torch.Tensor (the U-Net adds it to its feature maps), "
-           f"got {type(out).__name__}.",
+           f"got {type_name(value)}.",
            hint="convert a numpy result with torch.from_numpy(...).float()")
-    expect(out.is_floating_point(), f"{shown} must return a floating-point tensor, got dtype {out.dtype}.")
-    expect(tuple(out.shape) == (t.shape[0], dim),
+    expect(value.is_floating_point, f"{shown} must return a floating-point tensor, got dtype {value.dtype}.")
+    expect(tuple(value.shape) == (t.shape[0], dim),
            f"{shown} must return shape ({t.shape[0]}, {dim}): one row per time, one column per "
-           f"dimension; got {tuple(out.shape)}.",
+           f"dimension; got {tuple(value.shape)}.",
            hint="concatenate the sin half and the cos half along dim=1 (torch.cat([...], dim=1))")
-    got = as_array(out, "timestep_embedding(...)")
+    got = as_array(value, "timestep_embedding(...)")
     want = ref.timestep_embedding(t, dim, mp).to(torch.float64).numpy()
     if close(got, want, atol=2e-3, rtol=0):
         return
@@ -123,51 +135,49 @@ def _check_one_embedding(fn, t: torch.Tensor, dim: int, max_period: float | None
     raise CheckFailed(f"{shown} is wrong. {detail} Likely cause: {cause}.")
 
 
-def check_timestep_embedding(ns) -> None:
-    fn = student(ns, "timestep_embedding")
+@trusted
+def check_timestep_embedding(p: Probe):
     # t = 0 pins the layout (all sines are 0, all cosines 1); large t tests the frequencies.
-    _check_one_embedding(fn, torch.tensor([0, 1, 2, 10, 100, 999]), 16, None)
-    _check_one_embedding(fn, torch.tensor([0, 3, 50, 7]), 8, 100.0)
-    _check_one_embedding(fn, torch.tensor([5]), 2, None)  # dim = 2: one sine, one cosine
-    big = torch.arange(0, 1000, 37)  # (28,) a batch as the U-Net passes it
-    _check_one_embedding(fn, big, 64, None)
+    g = p.gen(1)
+    mid = torch.randint(1, 999, (3,), generator=g)  # (3,) other times every grading run
+    cases = [
+        (torch.cat([torch.tensor([0, 1, 2]), mid, torch.tensor([100, 999])]), 16, None),
+        (torch.tensor([0, 3, 50, 7]), 8, 100.0),
+        (torch.randint(0, 1000, (1,), generator=g), 2, None),  # dim = 2: one sine, one cosine
+        (torch.sort(torch.randint(0, 1000, (28,), generator=g)).values, 64, None),  # a batch as the U-Net passes it
+    ]
+    outs = []
+    for t, dim, max_period in cases:
+        args = (t, dim) if max_period is None else (t, dim, max_period)
+        shown = f"timestep_embedding(t={t.tolist()}, dim={dim}" + \
+            ("" if max_period is None else f", max_period={max_period}") + ")"
+        outs.append(p.call("timestep_embedding", *args, what=shown))
+    yield
+    for (t, dim, max_period), out in zip(cases, outs):
+        _judge_one_embedding(out, t, dim, max_period)
 
 
 # ----------------------------------------------------------------------------- stub models
 
-class _Recorder(nn.Module):
-    """Wraps a noise model ``inner(x, t)`` and records every call: inputs, output, mode, grad mode."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-        self.calls: list[dict] = []
-
-    def forward(self, x, t, *rest):
+def _check_unconditional(calls: list[dict], shown: str) -> None:
+    """The stubs take (x_t, t): a third argument means the model was called as a conditional one."""
+    for c in calls:
+        rest = c.get("rest") or []
         if rest:
             raise CheckFailed(f"the model of this notebook is unconditional: call it as model(x_t, t), "
-                              f"got {2 + len(rest)} arguments.")
-        if not isinstance(x, torch.Tensor) or not isinstance(t, torch.Tensor):
-            raise CheckFailed(f"model(x_t, t) must get two tensors, got {type(x).__name__} and {type(t).__name__}.")
-        out = self.inner(x, t)
-        self.calls.append({"x": x.detach().clone(), "t": t.detach().clone(), "out": out.detach().clone(),
-                           "training": self.training, "grad": torch.is_grad_enabled()})
-        return out
+                              f"got {2 + len(rest)} arguments (in {shown}).")
 
 
-class _AffineNoiseNet(nn.Module):
-    """A tiny trainable noise model: ``w * x_t + b + s * t / T`` (parameters w, b, s)."""
+def _params(state: Outcome) -> tuple[dict, dict]:
+    """The parameters and gradients of a recorded stub (names without the recorder's ``inner.``)."""
+    value = state.value
+    if not isinstance(value, dict) or not isinstance(value.get("params"), dict):
+        raise CheckFailed("the hidden tests could not read the stub model's parameters back.")
 
-    def __init__(self, T: int, w: float = 0.7, b: float = 0.1, s: float = -0.4):
-        super().__init__()
-        self.T = T
-        self.w = nn.Parameter(torch.tensor(w))
-        self.b = nn.Parameter(torch.tensor(b))
-        self.s = nn.Parameter(torch.tensor(s))
+    def strip(d):
+        return {k.removeprefix("inner."): v for k, v in (d or {}).items() if k != "dummy"}
 
-    def forward(self, x, t):
-        tt = (t.to(x.dtype) / self.T).reshape(-1, *([1] * (x.dim() - 1)))  # (B, 1, ..., 1)
-        return self.w * x + self.b + self.s * tt
+    return strip(value["params"]), strip(value.get("grads"))
 
 
 # ----------------------------------------------------------------------------- ddpm_loss
@@ -193,26 +203,33 @@ def _ddpm_loss_variants(x_0, t, noise, alpha_bar, x_seen, out) -> dict:
     }
 
 
-def check_ddpm_loss(ns) -> None:
-    fn = student(ns, "ddpm_loss")
-    g = generator(2)
+@trusted
+def check_ddpm_loss(p: Probe):
+    g = p.gen(2)
     T = 50
     alpha_bar = _schedule(T, 1e-3, 0.2)  # (50,) falls to about 0.006
     x_0 = torch.rand(6, 1, 4, 4, generator=g) * 2 - 1  # (B, C, H, W) in [-1, 1]
     noise = torch.randn(6, 1, 4, 4, generator=g)  # (B, C, H, W)
-    t = torch.tensor([0, 3, 10, 25, 40, 49])  # (B,) long
-    model = _Recorder(_AffineNoiseNet(T))
+    inner = torch.sort(torch.randperm(T - 2, generator=g)[:4] + 1).values  # (4,) distinct times in 1..T-2
+    t = torch.cat([torch.tensor([0]), inner, torch.tensor([T - 1])])  # (B,) long, both ends included
+    model = p.stub("ddpm_training.AffineNoiseNet", record=True, T=T)
     shown = "ddpm_loss(model, x_0, t, noise, alpha_bar)"
-    loss = call(fn, model, x_0.clone(), t.clone(), noise.clone(), alpha_bar.clone(), what=shown)
+    out = p.call("ddpm_loss", model, x_0, t, noise, alpha_bar, what=shown, keep=True)
+    back = p.method(out, "backward", what="loss.backward() on the loss returned by ddpm_loss")
+    state = p.inspect(model, "the stub model after loss.backward()")
+    yield
 
-    expect(isinstance(loss, torch.Tensor),
-           f"{shown} must return a 0-d torch.Tensor (so that loss.backward() works), got {type(loss).__name__}.",
+    loss = out.value
+    expect(isinstance(loss, TensorRecord),
+           f"{shown} must return a 0-d torch.Tensor (so that loss.backward() works), got {type_name(loss)}.",
            hint="return the tensor, not loss.item()")
-    expect(loss.dim() == 0,
+    expect(len(loss.shape) == 0,
            f"{shown} must return a 0-d tensor (a single number), got shape {tuple(loss.shape)}.",
            hint="take the mean over every element: ((noise - eps_pred) ** 2).mean() or F.mse_loss(eps_pred, noise)")
-    expect(len(model.calls) >= 1, f"{shown} never called model(x_t, t).")
-    first = model.calls[0]
+    calls = out.model_calls(model)
+    expect(len(calls) >= 1, f"{shown} never called model(x_t, t).")
+    _check_unconditional(calls, shown)
+    first = calls[0]
     x_t = ref01.q_sample(x_0, t, alpha_bar, noise)  # (B, C, H, W)
     x_seen = first["x"]
     if tuple(x_seen.shape) != tuple(x_0.shape):
@@ -228,14 +245,15 @@ def check_ddpm_loss(ns) -> None:
                      "(check the square roots and the reshape of alpha_bar[t] to (B, 1, 1, 1))")
         raise CheckFailed(f"{shown} called the model with the wrong input (largest difference from x_t "
                           f"{_fmt(max_abs_diff(_f64(x_seen), _f64(x_t)))}). Likely cause: {cause}.")
-    expect(tuple(first["t"].shape) == (6,) and close(_f64(first["t"]), _f64(t), 0, rtol=0),
-           f"{shown} must call model(x_t, t) with the given t {t.tolist()}, got {first['t'].tolist()}.")
+    t_seen = _f64(first["t"])
+    expect(t_seen.shape == (6,) and close(t_seen, _f64(t), 0, rtol=0),
+           f"{shown} must call model(x_t, t) with the given t {t.tolist()}, got {t_seen.tolist()}.")
 
-    got = float(loss.detach().to(torch.float64))
-    out = first["out"]
-    want = float(np.mean((_f64(noise) - _f64(out)) ** 2))
+    got = float(_f64(loss))
+    pred = first["out"]
+    want = float(np.mean((_f64(noise) - _f64(pred)) ** 2))
     if not math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-7):
-        variants = _ddpm_loss_variants(x_0, t, noise, alpha_bar, x_seen, out)
+        variants = _ddpm_loss_variants(x_0, t, noise, alpha_bar, x_seen, pred)
         cause = first_match(got, variants, atol=1e-7, rtol=1e-4) or \
             "the loss must be the mean over every element of (noise - model(x_t, t)) ** 2"
         raise CheckFailed(f"{shown} returned {_fmt(got)}, expected the mean squared error on the noise "
@@ -244,67 +262,54 @@ def check_ddpm_loss(ns) -> None:
     expect(loss.requires_grad,
            f"{shown} returned a loss that carries no gradient, so training could not learn anything.",
            hint="do not compute it under torch.no_grad() and do not .detach() it")
-    call(loss.backward, what="loss.backward() on the loss returned by ddpm_loss")
-    fresh = _AffineNoiseNet(T)
+    if back.raised:
+        raise CheckFailed(back.error)
+    fresh = stubs.AffineNoiseNet(T)  # the trusted copy of the stub: the gradient it should have
     want_loss = ((noise - fresh(x_t, t)) ** 2).mean()
     want_loss.backward()
-    for name, p in model.inner.named_parameters():
-        q = dict(fresh.named_parameters())[name]
-        expect(p.grad is not None,
+    _, grads = _params(state)
+    for name, q in fresh.named_parameters():
+        gr = grads.get(name)
+        expect(isinstance(gr, TensorRecord),
                f"after loss.backward() the model parameter {name!r} has no gradient: the loss returned by "
                f"{shown} is not connected to the model's output.")
-        expect(close(_f64(p.grad), _f64(q.grad), atol=1e-6, rtol=1e-4),
+        expect(close(_f64(gr), _f64(q.grad), atol=1e-6, rtol=1e-4),
                f"the gradient of the returned loss with respect to the model parameter {name!r} is "
-               f"{_fmt(float(p.grad))}, expected {_fmt(float(q.grad))}.",
+               f"{_fmt(float(_f64(gr)))}, expected {_fmt(float(q.grad))}.",
                hint="the loss must be computed from the model output of this call, with the mean squared error")
 
 
 # ----------------------------------------------------------------------------- train_step
 
-class _CountingSGD(torch.optim.SGD):
-    """Plain SGD (no momentum) that counts its step() and zero_grad() calls."""
-
-    def __init__(self, params, lr):
-        super().__init__(params, lr=lr)
-        self.steps = 0
-        self.zeroed = 0
-
-    def step(self, closure=None):
-        self.steps += 1
-        return super().step(closure)
-
-    def zero_grad(self, set_to_none: bool = True):
-        self.zeroed += 1
-        return super().zero_grad(set_to_none)
-
-
 def _implied_noise(x_t, x_0, t, alpha_bar) -> np.ndarray:
     """The noise eps with x_t = sqrt(ab[t]) x_0 + sqrt(1 - ab[t]) eps, per example (float64)."""
-    ab = _f64(alpha_bar)[t.numpy()].reshape(-1, *([1] * (x_0.dim() - 1)))
+    ab = _f64(alpha_bar)[t].reshape(-1, *([1] * (x_0.dim() - 1)))
     return (_f64(x_t) - np.sqrt(ab) * _f64(x_0)) / np.sqrt(1 - ab)
 
 
-def _check_times(t_seen: torch.Tensor, B: int, T: int, where: str) -> None:
+def _check_times(t_seen: TensorRecord, B: int, T: int, where: str) -> np.ndarray:
+    """The recorded times of a model call, checked: (B,) integers in [0, T - 1], not all equal."""
     expect(tuple(t_seen.shape) == (B,),
            f"{where}: the model got t of shape {tuple(t_seen.shape)}, expected ({B},): one time per example.",
            hint="t = torch.randint(0, T, (B,), generator=generator)")
-    expect(not t_seen.is_floating_point() and t_seen.dtype != torch.bool,
+    expect(not t_seen.is_floating_point and t_seen.dtype != "torch.bool",
            f"{where}: the model got t of dtype {t_seen.dtype}, expected torch.long (integer steps).")
-    tv = t_seen.to(torch.int64)
+    tv = np.asarray(t_seen.array).astype(np.int64)
     lo, hi = int(tv.min()), int(tv.max())
     expect(lo >= 0 and hi <= T - 1,
            f"{where}: t must lie in [0, {T - 1}] (0-based steps, T = {T}), got values in [{lo}, {hi}]. "
            f"Likely cause: T not taken from the alpha_bar argument (T = alpha_bar.shape[0]), e.g. a global "
            f"T or beta used instead.")
-    expect(int(tv.unique().numel()) > 1,
+    expect(len(np.unique(tv)) > 1,
            f"{where}: every example of the batch got the same t = {lo}. Likely cause: one t drawn for the "
            f"whole batch; Algorithm 1 draws t independently per example, torch.randint(0, T, (B,)).")
+    return tv
 
 
-def _call_short_schedule(fn, T: int, *args, what: str):
-    """``call`` for checks that pass a short alpha_bar (T steps): an index error gets the likely cause."""
+def _short_schedule_value(out: Outcome, T: int):
+    """``out.value`` for calls that pass a short alpha_bar (T steps): an index error gets the likely cause."""
     try:
-        return call(fn, *args, what=what)
+        return out.value
     except CheckFailed as exc:
         if "IndexError" in str(exc) and "out of bounds" in str(exc):
             raise CheckFailed(f"{exc} (alpha_bar here has T = {T} steps). Likely cause: T not taken from the "
@@ -313,28 +318,40 @@ def _call_short_schedule(fn, T: int, *args, what: str):
         raise
 
 
-def check_train_step(ns) -> None:
-    fn = student(ns, "train_step")
+@trusted
+def check_train_step(p: Probe):
     T, B, lr = 20, 512, 0.05
     alpha_bar = _schedule(T, 0.01, 0.3)  # (20,) from 0.99 to about 0.03
-    x_0 = torch.rand(B, 1, 2, 2, generator=generator(3)) * 2 - 1  # (B, C, H, W) in [-1, 1]
+    x_0 = torch.rand(B, 1, 2, 2, generator=p.gen(3)) * 2 - 1  # (B, C, H, W) in [-1, 1]
     garbage = 123.0
-    model = _Recorder(_AffineNoiseNet(T))
-    before = {k: v.detach().clone() for k, v in model.inner.named_parameters()}
-    opt = _CountingSGD(model.parameters(), lr=lr)
-    for p in model.parameters():  # stale gradients from an earlier step: train_step must clear them
-        p.grad = torch.full_like(p, garbage)
+    # stale gradients from an earlier step: train_step must clear them
+    model = p.stub("ddpm_training.AffineNoiseNet", record=True, T=T, stale_grad=garbage)
+    opt = p.stub("ddpm_training.CountingSGD", model=model, lr=lr)
     shown = "train_step(model, optimizer, x_0, alpha_bar, generator)"
-    ret = _call_short_schedule(fn, T, model, opt, x_0.clone(), alpha_bar.clone(), generator(11), what=shown)
-    ret = _as_scalar_float(ret, shown)
+    main = p.call("train_step", model, opt, x_0, alpha_bar, p.generator(11), what=shown)
+    state, counters = p.inspect(model, "the model after train_step"), p.inspect(opt, "the optimizer")
+    # every random draw must come from the given generator: same seed, same draws, whatever the
+    # global random state (seeded differently before each call)
+    runs = []
+    for seed in (1, 2):
+        m = p.stub("ddpm_training.AffineNoiseNet", record=True, T=T)
+        o = p.stub("ddpm_training.CountingSGD", model=m, lr=lr)
+        runs.append((m, p.call("train_step", m, o, x_0, alpha_bar, generator=p.generator(5), what=shown,
+                               global_seed=seed)))
+    m = p.stub("ddpm_training.AffineNoiseNet", record=True, T=T)
+    plain = p.call("train_step", m, p.stub("ddpm_training.CountingSGD", model=m, lr=lr), x_0, alpha_bar,
+                   what="train_step(model, optimizer, x_0, alpha_bar) without a generator")
+    yield
 
-    expect(len(model.calls) >= 1, f"{shown} never called model(x_t, t).")
-    expect(len(model.calls) == 1,
-           f"{shown} called the model {len(model.calls)} times; one forward pass per step is expected.")
-    rec = model.calls[0]
-    _check_times(rec["t"], B, T, shown)
-    t_seen = rec["t"].to(torch.int64)
-    counts = torch.bincount(t_seen, minlength=T)
+    ret = _as_scalar_float(_short_schedule_value(main, T), shown)
+    calls = main.model_calls(model)
+    expect(len(calls) >= 1, f"{shown} never called model(x_t, t).")
+    _check_unconditional(calls, shown)
+    expect(len(calls) == 1,
+           f"{shown} called the model {len(calls)} times; one forward pass per step is expected.")
+    rec = calls[0]
+    t_seen = _check_times(rec["t"], B, T, shown)
+    counts = np.bincount(t_seen, minlength=T)
     missing = [i for i in (0, T - 1) if counts[i] == 0]
     expect(not missing,
            f"{shown}: over {B} examples with T = {T}, t never took the value(s) {missing}. Likely cause: "
@@ -365,21 +382,24 @@ def check_train_step(ns) -> None:
                           f"and the model's prediction of this step is {_fmt(want)}. Likely cause: the returned "
                           f"value is not this step's ddpm_loss (e.g. a loss on other draws, or on x_0).")
 
-    expect(opt.steps >= 1,
+    steps = counters.value.get("steps") if isinstance(counters.value, dict) else None
+    expect(isinstance(steps, int), "the hidden tests could not read the optimizer's counters back.")
+    expect(steps >= 1,
            f"{shown} never called optimizer.step(): the parameters did not learn anything.")
-    expect(opt.steps == 1, f"{shown} called optimizer.step() {opt.steps} times; once per train_step is expected.")
+    expect(steps == 1, f"{shown} called optimizer.step() {steps} times; once per train_step is expected.")
     # the expected update of plain SGD: p <- p - lr * dL/dp at the old parameters
-    fresh = _AffineNoiseNet(T)
-    with torch.no_grad():
-        for k, p in fresh.named_parameters():
-            p.copy_(before[k])
+    fresh = stubs.AffineNoiseNet(T)  # the trusted copy of the stub, with the parameters before the step
+    before = {k: float(v.detach()) for k, v in fresh.named_parameters()}
     eps_t = torch.from_numpy(eps).to(torch.float32)
-    loss = ((eps_t - fresh(x_seen, t_seen)) ** 2).mean()
+    x_in = torch.from_numpy(np.asarray(x_seen.array)).to(torch.float32)
+    loss = ((eps_t - fresh(x_in, torch.from_numpy(t_seen))) ** 2).mean()
     loss.backward()
-    after = dict(model.inner.named_parameters())
+    after, _ = _params(state)
     names = [k for k, _ in fresh.named_parameters()]
-    grads = np.array([float(p.grad) for _, p in fresh.named_parameters()])  # (3,)
-    moved = np.array([float(before[k] - after[k].detach()) for k in names])  # (3,) = lr * gradient used
+    expect(all(isinstance(after.get(k), TensorRecord) for k in names),
+           "the hidden tests could not read the stub model's parameters back.")
+    grads = np.array([float(q.grad) for _, q in fresh.named_parameters()])  # (3,)
+    moved = np.array([before[k] - float(_f64(after[k])) for k in names])  # (3,) = lr * gradient used
     # gradient clipping by norm scales the whole gradient by one factor in (0, 1]: accepted too
     ratio = float(moved @ grads) / float(lr * grads @ grads)
     if not (close(moved, lr * grads, atol=1e-6, rtol=2e-3)
@@ -396,81 +416,56 @@ def check_train_step(ns) -> None:
         raise CheckFailed(f"{shown}: with plain SGD (lr = {lr}) the parameter {names[i]!r} should have moved by "
                           f"{_fmt(-lr * grads[i])}, it moved by {_fmt(-moved[i])}. Likely cause: {cause}.")
 
-    # every random draw must come from the given generator: same seed, same draws
-    runs = []
-    for _ in range(2):
-        m = _Recorder(_AffineNoiseNet(T))
-        call(fn, m, _CountingSGD(m.parameters(), lr=lr), x_0.clone(), alpha_bar.clone(), generator=generator(5),
-             what=shown)
-        runs.append(m.calls[0])
-    expect(torch.equal(runs[0]["t"], runs[1]["t"]) and torch.equal(runs[0]["x"], runs[1]["x"]),
+    seen = []
+    for m_spec, run in runs:
+        _short_schedule_value(run, T)
+        run_calls = run.model_calls(m_spec)
+        expect(len(run_calls) >= 1, f"{shown} never called model(x_t, t).")
+        seen.append(run_calls[0])
+    same = all(isinstance(seen[i][k], TensorRecord) for i in (0, 1) for k in ("t", "x")) and \
+        all(seen[0][k].shape == seen[1][k].shape and np.array_equal(seen[0][k].array, seen[1][k].array)
+            for k in ("t", "x"))
+    expect(same,
            f"{shown}: two calls with generators seeded alike drew different t or noise. Likely cause: a draw "
            f"ignores `generator` (e.g. torch.randint(..., generator=generator) and "
            f"torch.randn(x_0.shape, generator=generator) must both get it).")
     # and without one it still works (global RNG)
-    m = _Recorder(_AffineNoiseNet(T))
-    _as_scalar_float(call(fn, m, _CountingSGD(m.parameters(), lr=lr), x_0.clone(), alpha_bar.clone(),
-                          what="train_step(model, optimizer, x_0, alpha_bar) without a generator"),
-                     "train_step without a generator")
+    _as_scalar_float(_short_schedule_value(plain, T), "train_step without a generator")
 
 
 # ----------------------------------------------------------------------------- evaluate
 
-class _ExactDeltaNet(nn.Module):
-    """The exact noise predictor for data fixed at ``c``, plus an offset that depends on the batch size
-    and, in train mode, a further offset (as dropout would change a network's output).
-
-    In eval mode a batch of size B then has the loss ``offset[B] ** 2`` exactly, whatever t and noise
-    were drawn; in train mode ``(offset[B] + train_shift) ** 2``.
-    """
-
-    def __init__(self, c: torch.Tensor, alpha_bar: torch.Tensor, offsets: dict, train_shift: float):
-        super().__init__()
-        self.register_buffer("c", c)
-        self.register_buffer("alpha_bar", alpha_bar.to(torch.float64))
-        self.scale = nn.Parameter(torch.tensor(1.0))  # outputs require grad when grad mode is on
-        self.offsets = offsets
-        self.train_shift = train_shift
-
-    def forward(self, x, t):
-        ab = self.alpha_bar[t.long()].reshape(-1, *([1] * (x.dim() - 1)))  # (B, 1, ..., 1)
-        eps = (x.to(torch.float64) - ab.sqrt() * self.c.to(torch.float64)) / (1 - ab).sqrt()
-        shift = self.offsets.get(x.shape[0], 0.0) + (self.train_shift if self.training else 0.0)
-        return self.scale * (eps + shift).to(x.dtype)
-
-
-def check_evaluate(ns) -> None:
-    fn = student(ns, "evaluate")
+@trusted
+def check_evaluate(p: Probe):
     T = 20
     alpha_bar = _schedule(T, 0.01, 0.3)
-    c = torch.rand(1, 1, 4, 4, generator=generator(4)) * 2 - 1  # (1, C, H, W): every image equals c
+    c = torch.rand(1, 1, 4, 4, generator=p.gen(4)) * 2 - 1  # (1, C, H, W): every image equals c
     sizes = [40, 40, 40, 5]
     offsets = {40: 0.1, 5: 0.6}
     shift = 0.3
-    inner = _ExactDeltaNet(c, alpha_bar, offsets, shift)
-    model = _Recorder(inner)
-    model.train()  # as the training loop leaves it
-
-    def batches():  # a one-shot iterable of (x_0, y) pairs, like helpers.data.batches
-        for k, n in enumerate(sizes):
-            yield c.expand(n, -1, -1, -1).clone(), torch.full((n,), k, dtype=torch.long)
-
+    # the model starts in train mode, as the training loop leaves it
+    model = p.stub("ddpm_training.ExactDeltaNet", record=True, c=c, alpha_bar=alpha_bar,
+                   offsets=[[n, v] for n, v in offsets.items()], train_shift=shift)
+    batches = p.stub("ddpm_training.OneShotBatches", c=c, sizes=sizes)  # like a generator over batches
     shown = "evaluate(model, batches, alpha_bar, generator) with batches of sizes 40, 40, 40, 5"
-    ret = _as_scalar_float(_call_short_schedule(fn, T, model, batches(), alpha_bar.clone(), generator(6),
-                                                what=shown), shown)
+    out = p.call("evaluate", model, batches, alpha_bar, p.generator(6), what=shown)
+    yield
 
-    seen = [r["x"].shape[0] for r in model.calls]
+    ret = _as_scalar_float(_short_schedule_value(out, T), shown)
+    calls = out.model_calls(model)
+    _check_unconditional(calls, shown)
+    seen = [r["x"].shape[0] for r in calls]
     expect(sum(seen) == sum(sizes),
            f"{shown}: the model saw {sum(seen)} examples in batches of {seen}, expected all {sum(sizes)} "
            f"examples ({sizes}).", hint="loop over every (x_0, y) pair of `batches`")
-    expect(all(not r["grad"] for r in model.calls),
+    expect(all(not r["grad_enabled"] for r in calls),
            f"{shown} ran the model with gradient tracking on, so it builds an autograd graph it never uses "
            f"(slow, and memory hungry). Likely cause: no torch.no_grad().",
            hint="wrap the loop in `with torch.no_grad():`")
-    expect(all(not r["training"] for r in model.calls),
+    expect(all(not r["training"] for r in calls),
            f"{shown} ran the model in train mode. Likely cause: no model.eval() before the loop "
            f"(dropout and normalization layers behave differently in train mode).")
-    for r in model.calls:
+    for r in calls:
         if r["x"].shape[0] == 40:
             _check_times(r["t"], 40, T, shown)
 
@@ -499,40 +494,40 @@ def check_evaluate(ns) -> None:
 
 # ----------------------------------------------------------------------------- ema_update
 
-def _small_net(seed: int) -> nn.Module:
-    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    g = generator(seed)
+def _small_state(g: torch.Generator, tracked: int) -> dict:
+    """A state_dict of ``stubs.SmallNet`` (Linear, BatchNorm1d, Linear) with random values from ``g``."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
     with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
+        for q in net.parameters():
+            q.copy_(torch.randn(q.shape, generator=g))
         net[1].running_mean.copy_(torch.randn(4, generator=g))
         net[1].running_var.copy_(torch.rand(4, generator=g) + 0.5)
-        net[1].num_batches_tracked.fill_(seed)
-    return net
+        net[1].num_batches_tracked.fill_(tracked)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def _ema_once(fn, decay):
-    model, ema = _small_net(1), _small_net(2)
-    m0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    e0 = {k: v.detach().clone() for k, v in ema.state_dict().items()}
-    if decay is None:
-        shown = "ema_update(ema_model, model)"
-        call(fn, ema, model, what=shown)
-    else:
-        shown = f"ema_update(ema_model, model, decay={decay})"
-        call(fn, ema, model, decay=decay, what=shown)
-    return shown, model, ema, m0, e0
+def _state_arrays(state: Outcome, what: str) -> tuple[dict, dict]:
+    value = state.value
+    if not isinstance(value, dict) or not isinstance(value.get("params"), dict):
+        raise CheckFailed(f"the hidden tests could not read {what} back.")
+    return value["params"], value.get("buffers") or {}
 
 
-def _check_ema(fn, decay) -> None:
+def _judge_ema(out: Outcome, decay, m0: dict, e0: dict, model_state: Outcome, ema_state: Outcome) -> None:
     d = 0.999 if decay is None else decay
-    shown, model, ema, m0, e0 = _ema_once(fn, decay)
-    for k, v in model.state_dict().items():
-        expect(torch.equal(v, m0[k]),
+    shown = out.what
+    out.value  # noqa: B018 - raises the student's error, if any
+    m_params, m_buffers = _state_arrays(model_state, "`model`")
+    e_params, e_buffers = _state_arrays(ema_state, "`ema_model`")
+    m_after = dict(m_params, **m_buffers)
+    for k, v in m0.items():
+        got = m_after.get(k)
+        expect(isinstance(got, TensorRecord) and got.shape == tuple(v.shape)
+               and np.array_equal(got.array, v.numpy()),
                f"{shown} changed `model` ({k}); it must only update `ema_model`. Likely cause: the two "
                f"arguments are used the other way round.")
-    for k, p in ema.named_parameters():
-        got = _f64(p)
+    for k, rec in e_params.items():
+        got = _f64(rec)
         e, m = _f64(e0[k]), _f64(m0[k])
         want = d * e + (1 - d) * m
         if close(got, want, atol=1e-6, rtol=1e-5):
@@ -545,7 +540,9 @@ def _check_ema(fn, decay) -> None:
         cause = first_match(got, variants, atol=1e-6, rtol=1e-5)
         if cause is None:
             # which decay would explain the result? got = d' * e + (1 - d') * m
-            implied = np.median((got - m) / np.where(np.abs(e - m) > 1e-3, e - m, np.nan))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                implied = np.nanmedian((got - m) / np.where(np.abs(e - m) > 1e-3, e - m, np.nan)) \
+                    if got.shape == e.shape else np.nan
             if np.isfinite(implied) and close(got, implied * e + (1 - implied) * m, atol=1e-5, rtol=1e-4):
                 cause = (f"the update used the decay {implied:.6g} instead of {d}"
                          + (" (the default decay must be 0.999)" if decay is None else ""))
@@ -553,8 +550,8 @@ def _check_ema(fn, decay) -> None:
                 cause = "every EMA parameter must become decay * ema + (1 - decay) * param"
         raise CheckFailed(f"{shown}: the EMA parameter {k!r} is off by up to {_fmt(max_abs_diff(got, want))} "
                           f"from decay * ema + (1 - decay) * param. Likely cause: {cause}.")
-    for k, b in ema.named_buffers():
-        if not b.is_floating_point():
+    for k, b in e_buffers.items():
+        if not isinstance(b, TensorRecord) or not b.is_floating_point:
             continue
         want = _f64(m0[k])
         averaged = d * _f64(e0[k]) + (1 - d) * want  # averaging buffers like parameters is accepted too
@@ -562,17 +559,28 @@ def _check_ema(fn, decay) -> None:
                f"{shown}: the floating-point buffer {k!r} (a BatchNorm running statistic) must be copied from "
                f"`model`, it is off by {_fmt(max_abs_diff(_f64(b), want))}.",
                hint="for b_ema, b in zip(ema_model.buffers(), model.buffers()): b_ema.copy_(b)")
-    for k, p in ema.named_parameters():
-        expect(p.grad_fn is None,
+    for k, rec in e_params.items():
+        expect(not rec.grad_fn,
                f"{shown}: the EMA parameter {k!r} is now the result of an autograd graph; update it in place "
                f"under torch.no_grad().")
 
 
-def check_ema_update(ns) -> None:
-    fn = student(ns, "ema_update")
-    _check_ema(fn, 0.9)
-    _check_ema(fn, 0.75)
-    _check_ema(fn, None)  # the default decay = 0.999
+@trusted
+def check_ema_update(p: Probe):
+    cases = []
+    for i, decay in enumerate((0.9, 0.75, None)):  # None: the default decay = 0.999
+        g = p.gen(10 + i)
+        m0, e0 = _small_state(g, 1), _small_state(g, 2)
+        model = p.stub("ddpm_training.SmallNet", state=m0)
+        ema = p.stub("ddpm_training.SmallNet", state=e0)
+        if decay is None:
+            out = p.call("ema_update", ema, model, what="ema_update(ema_model, model)")
+        else:
+            out = p.call("ema_update", ema, model, decay=decay, what=f"ema_update(ema_model, model, decay={decay})")
+        cases.append((out, decay, m0, e0, p.inspect(model, "`model`"), p.inspect(ema, "`ema_model`")))
+    yield
+    for case in cases:
+        _judge_ema(*case)
 
 
 CHECKS = {
