@@ -1,6 +1,8 @@
 """Stub models of notebook 03_sampling (run in the kernel, driven by the trusted grader's plan).
 
 Nothing here is secret: each stub's output is a closed form the trusted side computes itself.
+
+Kernel side: built in the student's kernel from a plan.
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 Each is ``net(x)`` with a closed form the trusted side computes itself; the score at level sigma is
 ``net(x) / sigma``. Nothing here is secret.
+
+Kernel side: built in the student's kernel from a plan.
 """
 from __future__ import annotations
 

@@ -10,37 +10,22 @@ sent back (``grading.records``), after ``grading.verdict`` ran their plans there
   dtype and shape checked.
 - :func:`close`, :func:`match_variants`, :func:`first_match`, :func:`describe_diff`: comparisons
   with the right answer and with known mistaken variants, naming the matching mistake.
-- The stub models (from ``gradeprobe.stubs``, which the kernel builds) for checks that compute
-  what a stub returns.
-
-:func:`run` is the older in-kernel entry point (``import grading.hidden as _hidden;
-_hidden.run(...)``): it calls a check on the notebook's globals in the same process. The course's
-notebooks use ``gradeprobe.run`` instead, whose verdicts are computed outside the kernel.
+- :data:`INDEXING_ERROR_HINTS`: the likely causes of the indexing errors students meet most.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
 import math
-import sys
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-# at import time (not in the functions): a check module and the TensorRecords it decodes must use the
-# records module of their own import, also after a purge of grading.* (see run)
-from .records import ObjectRecord, TensorRecord, type_name  # noqa: E402
+from .records import ObjectRecord, TensorRecord, type_name
 
 __all__ = [
     "CheckFailed", "expect", "fail_known_mistake", "as_array", "as_tensor_array", "as_scalar", "close",
-    "max_abs_diff", "call", "INDEXING_ERROR_HINTS", "student", "generator", "describe_diff",
-    "first_match", "match_variants", "swapped_in", "ConstantModel", "DeltaDataModel",
-    "GaussianDataModel", "RecordingModel", "run",
+    "max_abs_diff", "INDEXING_ERROR_HINTS", "describe_diff", "first_match", "match_variants",
 ]
-
-_OWN_MODULES = ("grading", "grading.hidden", "grading.records")
 
 
 class CheckFailed(AssertionError):
@@ -210,18 +195,8 @@ def describe_diff(got: np.ndarray, want: np.ndarray) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Calling student code
+# Errors students meet most
 # ----------------------------------------------------------------------------------------------
-def student(ns: dict, name: str) -> Any:
-    """The function or class ``name`` from the student's notebook globals."""
-    if name not in ns:
-        raise CheckFailed(f"`{name}` is not defined. Run its answer cell first (and keep its name).")
-    obj = ns[name]
-    if not callable(obj):
-        raise CheckFailed(f"`{name}` should be a function or class, got {type(obj).__name__}.")
-    return obj
-
-
 #: ``(text in the error message, likely cause)`` for the errors students meet most when indexing a
 #: noise schedule with a batch of times; pass as ``call(..., error_hints=INDEXING_ERROR_HINTS)``.
 INDEXING_ERROR_HINTS: tuple[tuple[str, str], ...] = (
@@ -234,131 +209,3 @@ INDEXING_ERROR_HINTS: tuple[tuple[str, str], ...] = (
     ("only integer tensors", "t must stay a torch.long tensor to index the schedule."),
     ("tensors used as indices must be long", "t must stay a torch.long tensor to index the schedule."),
 )
-
-
-def call(fn: Callable, *args, what: str | None = None,
-         error_hints: Sequence[tuple[str, str]] = (), **kwargs) -> Any:
-    """Call student code; its exceptions become a :class:`CheckFailed` that names the call.
-
-    ``error_hints``: ``(pattern, hint)`` pairs; the first pattern found in the message of the
-    resulting :class:`CheckFailed` adds ``Likely cause: hint`` to it (e.g. :data:`INDEXING_ERROR_HINTS`).
-    """
-    label = what or getattr(fn, "__name__", "your function")
-    try:
-        try:
-            return fn(*args, **kwargs)
-        except CheckFailed:
-            raise
-        except NotImplementedError:
-            raise CheckFailed(f"{label} is not implemented yet (it raises NotImplementedError).") from None
-        except Exception as exc:  # noqa: BLE001 - any student error becomes a message
-            raise CheckFailed(f"{label} raised {type(exc).__name__}: {exc}") from None
-    except CheckFailed as exc:
-        text = str(exc)
-        for pattern, hint in error_hints:
-            if pattern in text:
-                raise CheckFailed(f"{text}\nLikely cause: {hint}") from None
-        raise
-
-
-_MISSING = object()
-
-
-@contextlib.contextmanager
-def swapped_in(ns: dict, replacements: Mapping[str, Any], fn: Callable | None = None) -> Iterator[None]:
-    """Temporarily put (correct) reference functions into the student's globals, by name.
-
-    A later function is graded on its own: the helpers it calls, graded in their own cells, are
-    replaced by correct ones so that one mistake costs points only once. Each name of
-    ``replacements`` is set in ``ns`` (and, when ``fn`` is given and looks its names up in another
-    globals dict, ``fn.__globals__`` too) for the duration of the ``with`` block; afterwards every
-    name gets its old value back, or is removed again when it was absent.
-    """
-    spaces = [ns]
-    g = getattr(fn, "__globals__", None)
-    if isinstance(g, dict) and g is not ns:
-        spaces.append(g)
-    saved = []
-    for space in spaces:
-        for name, value in replacements.items():
-            saved.append((space, name, space.get(name, _MISSING), name in space))
-            space[name] = value
-    try:
-        yield
-    finally:
-        for space, name, value, present in reversed(saved):
-            if present:
-                space[name] = value
-            else:
-                space.pop(name, None)
-
-
-def generator(seed: int) -> torch.Generator:
-    """A CPU generator with a fixed seed."""
-    return torch.Generator().manual_seed(seed)
-
-
-# ----------------------------------------------------------------------------------------------
-# Stub models: noise predictors whose truth is known
-# ----------------------------------------------------------------------------------------------
-# The stub models live in ``gradeprobe.stubs`` (they run in the kernel for trusted checks too).
-from gradeprobe.stubs import (ConstantModel, DeltaDataModel, GaussianDataModel,  # noqa: E402,F401
-                              RecordingModel)
-from gradeprobe.stubs import StubModel as _StubModel  # noqa: E402,F401
-from gradeprobe.stubs import time_batch as _time_batch  # noqa: E402,F401
-
-
-# ----------------------------------------------------------------------------------------------
-# The entry point of the hidden test blocks
-# ----------------------------------------------------------------------------------------------
-def _grading_modules() -> list[str]:
-    return [m for m in list(sys.modules) if m == "grading" or m.startswith("grading.")]
-
-
-def _purge_grading_modules() -> None:
-    for name in _grading_modules():
-        sys.modules.pop(name, None)
-
-
-def _checks_module_name(assignment: str) -> str:
-    parts = assignment.split("_", 1)
-    if len(parts) != 2 or not parts[0].isdigit():
-        raise ValueError(f"assignment ids look like '01_forward_process', got {assignment!r}")
-    return f"grading.checks.{parts[1]}"
-
-
-def run(assignment: str, question: str, namespace: dict) -> None:
-    """Run the hidden check ``question`` of ``assignment`` on the student's globals ``namespace``.
-
-    Raises :class:`CheckFailed` (an AssertionError) when the check fails; returns None when it passes.
-    """
-    try:
-        foreign = [m for m in _grading_modules() if m not in _OWN_MODULES]
-        if foreign:
-            raise CheckFailed(
-                "This notebook imported the course's grading code ("
-                + ", ".join(sorted(foreign)[:3])
-                + "). Submissions must compute their answers themselves; remove that import."
-            )
-        checks = importlib.import_module(_checks_module_name(assignment))
-        try:
-            check = checks.CHECKS[question]
-        except KeyError:
-            raise RuntimeError(f"no hidden check {question!r} for {assignment}") from None
-        torch_state = torch.random.get_rng_state()
-        numpy_state = np.random.get_state()
-        try:
-            with torch.enable_grad():
-                check(namespace)
-        except CheckFailed as exc:
-            raise CheckFailed(f"{question}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - the student sees a message, not our internals
-            raise CheckFailed(
-                f"{question}: the hidden tests could not run your code "
-                f"({type(exc).__name__}: {exc})."
-            ) from None
-        finally:
-            torch.random.set_rng_state(torch_state)
-            np.random.set_state(numpy_state)
-    finally:
-        _purge_grading_modules()

@@ -1,5 +1,7 @@
 """``python -m grading pack``: the folder (or zip) handed to students, and nothing else.
 
+Trusted: runs in the instructor's process; what it writes is what students get.
+
 The pack holds the released notebooks (``notebooks/NN_name/``), ``helpers/``, and the files of
 ``grading/pack_files/``: a students' ``README.md`` (two commands: set up, open JupyterLab), a
 ``requirements.txt`` without nbgrader or any grading code, a ``pyproject.toml`` that installs

@@ -16,7 +16,6 @@ A plain module (not a conftest), imported by the tests::
 """
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -55,20 +54,11 @@ def strip_markers(src: str) -> str:
     return "\n".join(ln for ln in src.splitlines() if BEGIN not in ln and END not in ln)
 
 
-def fresh_hidden() -> ModuleType:
-    """``grading.hidden`` as a fresh grading kernel imports it: every ``grading.*`` module is dropped
-    first, so ``grading.hidden.run`` finds no grading code imported "by the notebook" and loads the
-    checks afresh."""
-    for name in [m for m in sys.modules if m == "grading" or m.startswith("grading.")]:
-        sys.modules.pop(name)
-    return importlib.import_module("grading.hidden")
-
-
 class SolutionNotebook:
     """The solution notebook of one assignment and its hidden checks, as the mistake tests use them.
 
     ``checks``: the module ``grading.checks.<name>`` (its ``CHECKS`` and ``CheckFailed``), needed by
-    :meth:`check_message` (not by :meth:`run_hidden`, which imports the checks afresh);
+    :meth:`check_message` (not by :meth:`run_hidden`, which goes through ``gradeprobe.run``);
     ``answers``: grade_ids of the answer cells, executed in this order; ``given``: read-only cells
     executed before them and ``after`` cells executed after them; ``prelude``: code executed first
     (the notebook's imports); ``name``: the namespace's ``__name__`` (None: not set); ``setup(ns)``:
@@ -144,22 +134,19 @@ class SolutionNotebook:
         return None
 
     def run_hidden(self, question: str, replace: dict[str, str] | None = None, ns: dict | None = None) -> None:
-        """Run the check as the hidden part of a test cell does: ``grading.hidden.run`` freshly imported
-        (see :func:`fresh_hidden`). Raises ``CheckFailed`` (an AssertionError) when the check fails."""
-        ns = self.namespace(replace) if ns is None else ns
-        if f'gradeprobe.run("{self.assignment}", "{question}", globals())' in self.cells.get(f"test_{question}", ""):
-            fresh_hidden()  # the trusted form: plan, execute and judge as a grading run would
-            importlib.import_module("gradeprobe").run(self.assignment, question, ns)
-            return
-        fresh_hidden().run(self.assignment, question, ns)
+        """Run the check as the hidden part of a test cell does outside grading: ``gradeprobe.run``
+        plans, executes and judges it in this process. Raises ``CheckFailed`` (an AssertionError)
+        when the check fails."""
+        import gradeprobe
+
+        gradeprobe.run(self.assignment, question, self.namespace(replace) if ns is None else ns)
 
     def assert_test_cells_call_checks(self) -> None:
         """Every answer has a test cell ``test_<answer>`` whose hidden part runs the check of that
         name, and the checks module has exactly these checks."""
         for gid in self.answers:
-            line = (f'_hidden.run("{self.assignment}", "{gid}", globals())',
-                    f'gradeprobe.run("{self.assignment}", "{gid}", globals())')
-            assert any(x in self.cells[f"test_{gid}"] for x in line), gid
+            line = f'gradeprobe.run("{self.assignment}", "{gid}", globals())'
+            assert self.cells[f"test_{gid}"].startswith(f"### BEGIN HIDDEN TESTS\nimport gradeprobe; {line}"), gid
         assert set(self.checks.CHECKS) == set(self.answers)
 
 

@@ -4,7 +4,7 @@ Two layers:
 
 * direct tests (about 10 s of CPU in all): the notebook's given cells and answer cells are exec'd into
   a namespace, one answer is replaced by a mistaken (or an alternative correct) version, and the
-  check of that answer is run through ``grading.hidden.run`` exactly as the test cell does;
+  check of that answer is run through ``gradeprobe.run`` exactly as the test cell does;
 * cell-runner tests (``grading.runner.run_notebook``, skipping ``slow`` cells, about 10 s each,
   marked ``slow``): the
   unmodified solution passes every test cell, and notebooks with one mistake in each answer cell

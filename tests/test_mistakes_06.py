@@ -63,7 +63,7 @@ def test_every_test_cell_has_a_check():
             hidden[cells.grade_id(cell)] = cell.source
     assert sorted(hidden) == sorted(TEST_CELLS)
     for gid, src in hidden.items():
-        assert f'_hidden.run("06_score_matching", "{gid[5:]}", globals())' in src, gid
+        assert f'gradeprobe.run("06_score_matching", "{gid[5:]}", globals())' in src, gid
         assert gid[5:] in checks.CHECKS
 
 
