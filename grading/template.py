@@ -38,8 +38,12 @@ class Template:
 def _grading_files(assignment: str) -> list[Path]:
     """The course files besides the assignment's own that decide how it is graded."""
     name = assignment.split("_", 1)[-1]
-    return [course.GRADING_DIR / "checks" / f"{name}.py", course.GRADING_DIR / "hidden.py",
-            course.CONFIG_FILE, course.GRADING_DIR / "cells.py"]
+    probe = course.REPO_ROOT / "gradeprobe"
+    return [course.GRADING_DIR / "checks" / f"{name}.py", course.GRADING_DIR / "reference" / f"{name}.py",
+            course.GRADING_DIR / "hidden.py", course.GRADING_DIR / "verdict.py",
+            course.GRADING_DIR / "records.py", course.GRADING_DIR / "execute.py",
+            course.CONFIG_FILE, course.GRADING_DIR / "cells.py",
+            *sorted(probe.glob("*.py"))]
 
 
 def build_template(assignment: str, root: Path, workdir: Path) -> Template:
