@@ -109,7 +109,9 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
     course.ensure_path()
     t_start = time.perf_counter()
     root, out = Path(root).resolve(), Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    # --out holds every student's grades, notebooks and feedback: the grader's alone
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
     db_url = db_url or f"sqlite:///{out / 'gradebook.db'}"
     known = course.list_assignments(root)
     if assignment is not None:
@@ -146,6 +148,8 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
     log.info("limits: %r", job_limits)
     try:
         templates = _templates(subs, root, workdir, db_url)
+        if db_url.startswith("sqlite:///") and Path(db_url[len("sqlite:///"):]).is_file():
+            os.chmod(db_url[len("sqlite:///"):], 0o600)
         log.info("%d assignment template(s) ready after %.1f s", len(templates),
                  time.perf_counter() - t_start)
         todo: list[Job] = []

@@ -109,6 +109,10 @@ def test_attacks_from_inside_the_kernel_earn_nothing(tmp_path):
     students["frames"] = _with_q_sample(perfect, FRAMES_Q_SAMPLE)
     students["honest_mistake"] = _with_q_sample(perfect, WRONG_Q_SAMPLE)
     students["perfect"] = perfect
+    # outputs are discarded before grading: a 50 MB figure must not cost the notebook
+    students["big_figure"] = json.loads(json.dumps(perfect))
+    code = next(c for c in students["big_figure"]["cells"] if c["cell_type"] == "code")
+    code["outputs"] = [{"output_type": "display_data", "metadata": {}, "data": {"image/png": "A" * 50_000_000}}]
     for name, nb in students.items():
         (subs / name / A).mkdir(parents=True)
         (subs / name / A / f"{A}.ipynb").write_text(json.dumps(nb))
@@ -122,7 +126,7 @@ def test_attacks_from_inside_the_kernel_earn_nothing(tmp_path):
     full = points[("perfect", "test_q_sample")]
     assert full > 0
     for name in students:
-        if name == "perfect":
+        if name in ("perfect", "big_figure"):
             continue
         assert points[(name, "test_q_sample")] == 0, (name, [r for r in rows if r["student"] == name])
     # the other cells of a hostile notebook keep their points: nothing else is held against it
@@ -130,6 +134,10 @@ def test_attacks_from_inside_the_kernel_earn_nothing(tmp_path):
     for (name, cell), pts in points.items():
         if cell.startswith("test_") and cell != "test_q_sample" and name in ATTACKS and name != "sys_modules":
             assert pts == points[("perfect", cell)], (name, cell)
+    assert sum(p for (s, _), p in points.items() if s == "big_figure") == \
+        sum(p for (s, _), p in points.items() if s == "perfect")
+    out = tmp_path / "out"   # every student's grades and notebooks: the grader's alone
+    assert (out.stat().st_mode & 0o777) == 0o700 and ((out / "gradebook.db").stat().st_mode & 0o777) == 0o600
     linked = [r for r in rows if r["student"] == "symlinked"]
     assert linked and all(float(r["points"] or 0) == 0 for r in linked)
     grades = {r["student"]: r for r in csv.DictReader(open(tmp_path / "out" / "grades.csv"))}
@@ -189,6 +197,19 @@ LIMIT_CASES = {
     # more memory than the kernel may have
     "memory_hog": "import torch as _t\n_hog = _t.ones(3 * 2**30 // 4)\n_hog += 1\n",
 }
+# as many processes as it can start: the job's uid may have 512 (its threads count too)
+FORKS = """
+import subprocess as _sp
+_kids = []
+try:
+    for _ in range(3000):
+        _kids.append(_sp.Popen(["sleep", "30"]))
+except OSError as _e:
+    print("FORK-LIMIT", len(_kids))
+for _k in _kids:
+    _k.kill()
+    _k.wait()
+"""
 
 
 def test_limits_and_deaths_are_decided_outside_the_kernel(tmp_path):
@@ -228,6 +249,7 @@ def test_limits_and_deaths_are_decided_outside_the_kernel(tmp_path):
         "except OSError:\n    pass\n"
         f"open({leak!r}, 'w').write('left behind')\n"))
     students["reader"] = _with_q_sample(perfect, READER_Q_SAMPLE)
+    students["forks"] = _append_to(perfect, "q_sample", FORKS)
     students["perfect"] = perfect
     subs = tmp_path / "subs"
     for name, nb in students.items():
@@ -261,3 +283,7 @@ def test_limits_and_deaths_are_decided_outside_the_kernel(tmp_path):
     graded = (tmp_path / "out" / "autograded" / "reader" / A / f"{A}.ipynb").read_text()
     assert "FOUND []" in graded, graded[graded.find("FOUND"):][:500]
     assert pts[("reader", "test_q_sample")][0] == 0
+    forked = (tmp_path / "out" / "autograded" / "forks" / A / f"{A}.ipynb").read_text()
+    count = int(re.search(r"FORK-LIMIT (\d+)", forked).group(1))
+    assert 0 < count < 512, count
+    assert pts[("forks", "test_q_sample")][0] == pts[("perfect", "test_q_sample")][0]

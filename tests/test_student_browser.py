@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -158,13 +159,29 @@ def _code_cell(page, text: str):
 
 
 def _run_cell(page, cell, timeout_ms: int = 60_000) -> None:
-    """Run a code cell with Shift+Enter and wait for its execution count to appear."""
-    cell.locator(".cm-content").first.click()
-    page.keyboard.press("Escape")  # command mode: Shift+Enter runs the selected cell
-    page.keyboard.press("Shift+Enter")
-    prompt = cell.locator(".jp-InputPrompt").first.element_handle()
-    page.wait_for_function("el => /\\[\\d+\\]/.test(el.textContent)", arg=prompt,
-                           timeout=timeout_ms)
+    """Run a code cell (Ctrl+Enter in command mode) and wait for its execution count to appear.
+
+    On a loaded machine a run request sent while the kernel was still settling can be dropped
+    (the prompt stays ``[ ]``, not ``[*]``): then the cell is run again, as a student would."""
+    prompt = cell.locator(".jp-InputPrompt").first
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        cell.locator(".cm-content").first.click()
+        page.keyboard.press("Escape")  # command mode: Ctrl+Enter runs the selected cell
+        page.keyboard.press("Control+Enter")
+        asked = time.monotonic()
+        while time.monotonic() - asked < 20:
+            text = prompt.inner_text()
+            if re.search(r"\[\d+\]", text):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the cell did not run within {timeout_ms / 1000:g} s (prompt {text!r})")
+            page.wait_for_timeout(500)
+        if "*" in prompt.inner_text():   # queued or running: wait for it, do not ask again
+            page.wait_for_function("el => /\\[\\d+\\]/.test(el.textContent)",
+                                   arg=prompt.element_handle(),
+                                   timeout=max(1000, int((deadline - time.monotonic()) * 1000)))
+            return
 
 
 def _questions(out: Path, student: str) -> dict[str, dict]:
