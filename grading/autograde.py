@@ -159,7 +159,7 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
             if prev and prev.get("digest") == submission_digest(sub, tpl) and not force:
                 report.skipped += 1
                 continue
-            todo.append(prepare(sub, tpl))
+            todo.append(prepare(sub, tpl, job_limits.max_notebook_bytes))
         to_run = [j for j in todo if j.runnable]
         # longest first (a notebook's code size is a fair proxy): the slots finish together
         to_run.sort(key=lambda j: -sum(len(json.dumps(nb)) for nb in j.tpl.source.values()))

@@ -96,7 +96,7 @@ class Builder:
 
 
 def command(home: str, cmd: list[str], uid: int | None, gid: int | None,
-            readable: list[str] = ()) -> list[str]:
+            readable: list[str] = (), shm_bytes: int = SHM_BYTES) -> list[str]:
     """The bubblewrap command that runs ``cmd`` (the kernel) in its allow-listed world, with the
     ``readable`` files (the data and checkpoints the home links to) read-only at their own paths.
 
@@ -105,7 +105,7 @@ def command(home: str, cmd: list[str], uid: int | None, gid: int | None,
     b = Builder()
     # the private mounts first: a bind below /tmp (the job's home often is) must lie on top of them
     b.args += ["--proc", "/proc", "--dev", "/dev",
-               "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
+               "--perms", "1777", "--size", str(shm_bytes), "--tmpfs", "/dev/shm",
                "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
     b.dirs.update({"/proc", "/dev", "/dev/shm", "/tmp"})
     b.system()

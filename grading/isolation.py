@@ -40,7 +40,8 @@ CONFINED = ("bwrap",)
 MODES = ("bwrap", "bwrap-user", "none")
 
 
-def launcher_command(mode: str, home: Path, uid: int | None = None, cgroup: str | None = None) -> list[str]:
+def launcher_command(mode: str, home: Path, uid: int | None = None, cgroup: str | None = None,
+                     job_limits=None) -> list[str]:
     """The command line of ``grading.kernel_launcher`` for isolation ``mode`` (add ``--probe``, or
     ``-f {connection_file}`` and the kernel's arguments): in bubblewrap's allow-list for the
     ``bwrap`` modes, as ``uid`` in mode ``bwrap``, joining the memory ``cgroup`` first."""
@@ -55,6 +56,8 @@ def launcher_command(mode: str, home: Path, uid: int | None = None, cgroup: str 
         cmd += ["--uid", str(uid), "--gid", str(uid)]
     if cgroup:
         cmd += ["--cgroup", cgroup]
+    if job_limits is not None:
+        cmd += ["--max-processes", str(job_limits.max_processes), "--shm-mb", str(job_limits.shm_mb)]
     return cmd
 
 
@@ -86,13 +89,14 @@ def isolation_mode(hidden: list[Path], workdir: Path) -> tuple[str, str]:
                   "helpers and the data read-only, their scratch folder, no network, no other process")
 
 
-def write_kernel_spec(job_dir: Path, mode: str, uid: int, cgroup: str | None = None) -> None:
+def write_kernel_spec(job_dir: Path, mode: str, uid: int, cgroup: str | None = None,
+                      job_limits=None) -> None:
     """The job's grading kernelspec, ``kernels/kernels/<KERNEL_NAME>/kernel.json``: the launcher
     with the job's ``home`` folder, uid, memory cgroup and isolation mode. Interrupts travel as
     messages: a signal would reach bubblewrap, not the kernel inside it."""
     kdir = job_dir / "kernels" / "kernels" / KERNEL_NAME
     kdir.mkdir(parents=True)
-    argv = launcher_command(mode, job_dir / "home", uid, cgroup) + ["-f", "{connection_file}"]
+    argv = launcher_command(mode, job_dir / "home", uid, cgroup, job_limits) + ["-f", "{connection_file}"]
     (kdir / "kernel.json").write_text(json.dumps(
         {"argv": argv, "display_name": "Python 3 (grading)", "language": "python",
          "interrupt_mode": "message" if mode != "none" else "signal"}))

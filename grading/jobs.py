@@ -62,7 +62,7 @@ def submission_digest(sub: Submission, tpl: Template) -> str:
     return h.hexdigest()
 
 
-def prepare(sub: Submission, tpl: Template) -> Job:
+def prepare(sub: Submission, tpl: Template, max_notebook_bytes: int | None = None) -> Job:
     """Match files to the assignment's notebooks, sanitize and scan them."""
     notebooks, reasons, notes, flags = {}, {}, list(sub.problems), []
     files = dict(sub.files)
@@ -72,7 +72,7 @@ def prepare(sub: Submission, tpl: Template) -> Job:
         if raw is None and len(expected) == 1 and len(files) == 1:
             other, raw = files.popitem()  # renamed upload ("01_x (1).ipynb", "notebook.ipynb")
             notes.append(f"used {other} as {name}.ipynb")
-        s = sanitize(raw, tpl.release[name])
+        s = sanitize(raw, tpl.release[name], max_bytes=max_notebook_bytes)
         notes.extend(f"{name}: {n}" for n in s.notes)
         if s.nb is None:
             reasons[name] = s.zero_reason or "unreadable"
@@ -155,7 +155,7 @@ def _lay_out(job: Job, job_dir: Path, mode: str, uid: int, timeout: int | None,
     for name, nb in job.notebooks.items():
         if nb is not None:
             (sub_dir / f"{name}.ipynb").write_text(json.dumps(nb, indent=1))
-    isolation.write_kernel_spec(job_dir, mode, uid, cgroup)
+    isolation.write_kernel_spec(job_dir, mode, uid, cgroup, job_limits)
     home = job_dir / "home"
     for src, name in zip(isolation.shared_dirs(), ("data", "checkpoints")):
         _scratch_links(src, home / name)

@@ -44,7 +44,7 @@ if names != ["lo"]:  # a network namespace of its own: only its own loopback
 open(os.path.join(home, ".grading-probe"), "w").close()
 print("sandbox-ok")
 """
-MAX_PROCESSES = 512                  # per uid, i.e. per job
+MAX_PROCESSES = 512                  # per uid, i.e. per job (the course config sets it)
 MAX_FILE_BYTES = 512 * 1024 * 1024   # one file the kernel writes
 
 
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--protect", action="append", default=[], help="(probe) must not be visible")
     p.add_argument("--probe", action="store_true")
     p.add_argument("--cgroup", help="memory cgroup folder to join before dropping privileges")
+    p.add_argument("--max-processes", type=int, default=MAX_PROCESSES, help="processes of the uid")
+    p.add_argument("--shm-mb", type=int, default=64, help="size of the private /dev/shm")
     p.add_argument("-f", dest="connection_file")
     args, rest = p.parse_known_args(argv)
 
@@ -110,14 +112,15 @@ def main(argv: list[str] | None = None) -> None:
         os.chown(home, args.uid, gid)
         os.chmod(home, 0o700)
         try:
-            resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))  # per uid
+            resource.setrlimit(resource.RLIMIT_NPROC, (args.max_processes, args.max_processes))  # per uid
         except (ValueError, OSError):
             pass
         env.update(USER="student", LOGNAME="student")
     if args.bwrap:
         from grading import bwrap
 
-        argv = bwrap.command(home, cmd, args.uid, gid, readable=_link_targets(home))
+        argv = bwrap.command(home, cmd, args.uid, gid, readable=_link_targets(home),
+                             shm_bytes=args.shm_mb * 2**20)
         os.execve(argv[0], argv, env)
     os.execve(cmd[0], cmd, env)
 

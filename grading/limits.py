@@ -112,11 +112,17 @@ class JobLimits:
     def __init__(self, root, notebook_timeout: int | None = None, memory_mb: int | None = None):
         from . import course
 
-        cfg = course.load_config(root).CourseExecute
+        config = course.load_config(root)
+        cfg, other = config.CourseExecute, config.CourseLimits
         self.notebook_timeout = int(notebook_timeout if notebook_timeout is not None
                                     else cfg.get("notebook_timeout", 0) or 0)
         self.memory_mb = int(memory_mb if memory_mb is not None else cfg.get("memory_limit_mb", 0) or 0)
+        self.max_processes = int(other.get("max_processes", 512))
+        self.shm_mb = int(other.get("shm_mb", 64))
+        self.max_notebook_bytes = int(float(other.get("max_notebook_mb", 20)) * 1_000_000)
 
     def __repr__(self) -> str:
-        return (f"{self.memory_mb} MB of memory and {self.notebook_timeout} s per notebook"
-                if self.memory_mb else f"{self.notebook_timeout} s per notebook, no memory limit")
+        memory = f"{self.memory_mb} MB of memory" if self.memory_mb else "no memory limit"
+        return (f"{memory}, {self.notebook_timeout} s per notebook, {self.max_processes} processes, "
+                f"{self.shm_mb} MB of /dev/shm, notebooks up to {self.max_notebook_bytes // 1_000_000} MB "
+                f"without outputs")

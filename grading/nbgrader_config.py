@@ -55,6 +55,10 @@ c.CourseExecute.notebook_timeout = 900   # seconds per notebook (fast mode runs 
 # 4 GB per kernel: a fast-mode notebook peaks far below it (autograde logs each job's peak), and
 # two jobs per 8 GB leave the machine room; a kill is reported as "ran out of memory at cell N".
 c.CourseExecute.memory_limit_mb = 4096
+# Other limits of a grading kernel (grading/limits.py reads them; --help of autograde says where).
+c.CourseLimits.max_processes = 512    # processes and threads of a job's uid (the kernel has ~40)
+c.CourseLimits.shm_mb = 64            # its private /dev/shm (and /tmp is 256 MB)
+c.CourseLimits.max_notebook_mb = 20   # a submitted notebook without its outputs
 
 # Warnings on stderr (Python/PyTorch/NumPy) must not cost the points of a passing test cell:
 # nbgrader gives 0 to any test cell with stderr output unless IgnorePattern removes it.

@@ -58,7 +58,7 @@ class Sanitized:
 _GRADING_KEYS = ("grade", "solution", "locked", "task", "points", "grade_id")
 
 
-def parse(raw: bytes | str | None) -> tuple[dict | None, str | None]:
+def parse(raw: bytes | str | None, max_bytes: int | None = None) -> tuple[dict | None, str | None]:
     """Bytes of a submitted file -> (notebook dict in format 4, None) or (None, reason)."""
     if raw is None:
         return None, "missing notebook"
@@ -86,7 +86,7 @@ def parse(raw: bytes | str | None) -> tuple[dict | None, str | None]:
         if isinstance(cell, dict) and cell.get("cell_type") == "code":
             cell["outputs"], cell["execution_count"] = [], None
     size = len(json.dumps(data))
-    if size > MAX_BYTES:
+    if size > (MAX_BYTES if max_bytes is None else max_bytes):
         return None, f"file too large ({size // 1_000_000} MB without its outputs)"
     try:
         import nbformat
@@ -274,9 +274,10 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-def sanitize(raw: bytes | str | None, release_nb: dict) -> Sanitized:
-    """Parse one submitted notebook and run the :data:`STEPS` on it against its released version."""
-    nb, reason = parse(raw)
+def sanitize(raw: bytes | str | None, release_nb: dict, max_bytes: int | None = None) -> Sanitized:
+    """Parse one submitted notebook and run the :data:`STEPS` on it against its released version
+    (``max_bytes``: the largest notebook without its outputs, the course config's by default)."""
+    nb, reason = parse(raw, max_bytes)
     if nb is None:
         return Sanitized(None, reason)
     rel, notes = Released.of(release_nb), []
