@@ -108,6 +108,15 @@ def _shaped(arr: np.ndarray, shape: Any) -> np.ndarray:
     return arr
 
 
+def float_array(value: Any) -> np.ndarray | None:
+    """A recorded tensor's (or array's) values as float64, NaN kept; None for anything else."""
+    if isinstance(value, TensorRecord):
+        return value.array.astype(np.float64)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+        return value.astype(np.float64)
+    return None
+
+
 def type_name(value: Any) -> str:
     """How to name the type of a decoded value in a message to the student."""
     if isinstance(value, TensorRecord):

@@ -304,15 +304,19 @@ class Session:
     def plan(self) -> tuple[dict, dict]:
         return self.probe.plan()
 
-    def judge(self, record: tuple[dict, dict] | None) -> None:
-        """Raise :class:`CheckFailed` with the student's message unless the record passes."""
+    def resume(self, record: tuple[dict, dict] | None) -> None:
+        """Give the check the kernel's record and let it judge (raises its :class:`CheckFailed`)."""
+        self.probe.fill(record)
         try:
-            self.probe.fill(record)
-            try:
-                self._gen.send(None)
-            except StopIteration:
-                return
-            raise RuntimeError(f"trusted check {self.question} yields more than once")
+            self._gen.send(None)
+        except StopIteration:
+            return
+        raise RuntimeError(f"trusted check {self.question} yields more than once")
+
+    def judge(self, record: tuple[dict, dict] | None) -> None:
+        """Raise :class:`CheckFailed` with the student's message (question first) unless the record passes."""
+        try:
+            self.resume(record)
         except CheckFailed as exc:
             raise CheckFailed(f"{self.question}: {exc}") from None
         except WireError as exc:
@@ -333,19 +337,10 @@ class TrustedCheck:
 
     def __call__(self, ns: dict, assignment: str = "", question: str | None = None,
                  seed: int = LOCAL_SEED) -> None:
-        """Plan, execute on ``ns`` in this process, judge; messages without the question prefix, as a
-        ``grading.hidden`` check raises them."""
-        from gradeprobe.executor import execute
-
+        """Plan, execute on ``ns`` in this process, judge; messages without the question prefix (the
+        mistake tests call checks this way)."""
         session = self.start(assignment, question or self.__name__, seed)
-        plan = unpack(*pack(*session.plan()))          # exactly what a plan file would carry
-        record = unpack(*pack(*execute(plan, ns)))     # and a record file
-        session.probe.fill(record)
-        try:
-            session._gen.send(None)
-        except StopIteration:
-            return
-        raise RuntimeError(f"trusted check {self.__name__} yields more than once")
+        session.resume(_through_the_wire(session, ns))
 
 
 def trusted(fn: Callable[[Probe], Iterator[None]]) -> TrustedCheck:
@@ -367,14 +362,19 @@ def load_check(assignment: str, question: str) -> TrustedCheck:
     return check
 
 
+def _through_the_wire(session: Session, ns: dict) -> tuple[dict, dict]:
+    """Execute a session's plan on ``ns`` in this process; the plan and the record pass through the
+    wire format exactly as plan and record files would."""
+    from gradeprobe.executor import execute
+
+    return unpack(*pack(*execute(unpack(*pack(*session.plan())), ns)))
+
+
 def run_local(assignment: str, question: str, ns: dict, seed: int = LOCAL_SEED) -> None:
     """Plan, execute and judge one check in this process (no grading run: the instructor's own
     notebooks and tests). Raises :class:`CheckFailed` with the student's message on failure."""
     session = load_check(assignment, question).start(assignment, question, seed)
-    from gradeprobe.executor import execute
-
-    plan = unpack(*pack(*session.plan()))
-    session.judge(unpack(*pack(*execute(plan, ns))))
+    session.judge(_through_the_wire(session, ns))
 
 
 # ------------------------------------------------------------------------------------------------

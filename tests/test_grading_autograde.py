@@ -246,8 +246,8 @@ def test_a_kernel_that_dies_before_any_cell_is_tried_again(tmp_path, monkeypatch
 
     real, failing, started = isolation.write_kernel_spec, set(), []
 
-    def kernel_spec(job_dir, mode, uid, cgroup=None):
-        real(job_dir, mode, uid, cgroup)
+    def kernel_spec(job_dir, mode, uid, *rest):
+        real(job_dir, mode, uid, *rest)
         started.append(job_dir)
         if len(started) in failing:
             spec = job_dir / "kernels" / "kernels" / isolation.KERNEL_NAME / "kernel.json"

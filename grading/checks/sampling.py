@@ -40,7 +40,7 @@ import torch
 from gradeprobe.stubs_sampling import FixedNoiseModel
 from grading.hidden import (CheckFailed, as_array, as_tensor_array, close, describe_diff, expect,
                             match_variants)
-from grading.records import TensorRecord, type_name
+from grading.records import TensorRecord, float_array, type_name
 from grading.verdict import Outcome, Probe, WrappedCall, expect_unchanged, trusted
 
 # ----------------------------------------------------------------------------------------------
@@ -106,13 +106,7 @@ def _num(v, default: float = 0.0) -> float:
     return float("nan")
 
 
-def _a64(v) -> np.ndarray | None:
-    """A recorded tensor's values as float64 (NaN kept), None for anything else."""
-    if isinstance(v, TensorRecord):
-        return v.array.astype(np.float64)
-    if isinstance(v, np.ndarray) and v.dtype.kind in "fiub":
-        return v.astype(np.float64)
-    return None
+_a64 = float_array  # a recorded tensor's values as float64 (NaN kept), None for anything else
 
 
 def _tensor(x, name: str, shape: tuple | None = None) -> np.ndarray:

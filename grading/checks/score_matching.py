@@ -42,7 +42,7 @@ from scipy.special import ndtr
 from gradeprobe.stubs_score_matching import FunctionNet
 from grading.hidden import (CheckFailed, as_array, as_scalar, as_tensor_array, close, describe_diff, expect,
                             fail_known_mistake, first_match)
-from grading.records import TensorRecord, type_name
+from grading.records import TensorRecord, float_array, type_name
 from grading.verdict import Outcome, Probe, WrappedCall, trusted
 
 # ----------------------------------------------------------------------------------------------
@@ -68,12 +68,7 @@ def _num(v) -> float | None:
     return None
 
 
-def _a64(v) -> np.ndarray | None:
-    if isinstance(v, TensorRecord):
-        return v.array.astype(np.float64)
-    if isinstance(v, np.ndarray) and v.dtype.kind in "fiub":
-        return v.astype(np.float64)
-    return None
+_a64 = float_array  # a recorded tensor's values as float64 (NaN kept), None for anything else
 
 
 def _bound(c: WrappedCall, names: tuple[str, ...]) -> dict:
