@@ -97,15 +97,15 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", args.connection_file] + rest
 
     gid = args.gid if args.gid is not None else args.uid
+    if args.bwrap and args.connection_file:  # the sandbox sees the home, not where jupyter wrote it
+        conn = os.path.join(home, "kernel-connection.json")
+        shutil.copyfile(args.connection_file, conn)
+        cmd[cmd.index(args.connection_file)] = conn
     if args.uid is not None:
         if args.uid < 1000:
             raise SystemExit(f"refusing to run student code as uid {args.uid}")
         if not args.bwrap:
             raise SystemExit("a grading uid is only used inside the bubblewrap sandbox")
-        if args.connection_file:
-            conn = os.path.join(home, "kernel-connection.json")
-            shutil.copyfile(args.connection_file, conn)
-            cmd[cmd.index(args.connection_file)] = conn
         for dirpath, dirnames, filenames in os.walk(home):
             for name in dirnames + filenames:
                 os.lchown(os.path.join(dirpath, name), args.uid, gid)

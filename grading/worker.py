@@ -77,6 +77,14 @@ class WorkerResult:
         return cls(**data)
 
 
+def _write(nb, nb_path: Path) -> None:
+    """Rewrite a graded notebook: nbgrader leaves it read-only (0444), which only root ignores."""
+    import nbformat
+
+    os.chmod(nb_path, 0o644)
+    nbformat.write(nb, nb_path)
+
+
 def strip_tracebacks(nb_path: Path, pattern: str) -> tuple[dict[str, str], dict[str, str]]:
     """Replace every error traceback by ``ename: evalue``.
 
@@ -106,7 +114,7 @@ def strip_tracebacks(nb_path: Path, pattern: str) -> tuple[dict[str, str], dict[
             messages[cells.grade_id(cell)] = msg
         elif msg and msg != STDERR_MESSAGE:
             other_errors[cells.grade_id(cell) or f"cell {index}"] = msg
-    nbformat.write(nb, nb_path)
+    _write(nb, nb_path)
     return messages, other_errors
 
 
@@ -154,7 +162,7 @@ def apply_verdicts(api, a: str, s: str, out_dir: Path, sessions: dict, job_dir: 
                 cell.outputs = [o for o in cell.outputs if o.get("output_type") != "error"] + [
                     nbformat.v4.new_output("error", ename="CheckFailed", evalue=failed[gid],
                                            traceback=[f"CheckFailed: {failed[gid]}"])]
-        nbformat.write(nb, nb_path)
+        _write(nb, nb_path)
         with course.quiet_nbgrader(), api.gradebook as gb:
             snb = gb.find_submission_notebook(nb_name, a, s)
             for g in snb.grades:
