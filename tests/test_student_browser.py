@@ -150,6 +150,30 @@ def _screenshot(page, tmp: Path, name: str) -> Path:
     return path
 
 
+def _answer_dialogs(page, seen: list[str]) -> None:
+    """Answer any JupyterLab dialog with its default button, and keep what it said.
+
+    On a loaded CI machine JupyterLab sometimes opens a dialog of its own before the first
+    cell runs (a slow kernel start, a dropped connection), which would swallow every click.
+    Playwright's locator handler answers it before each action, as a student would; what the
+    dialogs said is printed with the test's output, and a dialog saying the kernel died fails
+    the test rather than being clicked away."""
+    dialog = page.locator(".jp-Dialog").first
+
+    def answer(d):
+        text = " ".join(d.inner_text().split())
+        seen.append(text)
+        print("JupyterLab dialog:", text)
+        assert "died" not in text.lower(), f"the kernel died: {text}"
+        button = d.locator(".jp-Dialog-button.jp-mod-accept")
+        if button.count():
+            button.first.click()
+        else:
+            page.keyboard.press("Escape")
+
+    page.add_locator_handler(dialog, answer)
+
+
 def _code_cell(page, text: str):
     """The notebook's code cell whose editor shows ``text``."""
     cell = page.locator(".jp-Notebook .jp-CodeCell").filter(
@@ -193,6 +217,8 @@ def test_student_answers_in_jupyterlab_and_the_saved_notebook_is_graded(lab, bro
     t0 = time.monotonic()
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(60_000)
+    dialogs: list[str] = []
+    _answer_dialogs(page, dialogs)
     try:
         page.goto(f"{lab['url']}/lab/tree/{NOTEBOOK}?token={lab['token']}")
         page.locator(".jp-Notebook .jp-Cell").first.wait_for()
