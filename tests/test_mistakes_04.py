@@ -24,7 +24,8 @@ from grading.checks import conditional as checks
 from notebook_support import SolutionNotebook, assert_fast_mode_within, assert_only_replaced_cells_fail, run_cells
 
 ASSIGNMENT = "04_conditional"
-ANSWERS = ("AdaptiveGroupNorm", "conditional_ddpm_loss", "p_sample_loop_conditional")
+ANSWERS = ("AdaptiveGroupNorm", "conditional_ddpm_loss", "p_sample_loop_conditional", "sample_digit",
+           "sample_grid")
 NOTEBOOK = SolutionNotebook(
     ASSIGNMENT, checks, answers=ANSWERS, given=("given_earlier_weeks",), name="__notebook__",
     prelude="import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\nfrom torch import nn\n")

@@ -127,3 +127,41 @@ def test_adaptive_group_norm_plugs_into_helpers_unet(gen):
     assert out.shape == x.shape
     out.pow(2).mean().backward()
     assert any(m.proj.weight.grad is not None and m.proj.weight.grad.abs().sum() > 0 for m in layers)
+
+
+def _delta_model(centers, alpha_bar):
+    """The exact noise predictor when class k is the single image centers[k]."""
+    def model(x, t, y):
+        ab = alpha_bar[t].reshape(-1, 1, 1, 1).to(x)
+        return (x - ab.sqrt() * centers[y].to(x)) / (1 - ab).sqrt()
+    return model
+
+
+def test_sample_digit_lands_on_the_requested_class(gen):
+    beta = fp.linear_beta_schedule(30, 1e-3, 0.2)
+    _, alpha_bar = fp.alphas_from_betas(beta)
+    centers = torch.rand(10, 1, 32, 32, generator=gen) * 1.6 - 0.8
+    x = cd.sample_digit(_delta_model(centers, alpha_bar), 3, 4, beta, generator=gen)
+    assert x.shape == (4, 1, 32, 32) and x.dtype == torch.float32
+    assert torch.allclose(x, centers[3].expand(4, 1, 32, 32), atol=2e-3)
+    with pytest.raises(ValueError, match="digit"):
+        cd.sample_digit(_delta_model(centers, alpha_bar), 10, 1, beta)
+
+
+def test_sample_grid_rows_ask_for_digits_and_columns_share_x_T(gen):
+    beta = fp.linear_beta_schedule(30, 1e-3, 0.2)
+    _, alpha_bar = fp.alphas_from_betas(beta)
+    centers = torch.rand(10, 1, 32, 32, generator=gen) * 1.6 - 0.8
+    starts = []
+    delta = _delta_model(centers, alpha_bar)
+
+    def model(x, t, y):
+        if not starts:
+            starts.append(x.clone())
+        return delta(x, t, y)
+
+    x, y = cd.sample_grid(model, 3, beta, generator=gen)
+    assert y.tolist() == [k for k in range(10) for _ in range(3)] and y.dtype == torch.long
+    assert torch.allclose(x, centers[y], atol=2e-3)
+    x_T = starts[0].reshape(10, 3, -1)  # (row, column, pixels)
+    assert all(torch.equal(x_T[k], x_T[0]) for k in range(10)) and not torch.equal(x_T[0, 0], x_T[0, 1])

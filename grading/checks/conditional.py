@@ -423,3 +423,8 @@ CHECKS = {
     "conditional_ddpm_loss": check_conditional_ddpm_loss,
     "p_sample_loop_conditional": check_p_sample_loop_conditional,
 }
+
+# notebook 04's two sampling answers have checks of their own module (one concept per module)
+from .conditional_sampling import CHECKS as _SAMPLING_CHECKS  # noqa: E402
+
+CHECKS.update(_SAMPLING_CHECKS)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from ._utils import check_schedule, check_tensor, randn_like
 from .forward_process import q_sample
 
-__all__ = ["AdaptiveGroupNorm", "conditional_ddpm_loss", "p_sample_loop_conditional"]
+__all__ = ["AdaptiveGroupNorm", "conditional_ddpm_loss", "p_sample_loop_conditional", "sample_digit",
+           "sample_grid"]
 
 
 class AdaptiveGroupNorm(nn.Module):
@@ -99,3 +100,25 @@ def p_sample_loop_conditional(model, x_T: torch.Tensor, y: torch.Tensor, beta: t
             if t > 0:
                 x = x + torch.sqrt(b).to(x) * randn_like(x, generator)
     return x
+
+
+def sample_digit(model, digit: int, n: int, beta: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` samples of one requested digit: x_T ~ N(0, I) of shape ``(n, 1, 32, 32)`` on beta's
+    device, labels ``digit`` for every example, then Algorithm 2 (:func:`p_sample_loop_conditional`)."""
+    if not 0 <= int(digit) < 10:
+        raise ValueError(f"digit must be one of 0..9, got {digit}")
+    x_T = randn_like(torch.empty(int(n), 1, 32, 32, device=beta.device), generator)  # (n, 1, 32, 32)
+    y = torch.full((int(n),), int(digit), dtype=torch.long, device=beta.device)  # (n,)
+    return p_sample_loop_conditional(model, x_T, y, beta, generator=generator)
+
+
+def sample_grid(model, n_per_class: int, beta: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 10 x N grid: row k (examples k N ... k N + N - 1) asks for digit k, and column j starts
+    from the same x_T in every row. Returns ``(x_0 (10 N, 1, 32, 32), y (10 N,))``."""
+    N = int(n_per_class)
+    x_cols = randn_like(torch.empty(N, 1, 32, 32, device=beta.device), generator)  # (N, 1, 32, 32)
+    x_T = x_cols.repeat(10, 1, 1, 1)  # (10 N, 1, 32, 32)
+    y = torch.arange(10, device=beta.device).repeat_interleave(N)  # (10 N,)
+    return p_sample_loop_conditional(model, x_T, y, beta, generator=generator), y
