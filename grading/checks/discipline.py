@@ -189,6 +189,8 @@ def expect_per_step_variance(d: np.ndarray, times: Sequence[int], beta: np.ndarr
         hint = "no (or hardly any) noise is added between steps: x = mean + sqrt(beta[t]) z for t > 0."
     elif all(abs(v / bb - 1) <= tol for v, bb in zip(var, b[ts])):
         hint = "the noise has standard deviation beta_t; it must be sqrt(beta_t) (sigma_t^2 = beta_t)."
+    elif all(abs(v - b[t - 1] / b[t]) <= tol for v, t in zip(var, ts)):
+        hint = "off by one: the noise has variance beta[t - 1]; step t uses sigma_t = sqrt(beta[t])."
     elif all(abs(v * bb - 1) <= tol for v, bb in zip(var, b[ts])):
         hint = "the noise has standard deviation 1 (z added without sigma_t); multiply it by sqrt(beta[t])."
     raise CheckFailed(f"{what}: the noise added at each step t > 0 should have variance beta_t (sigma_t^2 = beta_t); "
