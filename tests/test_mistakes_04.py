@@ -386,3 +386,39 @@ def test_runner_mistakes_lose_points_in_their_cells(group):
 def test_fast_mode_runs_top_to_bottom_within_90_s():
     """nbval in fast mode (slow cells included, as nbgrader runs them): no error, at most 90 s."""
     assert_fast_mode_within(NB, budget_s=90)
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15, family 8: the visible asserts name the likely cause when they fail first
+
+from visible_asserts import visible_message  # noqa: E402
+
+VISIBLE_PRELUDE = "from helpers.models import UNetConditional\n"
+VISIBLE = {
+    "AdaGN: without the 1 +": ("AdaptiveGroupNorm", MISTAKES["AdaGN: * scale + shift without 1 +"][1:3], "without the `1 +`"),
+    "AdaGN: no normalisation": ("AdaptiveGroupNorm", MISTAKES["AdaGN: no normalization"][1:3], "normalisation is missing"),
+    "AdaGN: one group per channel": ("AdaptiveGroupNorm", ("nn.GroupNorm(num_groups, num_channels, affine=False)",
+                                                           "nn.GroupNorm(num_channels, num_channels, affine=False)"),
+                                     "one group per channel"),
+    "loss: sum": ("conditional_ddpm_loss", MISTAKES["loss: sum instead of mean"][1:3], "sum of the squared errors"),
+    "loss: alpha_bar without the square root": ("conditional_ddpm_loss", ("x_t = q_sample(x_0, t, alpha_bar, noise)",
+        "ab = alpha_bar[t].view(-1, 1, 1, 1)\n    x_t = ab * x_0 + (1 - ab) * noise"), "square root"),
+    "loss: labels replaced by zeros": ("conditional_ddpm_loss", MISTAKES["loss: label replaced by zeros"][1:3], "labels y are not passed"),
+    "loss: x_0 as the target": ("conditional_ddpm_loss", ("return F.mse_loss(eps_pred, noise)", "return F.mse_loss(eps_pred, x_0)"),
+                                "target is x_0"),
+    "sampler: first label": ("p_sample_loop_conditional", MISTAKES["sampler: every sample with the first label"][1:3], "first label"),
+    "sampler: noise at the last step": ("p_sample_loop_conditional", MISTAKES["sampler: noise added at the last step"][1:3],
+                                        "noise is added at the last step"),
+}
+
+
+def test_visible_asserts_of_the_solution_pass():
+    for gid in ANSWERS:
+        assert visible_message(NOTEBOOK, f"test_{gid}", prelude=VISIBLE_PRELUDE) is None, gid
+
+
+@pytest.mark.parametrize("name", sorted(VISIBLE))
+def test_visible_assert_names_the_cause(name):
+    gid, (old, new), words = VISIBLE[name]
+    message = visible_message(NOTEBOOK, f"test_{gid}", {gid: patch(gid, old, new)}, prelude=VISIBLE_PRELUDE)
+    assert message is not None and words in message, f"{name}: {message}"

@@ -369,3 +369,36 @@ def guided_eps(model, x_t, t, y, w, null_label):
     return (1 + w) * model(x_t, t, y) - w * model(x_t, t, y_null)
 '''
     assert check_message("guided_eps", {"guided_eps": src}) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15, family 8: the visible asserts name the likely cause when they fail first
+
+from visible_asserts import visible_message  # noqa: E402
+
+VISIBLE = {
+    "drop: 1 - p": ("drop_labels", MISTAKES["drop: probability 1 - p"][1:3], "probability 1 - p_uncond"),
+    "drop: class 0": ("drop_labels", MISTAKES["drop: class 0 as the null label"][1:3], "class 0 is a real digit"),
+    "drop: float labels": ("drop_labels", ("return torch.where(drop, torch.full_like(y, null_label), y)",
+                                           "return torch.where(drop, float(null_label), y.float())"), "torch.long"),
+    "drop: in place": ("drop_labels", ("return torch.where(drop, torch.full_like(y, null_label), y)",
+                                       "y[drop] = null_label\n    return y.clone()"), "changed its input y"),
+    "guided: s = w": ("guided_eps", MISTAKES["guided: s = w convention"][1:3], "s = w convention"),
+    "guided: sign reversed": ("guided_eps", MISTAKES["guided: sign reversed"][1:3], "sign is reversed"),
+    "guided: real labels unconditional": ("guided_eps", MISTAKES["guided: unconditional pass with the real labels"][1:3],
+                                          "got the real labels"),
+    "loop: noise at the last step": ("p_sample_loop_cfg", MISTAKES["loop: noise added at the last step"][1:3],
+                                     "noise is added at the last step"),
+}
+
+
+def test_visible_asserts_of_the_solution_pass():
+    for gid in ANSWERS:
+        assert visible_message(NOTEBOOK, f"test_{gid}") is None, gid
+
+
+@pytest.mark.parametrize("name", sorted(VISIBLE))
+def test_visible_assert_names_the_cause(name):
+    gid, (old, new), words = VISIBLE[name]
+    message = visible_message(NOTEBOOK, f"test_{gid}", {gid: patch(gid, old, new)})
+    assert message is not None and words in message, f"{name}: {message}"

@@ -453,3 +453,44 @@ def test_runner_second_set_of_mistakes():
 def test_runner_helper_mistakes_cost_only_their_cell():
     _runner_case(["score: divided by sigma squared", "langevin_step_size: proportional to sigma"],
                  must_pass=["test_dsm_loss", "test_annealed_langevin", "test_inpaint", "test_choose_step_size"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15, family 8: the visible asserts name the likely cause when they fail first
+
+from visible_asserts import visible_message  # noqa: E402
+
+VISIBLE = {
+    "score: not divided": ("score", MISTAKES["score: not divided"][1], "not divided by sigma"),
+    "score: sigma squared": ("score", MISTAKES["score: divided by sigma squared"][1], "divided by sigma**2"),
+    "score: float64": ("score", lambda: patch("score", "sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)",
+                                              "sigma = torch.as_tensor(sigma, dtype=torch.float64)"), "float64"),
+    "dsm_loss: over pixels": ("dsm_loss", MISTAKES["dsm_loss: averaged over pixels"][1], "averaged over pixels"),
+    "dsm_loss: no weighting": ("dsm_loss", MISTAKES["dsm_loss: no sigma**2 weighting"][1], "weighting is missing"),
+    "max_pairwise_distance: squared": ("max_pairwise_distance", MISTAKES["max_pairwise_distance: squared"][1], "SQUARED"),
+    "max_pairwise_distance: mean": ("max_pairwise_distance", MISTAKES["max_pairwise_distance: mean"][1], "mean distance"),
+    "num_noise_levels: rounded down": ("num_noise_levels", MISTAKES["num_noise_levels: rounded down"][1], "round up"),
+    "geometric_sigmas: ascending": ("geometric_sigmas", MISTAKES["geometric_sigmas: ascending"][1], "ascending"),
+    "langevin_step_size: proportional to sigma": ("langevin_step_size", MISTAKES["langevin_step_size: proportional to sigma"][1],
+                                                  "proportional to sigma"),
+    "choose_step_size: gamma inverted": ("choose_step_size", MISTAKES["choose_step_size: gamma inverted"][1], "gamma is inverted"),
+    "annealed_langevin: in place": ("annealed_langevin", lambda: patch(
+        "annealed_langevin", "x = x + alpha * score(net, x, sigma) + math.sqrt(2 * alpha) * z",
+        "x += alpha * score(net, x, sigma) + math.sqrt(2 * alpha) * z"), "in place"),
+    "annealed_langevin: randn_like": ("annealed_langevin", lambda: patch(
+        "annealed_langevin", "z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)",
+        "z = torch.randn_like(x)"), "generator="),
+    "inpaint: not x_known at the end": ("inpaint", MISTAKES["inpaint: known pixels not x_known at the end"][1], "put x_known back"),
+}
+
+
+def test_visible_asserts_of_the_solution_pass():
+    for gid in ANSWERS:
+        assert visible_message(NOTEBOOK, f"test_{gid}") is None, gid
+
+
+@pytest.mark.parametrize("name", sorted(VISIBLE))
+def test_visible_assert_names_the_cause(name):
+    gid, source, words = VISIBLE[name]
+    message = visible_message(NOTEBOOK, f"test_{gid}", {gid: source()})
+    assert message is not None and words in message, f"{name}: {message}"
