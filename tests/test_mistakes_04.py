@@ -15,6 +15,12 @@ the ``1 +``; no normalization at all; one condition shared by the whole batch; t
 replaced in the loss; every sample drawn with the first label; noise added at the last step.
 Correct variants: one linear layer split in two or two linear layers, raw parameters and a hand-made
 group norm, another order of random draws, ``p_sample_step`` reused through a wrapper.
+Issue 15 adds the families of mistakes that kept full marks (``FAMILY_MISTAKES``, keyed by family:
+1 generator discipline, 2 inputs left alone, 3 arguments rather than globals or defaults, 4 result
+types, 6 per-step sampler variance) and correct variants that must keep full marks
+(``FAMILY_CORRECT``); ``VISIBLE`` holds mistakes whose visible assert must name the cause (family 8).
+The sampler with the posterior variance beta_tilde, a correct variant before, is now a mistake: the
+notebook's sampler uses sigma_t^2 = beta_t at every step.
 """
 from __future__ import annotations
 

@@ -14,6 +14,12 @@ coin for the whole batch; the guidance sign reversed; the s = w convention ``eps
 the unconditional pass given the real labels; a sampling loop that never uses guidance.
 Correct variants: one batched pass or two passes, ``torch.where`` or masks, ``torch.bernoulli``,
 another order of random draws.
+Issue 15 adds the families of mistakes that kept full marks (``FAMILY_MISTAKES``, keyed by family:
+1 generator discipline, 2 inputs left alone, 3 arguments rather than globals or defaults, 4 result
+types, 6 per-step sampler variance) and correct variants that must keep full marks
+(``FAMILY_CORRECT``); ``VISIBLE`` holds mistakes whose visible assert must name the cause (family 8).
+The two loop variants of ``CORRECT`` now run their model calls under ``torch.no_grad()``: a sampler's
+result carries no autograd graph.
 """
 from __future__ import annotations
 

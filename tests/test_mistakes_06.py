@@ -17,6 +17,11 @@ without the sigma**2 weighting, or averaged over pixels; the step size proportio
 normalised by the largest sigma; the 2019 update (alpha / 2, sqrt(alpha)); the final denoising step
 missing; gamma inverted in technique 4; inpainting whose known pixels are not re-noised at each level
 or do not equal x_known at the end.
+Issue 15 adds the families of mistakes that kept full marks (``FAMILY_MISTAKES``, keyed by family:
+1 generator discipline, 2 inputs left alone, 3 arguments rather than globals or defaults, 4 result
+types, 7 inpainting's known pixels at every Langevin step and exactly x_known at the end) and correct
+variants that must keep full marks (``FAMILY_CORRECT``); ``VISIBLE`` holds mistakes whose visible
+assert must name the cause (family 8).
 """
 from __future__ import annotations
 
