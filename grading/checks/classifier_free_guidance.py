@@ -31,14 +31,14 @@ import numpy as np
 import torch
 
 from gradeprobe.stubs_classifier_free_guidance import TwoHeadModel
-from grading.checks.conditional import _gaussian_output_variance, _inputs_changed, _linear_schedule
+from grading.checks.conditional import _gaussian_output_variance, _linear_schedule
 from grading.hidden import CheckFailed, as_array, describe_diff, expect, max_abs_diff
 from grading.records import ObjectRecord, TensorRecord
 from grading.verdict import Outcome, Probe, WrappedCall, expect_unchanged, trusted
 
-from .discipline import (SCHEDULE_HINTS, cosine_beta_schedule, expect_dtype_kept, expect_inputs_unchanged,
-                         expect_long, expect_no_global_rng, expect_no_graph, expect_per_step_variance,
-                         expect_reproducible, expect_stream_continues, schedule_globals)
+from .discipline import (SCHEDULE_HINTS, cosine_beta_schedule, expect_dtype_kept, expect_long,
+                         expect_no_global_rng, expect_no_graph, expect_per_step_variance, expect_stream_continues,
+                         schedule_globals)
 
 #: the notebook's globals, bound to its own values while a check calls the student's functions
 _CFG_GLOBALS = {"NULL_LABEL": 10, "N_CLASSES": 10, "P_UNCOND": 0.1, "null_label": 10, "p_uncond": 0.1, "w": 3.0}

@@ -30,8 +30,8 @@ from grading.hidden import CheckFailed, as_array, describe_diff, expect, max_abs
 from grading.records import TensorRecord
 from grading.verdict import Outcome, Probe, expect_unchanged, trusted
 
-from .discipline import (SCHEDULE_HINTS, cosine_beta_schedule, expect_dtype_kept, expect_inputs_unchanged,
-                         expect_no_global_rng, expect_no_graph, expect_per_step_variance, expect_reproducible,
+from .discipline import (SCHEDULE_HINTS, cosine_beta_schedule, expect_dtype_kept, expect_no_global_rng,
+                         expect_no_graph, expect_per_step_variance, expect_reproducible,
                          expect_stream_continues, schedule_globals)
 
 # ----------------------------------------------------------------------------------------------
@@ -62,21 +62,6 @@ def _fit_per_channel(out: np.ndarray, n: np.ndarray):
     icpt = om[..., 0] - slope * xm[..., 0]
     resid = np.abs(o - (slope[..., None] * x + icpt[..., None])).max()
     return slope, icpt, float(resid)
-
-
-def _inputs_changed(out: Outcome, sent: list) -> bool:
-    """Whether a call changed one of its tensor arguments in place (``sent``: what was sent, in
-    argument order; None for the arguments that are not tensors)."""
-    after = out.args_after
-    for x, got in zip(sent, after):
-        if x is None or got is None:
-            continue
-        want = x.detach().numpy()
-        arr = got.array if isinstance(got, TensorRecord) else got
-        if not (isinstance(arr, np.ndarray) and arr.shape == want.shape
-                and np.array_equal(arr.astype(np.float64), want.astype(np.float64), equal_nan=True)):
-            return True
-    return False
 
 
 # ----------------------------------------------------------------------------------------------

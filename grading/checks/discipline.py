@@ -16,10 +16,10 @@ import torch
 
 from grading.hidden import CheckFailed, as_array, expect
 from grading.records import TensorRecord, type_name
-from grading.verdict import Outcome, expect_unchanged
+from grading.verdict import Outcome
 
 __all__ = [
-    "GENERATOR_HINT", "SCHEDULE_HINTS", "cosine_beta_schedule", "expect_dtype_kept", "expect_inputs_unchanged",
+    "GENERATOR_HINT", "SCHEDULE_HINTS", "cosine_beta_schedule", "expect_dtype_kept",
     "expect_long", "expect_no_graph", "expect_no_global_rng", "expect_reproducible", "expect_stream_continues",
     "linear_beta_schedule", "per_step_noise_variance", "schedule_globals", "expect_per_step_variance",
 ]
@@ -104,17 +104,6 @@ def expect_reproducible(a: np.ndarray, b: np.ndarray, c: np.ndarray, fn: str) ->
 
 
 # ------------------------------------------------------------------------------------------------
-# Family 2: inputs
-# ------------------------------------------------------------------------------------------------
-def expect_inputs_unchanged(outs: Sequence[Outcome], inputs: dict, fn: str) -> None:
-    """``verdict.expect_unchanged`` for several calls made with the same arguments (``inputs``: name ->
-    what was sent, in argument order, None for arguments that are not tensors)."""
-    for out in outs:
-        if not out.raised:
-            expect_unchanged(out, inputs, fn)
-
-
-# ------------------------------------------------------------------------------------------------
 # Family 4: result types
 # ------------------------------------------------------------------------------------------------
 def expect_dtype_kept(value: Any, want: str, name: str) -> None:
@@ -130,11 +119,6 @@ def expect_dtype_kept(value: Any, want: str, name: str) -> None:
                           f".double()) and mixed into the result; keep the input's dtype (cast back with "
                           f".to(x.dtype), draw noise with dtype=x.dtype).")
     raise CheckFailed(f"{name} has dtype {value.dtype}; it should keep the input's dtype {want}.",)
-
-
-def expect_device_kept(value: Any, want: str, name: str) -> None:
-    if isinstance(value, TensorRecord) and value.device != want:
-        raise CheckFailed(f"{name} is on {value.device}; it should stay on the input's device {want}.")
 
 
 def expect_long(value: Any, name: str, shape: tuple | None = None) -> np.ndarray:

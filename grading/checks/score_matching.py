@@ -45,8 +45,7 @@ from grading.hidden import (CheckFailed, as_array, as_scalar, as_tensor_array, c
 from grading.records import TensorRecord, float_array, type_name
 from grading.verdict import Outcome, Probe, WrappedCall, expect_unchanged, trusted
 
-from .discipline import (expect_dtype_kept, expect_no_global_rng, expect_no_graph, expect_reproducible,
-                         expect_stream_continues)
+from .discipline import expect_dtype_kept, expect_no_global_rng, expect_no_graph, expect_stream_continues
 
 #: the notebook's globals of the same names, bound to its own (here wrong) values while a check runs
 _SM_GLOBALS = {"sigmas": torch.tensor([50.0, 5.0, 0.5, 0.05]), "SIGMA_MAX": 50.0, "SIGMA_MIN": 0.05, "sL": 0.05,
