@@ -499,3 +499,19 @@ def test_visible_assert_names_the_cause(name):
     gid, source, words = VISIBLE[name]
     message = visible_message(NOTEBOOK, f"test_{gid}", {gid: source()})
     assert message is not None and words in message, f"{name}: {message}"
+
+
+@pytest.mark.slow
+def test_runner_family_mistakes_lose_the_points_of_their_cells():
+    """Issue 15 through the cell runner: a float64 score, sampling that keeps the autograd graph and
+    known pixels replaced once per level lose their own cells' points, and only those."""
+    keys = [("4", "score: sigma as float64"), ("4", "annealed_langevin: no torch.no_grad"),
+            ("7", "inpaint: known pixels replaced once per level, not after each step")]
+    replace = {FAMILY_MISTAKES[k][0]: _family_source(FAMILY_MISTAKES[k][0], FAMILY_MISTAKES[k][1]) for k in keys}
+    res = _run(replace)
+    for gid in ANSWERS:
+        cell = f"test_{gid}"
+        if gid in replace:
+            assert not res[cell].passed and res[cell].points == 0, f"{cell} kept its points"
+        else:
+            assert res[cell].passed, f"{cell} lost points: {res[cell].message}"
