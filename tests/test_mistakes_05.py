@@ -408,3 +408,8 @@ def test_visible_assert_names_the_cause(name):
     gid, (old, new), words = VISIBLE[name]
     message = visible_message(NOTEBOOK, f"test_{gid}", {gid: patch(gid, old, new)})
     assert message is not None and words in message, f"{name}: {message}"
+
+
+def test_a_float64_guided_eps_costs_only_its_own_cell():
+    gid, edits, _ = FAMILY_MISTAKES[("4", "guided: weights as a float64 tensor")]
+    assert check_message("p_sample_loop_cfg", {gid: _family_source(gid, edits)}) is None

@@ -515,3 +515,10 @@ def test_runner_family_mistakes_lose_the_points_of_their_cells():
             assert not res[cell].passed and res[cell].points == 0, f"{cell} kept its points"
         else:
             assert res[cell].passed, f"{cell} lost points: {res[cell].message}"
+
+
+def test_a_float64_score_costs_only_its_own_cell():
+    gid, edits, _ = FAMILY_MISTAKES[("4", "score: sigma as float64")]
+    src = _family_source(gid, edits)
+    for check in ("dsm_loss", "annealed_langevin", "inpaint"):
+        assert check_message(check, {gid: src}) is None, check

@@ -38,7 +38,7 @@ from grading.verdict import Outcome, Probe, WrappedCall, expect_unchanged, trust
 
 from .discipline import (SCHEDULE_HINTS, cosine_beta_schedule, expect_dtype_kept, expect_long,
                          expect_no_global_rng, expect_no_graph, expect_per_step_variance, expect_stream_continues,
-                         schedule_globals)
+                         float64_from, schedule_globals)
 
 #: the notebook's globals, bound to its own values while a check calls the student's functions
 _CFG_GLOBALS = {"NULL_LABEL": 10, "N_CLASSES": 10, "P_UNCOND": 0.1, "null_label": 10, "p_uncond": 0.1, "w": 3.0}
@@ -526,7 +526,7 @@ def check_p_sample_loop_cfg(p: Probe):
                                   f"{describe_diff(got, want)}; the model was queried at {steps} steps (expected {TT})."
                                   f"\nLikely cause: " + (_T_HINT if steps != TT else "use the arguments beta and "
                                   "null_label, not the notebook's globals (T, alpha_bar, NULL_LABEL)."))
-        if x_k.dtype == torch.float32:
+        if x_k.dtype == torch.float32 and not float64_from(o.wrapped("guided_eps"), name="x_t"):  # (else guided_eps's own cell)
             expect_dtype_kept(o.value, "torch.float32", f"The output of {label} for a float32 x_T")
         expect_no_graph(o.value, f"The output of {label} (a network with trainable parameters)")
     # family 6: the variance of every step

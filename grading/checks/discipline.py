@@ -20,7 +20,7 @@ from grading.verdict import Outcome
 
 __all__ = [
     "GENERATOR_HINT", "SCHEDULE_HINTS", "cosine_beta_schedule", "expect_dtype_kept",
-    "expect_long", "expect_no_graph", "expect_no_global_rng", "expect_reproducible", "expect_stream_continues",
+    "expect_long", "expect_no_graph", "float64_from", "expect_no_global_rng", "expect_reproducible", "expect_stream_continues",
     "linear_beta_schedule", "per_step_noise_variance", "schedule_globals", "expect_per_step_variance",
 ]
 
@@ -119,6 +119,18 @@ def expect_dtype_kept(value: Any, want: str, name: str) -> None:
                           f".double()) and mixed into the result; keep the input's dtype (cast back with "
                           f".to(x.dtype), draw noise with dtype=x.dtype).")
     raise CheckFailed(f"{name} has dtype {value.dtype}; it should keep the input's dtype {want}.",)
+
+
+def float64_from(calls, arg: int = 1, name: str = "x") -> bool:
+    """Whether one of the recorded calls of a student's own building block (``Outcome.wrapped``) turned
+    a float32 input (positional argument ``arg``, or keyword ``name``) into a float64 result: a float64
+    result of the function built on it is then that block's mistake, judged in its own cell."""
+    for c in calls or []:
+        x = c.args[arg] if len(c.args) > arg else c.kwargs.get(name)
+        if (isinstance(x, TensorRecord) and x.dtype == "torch.float32" and isinstance(c.value, TensorRecord)
+                and c.value.dtype == "torch.float64"):
+            return True
+    return False
 
 
 def expect_long(value: Any, name: str, shape: tuple | None = None) -> np.ndarray:

@@ -45,7 +45,8 @@ from grading.hidden import (CheckFailed, as_array, as_scalar, as_tensor_array, c
 from grading.records import TensorRecord, float_array, type_name
 from grading.verdict import Outcome, Probe, WrappedCall, expect_unchanged, trusted
 
-from .discipline import expect_dtype_kept, expect_no_global_rng, expect_no_graph, expect_stream_continues
+from .discipline import (expect_dtype_kept, expect_no_global_rng, expect_no_graph, expect_stream_continues,
+                         float64_from)
 
 #: the notebook's globals of the same names, bound to its own (here wrong) values while a check runs
 _SM_GLOBALS = {"sigmas": torch.tensor([50.0, 5.0, 0.5, 0.05]), "SIGMA_MAX": 50.0, "SIGMA_MIN": 0.05, "sL": 0.05,
@@ -450,7 +451,8 @@ def check_dsm_loss(p: Probe):
         fail_known_mistake(f"dsm_loss on random data with a fixed network: expected {want:.6g}, got {got:.6g}. "
                            f"The noisy input is x + sigma * noise with one sigma per example.", hint)
     expect(loss.requires_grad, "the loss carries no gradient: do not detach it or convert it to a number.")
-    expect_dtype_kept(loss, "torch.float32", "dsm_loss(...) for float32 x, sigma and noise")
+    if not float64_from(out3.wrapped("score")):  # (a float64 score is judged in its own cell)
+        expect_dtype_kept(loss, "torch.float32", "dsm_loss(...) for float32 x, sigma and noise")
     back.value  # noqa: B018 - raises with the student's error if backward failed
     grad = (state.value.get("grads") or {}).get("a") if isinstance(state.value, dict) else None
     expect(isinstance(grad, TensorRecord) and float(np.abs(grad.array).sum()) > 0,
@@ -703,8 +705,10 @@ def check_annealed_langevin(p: Probe):
            hint="pass generator=generator to torch.randn (torch.randn_like takes no generator).")
     expect_stream_continues(*(as_tensor_array(r.value, "annealed_langevin(...)") for r in stream),
                             "annealed_langevin")
+    own64 = any(float64_from(o.wrapped("score")) for _, o in struct)  # (judged in score's own cell)
     for d, o in outs3:
-        expect_dtype_kept(o.value, "torch.float32", f"annealed_langevin(..., denoise={d}) for a float32 x")
+        if not own64:
+            expect_dtype_kept(o.value, "torch.float32", f"annealed_langevin(..., denoise={d}) for a float32 x")
         expect_no_graph(o.value, f"The samples of annealed_langevin(..., denoise={d}) (a network with parameters)")
 
 
@@ -911,7 +915,8 @@ def check_inpaint(p: Probe):
         fail_known_mistake(f"The known pixels of the result must equal x_known exactly: {describe_diff(kn, want_kn)}.",
                            "after the last level, put x_known back on the known pixels "
                            "(x = mask * x_known + (1 - mask) * x, or torch.where(mask.bool(), x_known, x)).")
-    expect_dtype_kept(out1.value, "torch.float32", "inpaint(...) for a float32 x_known")
+    if not float64_from(struct.wrapped("score")):  # (a float64 score is judged in its own cell)
+        expect_dtype_kept(out1.value, "torch.float32", "inpaint(...) for a float32 x_known")
     expect_no_graph(out1.value, "The result of inpaint(...) (a network with parameters)")
     _judge_known_pixels([_a64(cl["x"]) for cl in out1.model_calls(rec)], xk1.double().numpy(), mask_b, sig1, T1)
 
