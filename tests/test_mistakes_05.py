@@ -413,3 +413,10 @@ def test_visible_assert_names_the_cause(name):
 def test_a_float64_guided_eps_costs_only_its_own_cell():
     gid, edits, _ = FAMILY_MISTAKES[("4", "guided: weights as a float64 tensor")]
     assert check_message("p_sample_loop_cfg", {gid: _family_source(gid, edits)}) is None
+
+
+@pytest.mark.parametrize("key", [("2", "guided: x_t scaled in place for the batched pass"),
+                                 ("2", "guided: labels overwritten with the null label and restored")])
+def test_guided_eps_changing_its_inputs_costs_only_its_own_cell(key):
+    gid, edits, _ = FAMILY_MISTAKES[key]
+    assert check_message("p_sample_loop_cfg", {gid: _family_source(gid, edits)}) is None

@@ -15,7 +15,8 @@ w = -1 the unconditional one. Truth comes from mathematics:
   Algorithm 2 update applied to what guided_eps returned, fresh noise between steps, none at the last
   step), so a mistake in ``guided_eps`` costs the points of its own cell only. A loop that does not
   call ``guided_eps`` (guidance inlined) is judged by its output, as the exact predictors allow.
-  When the student's ``guided_eps`` cannot run (missing, or raising), the loop is judged from its
+  When the student's ``guided_eps`` cannot run (missing, or raising) or changes its arguments in
+  place (so that the loop's own x and y change), the loop is judged from its
   calls of a stand-in that returns the plain conditional prediction (it gives no guidance away).
 
 Every check is trusted (``grading.verdict``): before its ``yield`` it only asks for calls, whose inputs
@@ -442,13 +443,19 @@ def check_p_sample_loop_cfg(p: Probe):
     yield
 
     label = _LABEL
-    if _block_cannot_run(delta[0][2]):
+    # an in-place edit of x_t or y inside the student's guided_eps changes the loop's x and y too: that is
+    # guided_eps's mistake (its own cell) when the loop leaves them alone with the stand-in guided_eps
+    guided_mutates = (_changes_inputs(delta[0][2], x_T, y) and not spare.raised
+                      and not _changes_inputs(spare, x_T, y))
+    if _block_cannot_run(delta[0][2]) or guided_mutates:
         # grade the loop on its own: guided_eps loses its points in its own cell
         out, guided = _sampled(spare, x_T, y)
         expect(guided is not None, f"{label} failed with your guided_eps, and with a stand-in guided_eps it "
                f"did not call guided_eps(model, x, t, y, w, null_label) either.",
                hint="call guided_eps(model, x, t_batch, y, w, null_label) at every step.")
         _judge_composition(guided, out, x_T, y, w_s, beta, null)
+        for o in (spare, *spare_runs):
+            expect_no_global_rng(o, "p_sample_loop_cfg")
         _judge_generator(spare_runs)
         return
     model_calls = []
@@ -591,6 +598,17 @@ def _judge_generator(runs: list[Outcome]) -> None:
            f"{_LABEL} should draw its noise with the `generator` argument: equally seeded generators should "
            "give the same samples, differently seeded ones different samples.",
            hint="draw z with torch.randn(x.shape, generator=generator, dtype=x.dtype).")
+
+
+def _changes_inputs(out: Outcome, x_T: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether a sampler call (that did not raise) changed x_T or y in place."""
+    if out.raised:
+        return False
+    try:
+        expect_unchanged(out, {"model": None, "x_T": x_T, "y": y}, "p_sample_loop_cfg")
+    except CheckFailed:
+        return True
+    return False
 
 
 def _block_cannot_run(out: Outcome) -> bool:
