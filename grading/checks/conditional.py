@@ -511,9 +511,10 @@ def check_p_sample_loop_conditional(p: Probe):
         n_calls = len(o.model_calls(m))
         want_k = centers[yl].numpy()
         if np.abs(got - want_k).max() > (2e-3 if TT == 37 else 1e-3):
+            hint = _T_HINT if n_calls != TT else ("check Algorithm 2 for a schedule other than the linear one "
+                                                  "(alpha_bar = cumprod(1 - beta) of the beta passed in).")
             raise CheckFailed(f"{o.what} must also return c_y for each sample: {describe_diff(got, want_k)}; it "
-                              f"called the model {n_calls} times (expected {TT})."
-                              f"\nLikely cause: {_T_HINT if n_calls != TT else 'check Algorithm 2 for a schedule other than the linear one (alpha_bar = cumprod(1 - beta)).'}")
+                              f"called the model {n_calls} times (expected {TT}).\nLikely cause: {hint}")
         expect(n_calls == TT, f"{o.what} called the model {n_calls} times; expected {TT}.", hint=_T_HINT)
     expect_dtype_kept(out_e.value, "torch.float32", f"The output of {label} for a float32 x_T")
     expect_no_graph(out_e.value, f"The output of {label} (a network with trainable parameters)")

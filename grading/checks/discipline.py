@@ -1,10 +1,11 @@
 """Trusted: the verdicts of the "discipline" families of issue 15 that the checks of notebooks 04-06
-share: random numbers only from ``generator`` (family 1), arguments left alone (2), the schedule and
-labels given rather than notebook globals or defaults (3), result types (4) and per-step sampler
-variances (6). Each failure names the likely cause.
+share: random numbers only from ``generator`` (family 1), the schedule and labels given rather than
+notebook globals or defaults (3), result types (4) and the variance of every step of an ancestral
+sampler (6). Arguments left alone (2) are judged with ``grading.verdict.expect_unchanged``, which
+names the argument. Each failure names the likely cause.
 
-The checks ask for the calls as usual (``p.call(..., bind=wrong_globals(...))``) and judge them here
-after their ``yield``: nothing of this module runs in the student's kernel.
+The checks ask for the calls as usual (``p.call(..., bind=schedule_globals(), error_hints=SCHEDULE_HINTS)``)
+and judge them here after their ``yield``: nothing of this module runs in the student's kernel.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from grading.records import TensorRecord, type_name
 from grading.verdict import Outcome
 
 __all__ = [
-    "GENERATOR_HINT", "SCHEDULE_HINTS", "cosine_beta_schedule", "expect_dtype_kept",
-    "expect_long", "expect_no_graph", "float64_from", "expect_no_global_rng", "expect_reproducible", "expect_stream_continues",
-    "linear_beta_schedule", "per_step_noise_variance", "schedule_globals", "expect_per_step_variance",
+    "GENERATOR_HINT", "SCHEDULE_HINTS", "cosine_beta_schedule", "expect_dtype_kept", "expect_long", "expect_no_graph",
+    "expect_no_global_rng", "expect_per_step_variance", "expect_reproducible", "expect_stream_continues",
+    "float64_from", "linear_beta_schedule", "per_step_noise_variance", "schedule_globals",
 ]
 
 GENERATOR_HINT = ("draw every random number from `generator`: torch.randn(x.shape, generator=generator, "
