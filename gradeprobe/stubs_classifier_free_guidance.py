@@ -51,14 +51,18 @@ class TwoHeadModel(RecordingModel):
 class GuidedDeltaModel(RecordingModel):
     """Exact predictors: class k -> data fixed at centers[k]; the null label -> data fixed at u.
     With ``gaussian=True`` the data are N(center, I) instead. With ``record`` each call's first t,
-    whether the batch shared it and whether the null label was among the labels are recorded."""
+    whether the batch shared it and whether the null label was among the labels are recorded; with
+    ``record_x`` each call's x, t and labels. With ``grad`` the output depends on a trainable
+    parameter (0), as a real network's does."""
 
-    def __init__(self, centers, u, alpha_bar, null_label: int, gaussian: bool = False, record: bool = True):
+    def __init__(self, centers, u, alpha_bar, null_label: int, gaussian: bool = False, record: bool = True,
+                 record_x: bool = False, grad: bool = False):
         StubModel.__init__(self)
         self.calls: list[dict] = []
         self.centers = torch.cat([centers, u[None]]).to(torch.float64)  # (K + 1, C, H, W)
         self.alpha_bar = alpha_bar.to(torch.float64)
         self.null_label, self.gaussian, self.record = int(null_label), bool(gaussian), bool(record)
+        self.record_x, self.grad = bool(record_x), bool(grad)
 
     def forward(self, x, t, y=None):
         if y is None:
@@ -67,14 +71,17 @@ class GuidedDeltaModel(RecordingModel):
         if tt.numel() == 1:
             tt = tt.expand(x.shape[0])
         yy = torch.as_tensor(y).reshape(-1).long()
-        if self.record:  # (plain numbers: a sampler makes a hundred calls)
+        if self.record_x:  # the inputs themselves (the per-step variances are judged from them)
+            self.calls.append({"x": x.detach().to("cpu").clone(), "t": int(tt[0]), "y": yy.detach().cpu().clone()})
+        elif self.record:  # (plain numbers: a sampler makes a hundred calls)
             self.calls.append({"t": int(tt[0]), "same_t": bool((tt == tt[0]).all()),
                                "null": bool((yy == self.null_label).any())})
         idx = torch.where(yy == self.null_label, torch.full_like(yy, len(self.centers) - 1), yy)
         ab = self.alpha_bar[tt].reshape(-1, 1, 1, 1)
         sa, s1 = ab.sqrt().to(x.dtype), (1 - ab).sqrt().to(x.dtype)
         c = self.centers[idx].to(x.dtype)
-        return s1 * (x - sa * c) if self.gaussian else (x - sa * c) / s1
+        out = s1 * (x - sa * c) if self.gaussian else (x - sa * c) / s1
+        return out + self.dummy.to(x.dtype) if self.grad else out  # (the dummy parameter is 0)
 
 
 class StandInGuide:

@@ -15,7 +15,7 @@ from torch import nn
 
 from .stubs import RecordingModel, StubModel
 
-__all__ = ["ClassDeltaModel", "ClassGaussianModel", "LabelModel", "ModuleTools"]
+__all__ = ["ClassDeltaModel", "ClassGaussianModel", "ClassGaussianRecorder", "LabelModel", "ModuleTools"]
 
 
 def _clone(v):
@@ -54,12 +54,14 @@ class LabelModel(_Recording):
 
 class ClassDeltaModel(_Recording):
     """Exact noise predictor when every image of class k equals centers[k] (shape (K, C, H, W));
-    records the t and y of every call."""
+    records the t and y of every call. With ``grad`` its output depends on a trainable parameter (whose
+    value is 0), as a real network's does: a sampler that keeps no graph returns no graph."""
 
-    def __init__(self, centers: torch.Tensor, alpha_bar: torch.Tensor):
+    def __init__(self, centers: torch.Tensor, alpha_bar: torch.Tensor, grad: bool = False):
         super().__init__()
         self.centers = centers.to(torch.float64)
         self.alpha_bar = alpha_bar.to(torch.float64)
+        self.grad = bool(grad)
 
     def _coefs(self, t, x):
         t = torch.as_tensor(t).reshape(-1).long()
@@ -74,7 +76,8 @@ class ClassDeltaModel(_Recording):
             raise TypeError("this conditional model needs labels: model(x, t, y)")
         sa, s1 = self._coefs(t, x)
         c = self.centers[torch.as_tensor(y).long()].to(x.dtype)  # (B, C, H, W)
-        return (x - sa * c) / s1
+        out = (x - sa * c) / s1
+        return out + self.dummy.to(x.dtype) if self.grad else out
 
 
 class ClassGaussianModel(StubModel):
@@ -93,6 +96,19 @@ class ClassGaussianModel(StubModel):
         sa, s1 = self._coefs(t, x)
         c = self.centers[torch.as_tensor(y).long()].to(x.dtype)
         return s1 * (x - sa * c)
+
+
+class ClassGaussianRecorder(_Recording):
+    """``ClassGaussianModel`` that records the x, t and y of every call (the per-step variances of a
+    sampler are judged from them)."""
+
+    def __init__(self, centers: torch.Tensor, alpha_bar: torch.Tensor):
+        super().__init__()
+        self.inner = ClassGaussianModel(centers, alpha_bar)
+
+    def forward(self, x, t, y=None):
+        self.calls.append({"x": _clone(x), "t": _clone(t), "y": _clone(y)})
+        return self.inner(x, t, y)
 
 
 class ModuleTools:

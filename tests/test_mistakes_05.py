@@ -14,6 +14,12 @@ coin for the whole batch; the guidance sign reversed; the s = w convention ``eps
 the unconditional pass given the real labels; a sampling loop that never uses guidance.
 Correct variants: one batched pass or two passes, ``torch.where`` or masks, ``torch.bernoulli``,
 another order of random draws.
+Issue 15 adds the families of mistakes that kept full marks (``FAMILY_MISTAKES``, keyed by family:
+1 generator discipline, 2 inputs left alone, 3 arguments rather than globals or defaults, 4 result
+types, 6 per-step sampler variance) and correct variants that must keep full marks
+(``FAMILY_CORRECT``); ``VISIBLE`` holds mistakes whose visible assert must name the cause (family 8).
+The two loop variants of ``CORRECT`` now run their model calls under ``torch.no_grad()``: a sampler's
+result carries no autograd graph.
 """
 from __future__ import annotations
 
@@ -150,7 +156,8 @@ def p_sample_loop_cfg(model, x_T, y, w, beta, null_label, generator=None):
     ab = torch.cumprod(alpha, 0)
     x = x_T.clone()
     for t in range(T - 1, -1, -1):
-        eps = guided_eps(model, x, torch.full((len(x),), t, dtype=torch.long), y, w, null_label)
+        with torch.no_grad():  # (issue 15: a sampler's result carries no autograd graph)
+            eps = guided_eps(model, x, torch.full((len(x),), t, dtype=torch.long), y, w, null_label)
         x = (x - (1 - alpha[t]) / (1 - ab[t]).sqrt() * eps) / alpha[t].sqrt()
         if t:
             x = x + beta[t].sqrt() * zs[t]
@@ -163,7 +170,8 @@ def p_sample_loop_cfg(model, x_T, y, w, beta, null_label, generator=None):
     null = torch.full_like(y, null_label)
     for t in reversed(range(len(beta))):
         tb = torch.full((len(x),), t, dtype=torch.long)
-        eps = (1 + w) * model(x, tb, y) - w * model(x, tb, null)
+        with torch.no_grad():  # (issue 15: a sampler's result carries no autograd graph)
+            eps = (1 + w) * model(x, tb, y) - w * model(x, tb, null)
         z = gaussian_like(x, generator) if t > 0 else None
         x = p_sample_step(lambda xx, tt: eps, x, t, beta, z)
     return x
@@ -178,6 +186,138 @@ def test_correct_variant_passes(name):
 
 
 # ----------------------------------------------------------------------------------------------
+# Issue 15: the families of mistakes that kept full marks. (family, name) -> (grade_id, edits, words)
+
+DROP, GUIDED_FN, LOOP = "drop_labels", "guided_eps", "p_sample_loop_cfg"
+COINS = "drop = torch.rand(y.shape, generator=generator, device=dev).to(y.device) < p_uncond"
+STEP = "                x = x + torch.sqrt(beta[t]) * gaussian_like(x, generator)"
+FAMILY_MISTAKES = {
+    # 1. generator discipline
+    ("1", "drop: torch.rand_like, no generator"):
+        (DROP, [(COINS, "drop = torch.rand_like(y, dtype=torch.float) < p_uncond")], "global random state changed"),
+    ("1", "drop: global seed from the generator"):
+        (DROP, [(COINS, "torch.manual_seed(generator.initial_seed() if generator is not None else 0)\n"
+                        "    drop = torch.rand(y.shape) < p_uncond")], "global random state changed"),
+    ("1", "drop: a private generator seeded from the given one"):
+        (DROP, [(COINS, "g = torch.Generator().manual_seed(generator.initial_seed())\n"
+                        "    drop = torch.rand(y.shape, generator=g) < p_uncond")], "continue the generator's stream"),
+    ("1", "loop: the generator reseeded in place"):
+        (LOOP, [("    x = x_T\n", "    x = x_T\n    if generator is not None:\n        generator.manual_seed(generator.initial_seed())\n")],
+         "continue the generator's stream"),
+    ("1", "loop: torch.randn_like"):
+        (LOOP, [("gaussian_like(x, generator)", "torch.randn_like(x)")], "global random state changed"),
+    # 2. inputs left alone
+    ("2", "drop: labels replaced in place"):
+        (DROP, [("return torch.where(drop, torch.full_like(y, null_label), y)", "y[drop] = null_label\n    return y.clone()")],
+         "changed its input `y` in place"),
+    ("2", "guided: x_t scaled in place for the batched pass"):
+        (GUIDED_FN, [("eps = model(torch.cat([x_t, x_t]),", "x_t.mul_(1.0).add_(0.0 * x_t)\n    x_t[0] += 1e-3\n    eps = model(torch.cat([x_t - 1e-3 * (torch.arange(B) == 0).view(-1, 1, 1, 1), x_t - 1e-3 * (torch.arange(B) == 0).view(-1, 1, 1, 1)]),")],
+         "changed its input `x_t` in place"),
+    ("2", "loop: x_T updated in place"):
+        (LOOP, [("            x = (x - beta[t] / torch.sqrt(1 - alpha_bar[t]) * eps) / torch.sqrt(alpha[t])\n",
+                 "            x -= beta[t] / torch.sqrt(1 - alpha_bar[t]) * eps\n            x /= torch.sqrt(alpha[t])\n")],
+         "changed its input `x_T` in place"),
+    ("2", "guided: labels overwritten with the null label and restored"):
+        (GUIDED_FN, [("    y_null = torch.full_like(y, null_label)  # (B,)\n",
+                      "    y_real = y.clone()\n    y_null = y.fill_(null_label).clone()\n    y_c = y_real\n"),
+                     ("torch.cat([y, y_null])", "torch.cat([y_c, y_null])")], "changed its input `y` in place"),
+    # 3. arguments, not globals or defaults
+    ("3", "drop: the notebook's NULL_LABEL"):
+        (DROP, [("torch.full_like(y, null_label)", "torch.full_like(y, NULL_LABEL)")], "notebook's globals"),
+    ("3", "drop: the notebook's P_UNCOND"):
+        (DROP, [("< p_uncond  #", "< P_UNCOND  #")], "notebook's globals"),
+    ("3", "guided: the notebook's NULL_LABEL"):
+        (GUIDED_FN, [("y_null = torch.full_like(y, null_label)", "y_null = torch.full_like(y, NULL_LABEL)")],
+         "NULL_LABEL"),
+    ("3", "loop: the notebook's global T"):
+        (LOOP, [("    T = beta.shape[0]\n", "")], "notebook's globals"),
+    ("3", "loop: the notebook's NULL_LABEL"):
+        (LOOP, [("eps = guided_eps(model, x, t_batch, y, w, null_label)", "eps = guided_eps(model, x, t_batch, y, w, NULL_LABEL)")],
+         "null_label"),
+    ("3", "loop: the notebook's global alpha_bar"):
+        (LOOP, [("    alpha, alpha_bar = alphas_from_betas(beta)  # (T,), (T,)\n", "    alpha = 1 - beta\n")], "notebook's"),
+    # 4. result types
+    ("4", "drop: float mask arithmetic"):
+        (DROP, [("return torch.where(drop, torch.full_like(y, null_label), y)", "return y * (~drop) + null_label * drop.float()")],
+         "labels must stay torch.long"),
+    ("4", "drop: torch.where with a float fill value"):
+        (DROP, [("return torch.where(drop, torch.full_like(y, null_label), y)", "return torch.where(drop, float(null_label), y.float())")],
+         "labels must stay torch.long"),
+    ("4", "guided: weights as a float64 tensor"):
+        (GUIDED_FN, [("return (1 + w) * eps_cond - w * eps_uncond",
+                      "wt = torch.tensor([1 + w, -w], dtype=torch.float64).view(2, 1, 1, 1, 1)\n"
+                      "    return (wt * torch.stack([eps_cond, eps_uncond])).sum(0)")], "float64 leak"),
+    ("4", "loop: no torch.no_grad"):
+        (LOOP, [("    with torch.no_grad():\n        for t in reversed(range(T)):", "    if True:\n        for t in reversed(range(T)):")],
+         "autograd graph"),
+    ("4", "loop: noise drawn in float64"):
+        (LOOP, [("gaussian_like(x, generator)", "torch.randn(x.shape, generator=generator, dtype=torch.float64)")],
+         "float64 leak"),
+    # 6. the variance of every step
+    ("6", "loop: posterior variance beta_tilde"):
+        (LOOP, [(STEP, "                var = beta[t] * (1 - alpha_bar[t - 1]) / (1 - alpha_bar[t])\n"
+                       "                x = x + torch.sqrt(var) * gaussian_like(x, generator)")], "beta_tilde"),
+    ("6", "loop: sigma_t^2 = beta[t - 1]"):
+        (LOOP, [(STEP, STEP.replace("torch.sqrt(beta[t])", "torch.sqrt(beta[t - 1])"))], "variance beta_t"),
+    ("6", "loop: sigma_t^2 = beta_t (1 - alpha_bar[t - 1])"):
+        (LOOP, [(STEP, STEP.replace("torch.sqrt(beta[t])", "torch.sqrt(beta[t] * (1 - alpha_bar[t - 1]))"))], "variance"),
+}
+
+
+def _family_source(grade_id, edits):
+    return edits if isinstance(edits, str) else NOTEBOOK.mutate_many(grade_id, *edits)
+
+
+@pytest.mark.parametrize("key", sorted(FAMILY_MISTAKES), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_family_mistake_is_caught_with_its_cause(key):
+    grade_id, edits, words = FAMILY_MISTAKES[key]
+    message = check_message(grade_id, {grade_id: _family_source(grade_id, edits)})
+    assert message is not None, f"the check {grade_id!r} passed the mistake: {key}"
+    assert words in message, f"{key}: the message does not name the cause {words!r}:\n{message}"
+
+
+FAMILY_CORRECT = {
+    "drop: torch.bernoulli with the generator, torch.where": (DROP, '''
+def drop_labels(y, p_uncond, null_label, generator=None):
+    coins = torch.bernoulli(torch.full(y.shape, float(p_uncond), dtype=torch.float64), generator=generator)
+    return torch.where(coins.bool(), torch.tensor(null_label, dtype=y.dtype), y)
+'''),
+    "drop: Tensor.uniform_ with the generator, NumPy inside": (DROP, '''
+def drop_labels(y, p_uncond, null_label, generator=None):
+    u = torch.empty(len(y), dtype=torch.float64).uniform_(0, 1, generator=generator).numpy()
+    out = np.where(u < p_uncond, null_label, y.numpy())
+    return torch.from_numpy(out).to(y.dtype)
+'''),
+    "guided: torch.lerp": (GUIDED_FN, '''
+def guided_eps(model, x_t, t, y, w, null_label):
+    e_c = model(x_t, t, y)
+    e_u = model(x_t, t, torch.full_like(y, null_label))
+    return torch.lerp(e_u, e_c, 1 + w)
+'''),
+    "loop: float64 inside then cast back, Tensor.normal_": (LOOP, '''
+def p_sample_loop_cfg(model, x_T, y, w, beta, null_label, generator=None):
+    b = beta.double()
+    ab = torch.cumprod(1 - b, 0)
+    x = x_T.double()
+    with torch.no_grad():
+        for t in reversed(range(len(b))):
+            tb = torch.full((len(x),), t, dtype=torch.long)
+            eps = guided_eps(model, x.to(x_T.dtype), tb, y, w, null_label).double()
+            x = (x - b[t] / (1 - ab[t]).sqrt() * eps) / (1 - b[t]).sqrt()
+            if t > 0:
+                x = x + b[t].sqrt() * torch.empty_like(x).normal_(generator=generator)
+    return x.to(x_T.dtype)
+'''),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CORRECT))
+def test_family_correct_variant_keeps_full_marks(name):
+    grade_id, src = FAMILY_CORRECT[name]
+    assert check_message(grade_id, {grade_id: src}) is None
+
+
+# ----------------------------------------------------------------------------------------------
 # Through the cell runner
 
 TEST_CELLS = [f"test_{gid}" for gid in ANSWERS]
@@ -187,6 +327,9 @@ GROUPS = {
     "class 0, s = w": ["drop: class 0 as the null label", "guided: s = w convention"],
     "one coin, real labels unconditional": ["drop: one coin for the whole batch",
                                             "guided: unconditional pass with the real labels"],
+    "issue 15: float labels, float64 weights, beta_tilde": [("4", "drop: float mask arithmetic"),
+                                                           ("4", "guided: weights as a float64 tensor"),
+                                                           ("6", "loop: posterior variance beta_tilde")],
 }
 
 
@@ -204,7 +347,13 @@ def test_runner_solution_passes_every_test_cell():
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_runner_mistakes_lose_points_in_their_cells(group):
     names = GROUPS[group]
-    replace = {MISTAKES[n][0]: patch(*MISTAKES[n][:3]) for n in names}
+    replace = {}
+    for n in names:
+        if isinstance(n, tuple):
+            gid, edits, _ = FAMILY_MISTAKES[n]
+            replace[gid] = _family_source(gid, edits)
+        else:
+            replace[MISTAKES[n][0]] = patch(*MISTAKES[n][:3])
     res, table = _run(replace)
     assert_only_replaced_cells_fail(res, ANSWERS, replace, table)
 
@@ -226,3 +375,48 @@ def guided_eps(model, x_t, t, y, w, null_label):
     return (1 + w) * model(x_t, t, y) - w * model(x_t, t, y_null)
 '''
     assert check_message("guided_eps", {"guided_eps": src}) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15, family 8: the visible asserts name the likely cause when they fail first
+
+from visible_asserts import visible_message  # noqa: E402
+
+VISIBLE = {
+    "drop: 1 - p": ("drop_labels", MISTAKES["drop: probability 1 - p"][1:3], "probability 1 - p_uncond"),
+    "drop: class 0": ("drop_labels", MISTAKES["drop: class 0 as the null label"][1:3], "class 0 is a real digit"),
+    "drop: float labels": ("drop_labels", ("return torch.where(drop, torch.full_like(y, null_label), y)",
+                                           "return torch.where(drop, float(null_label), y.float())"), "torch.long"),
+    "drop: in place": ("drop_labels", ("return torch.where(drop, torch.full_like(y, null_label), y)",
+                                       "y[drop] = null_label\n    return y.clone()"), "changed its input y"),
+    "guided: s = w": ("guided_eps", MISTAKES["guided: s = w convention"][1:3], "s = w convention"),
+    "guided: sign reversed": ("guided_eps", MISTAKES["guided: sign reversed"][1:3], "sign is reversed"),
+    "guided: real labels unconditional": ("guided_eps", MISTAKES["guided: unconditional pass with the real labels"][1:3],
+                                          "got the real labels"),
+    "loop: noise at the last step": ("p_sample_loop_cfg", MISTAKES["loop: noise added at the last step"][1:3],
+                                     "noise is added at the last step"),
+}
+
+
+def test_visible_asserts_of_the_solution_pass():
+    for gid in ANSWERS:
+        assert visible_message(NOTEBOOK, f"test_{gid}") is None, gid
+
+
+@pytest.mark.parametrize("name", sorted(VISIBLE))
+def test_visible_assert_names_the_cause(name):
+    gid, (old, new), words = VISIBLE[name]
+    message = visible_message(NOTEBOOK, f"test_{gid}", {gid: patch(gid, old, new)})
+    assert message is not None and words in message, f"{name}: {message}"
+
+
+def test_a_float64_guided_eps_costs_only_its_own_cell():
+    gid, edits, _ = FAMILY_MISTAKES[("4", "guided: weights as a float64 tensor")]
+    assert check_message("p_sample_loop_cfg", {gid: _family_source(gid, edits)}) is None
+
+
+@pytest.mark.parametrize("key", [("2", "guided: x_t scaled in place for the batched pass"),
+                                 ("2", "guided: labels overwritten with the null label and restored")])
+def test_guided_eps_changing_its_inputs_costs_only_its_own_cell(key):
+    gid, edits, _ = FAMILY_MISTAKES[key]
+    assert check_message("p_sample_loop_cfg", {gid: _family_source(gid, edits)}) is None

@@ -17,6 +17,11 @@ without the sigma**2 weighting, or averaged over pixels; the step size proportio
 normalised by the largest sigma; the 2019 update (alpha / 2, sqrt(alpha)); the final denoising step
 missing; gamma inverted in technique 4; inpainting whose known pixels are not re-noised at each level
 or do not equal x_known at the end.
+Issue 15 adds the families of mistakes that kept full marks (``FAMILY_MISTAKES``, keyed by family:
+1 generator discipline, 2 inputs left alone, 3 arguments rather than globals or defaults, 4 result
+types, 7 inpainting's known pixels at every Langevin step and exactly x_known at the end) and correct
+variants that must keep full marks (``FAMILY_CORRECT``); ``VISIBLE`` holds mistakes whose visible
+assert must name the cause (family 8).
 """
 from __future__ import annotations
 
@@ -253,6 +258,161 @@ def test_annealed_langevin_ignoring_the_generator_fails():
 
 
 # ----------------------------------------------------------------------------------------------
+# Issue 15: the families of mistakes that kept full marks. (family, name) -> (grade_id, edits, words)
+# ----------------------------------------------------------------------------------------------
+AL_Z = "z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)"
+AL_STEP = "x = x + alpha * score(net, x, sigma) + math.sqrt(2 * alpha) * z"
+IN_NOISE = "return torch.randn(x_known.shape, generator=generator, device=x_known.device, dtype=x_known.dtype)"
+IN_STEP = ("                x = x + alpha * score(net, x, sigma) + math.sqrt(2 * alpha) * noise()\n"
+           "                x = m * y + (1 - m) * x\n")
+FAMILY_MISTAKES = {
+    # 1. generator discipline
+    ("1", "annealed_langevin: torch.randn_like"):
+        ("annealed_langevin", [(AL_Z, "z = torch.randn_like(x)")], "global random state changed"),
+    ("1", "annealed_langevin: global seed from the generator"):
+        ("annealed_langevin", [("    sigma_min = float(sigmas[-1])\n",
+                                "    sigma_min = float(sigmas[-1])\n    if generator is not None:\n"
+                                "        torch.manual_seed(generator.initial_seed())\n"),
+                               (AL_Z, "z = torch.randn(x.shape, dtype=x.dtype)")], "global random state changed"),
+    ("1", "inpaint: a private generator seeded from the given one"):
+        ("inpaint", [(IN_NOISE, "return torch.randn(x_known.shape, generator=g, dtype=x_known.dtype)"),
+                     ("    sigma_min = float(sigmas[-1])\n",
+                      "    sigma_min = float(sigmas[-1])\n    g = torch.Generator().manual_seed(generator.initial_seed())\n")],
+         "continue the generator's stream"),
+    ("1", "inpaint: torch.randn_like"):
+        ("inpaint", [(IN_NOISE, "return torch.randn_like(x_known)")], "global random state changed"),
+    # 2. inputs left alone
+    ("2", "annealed_langevin: x updated in place"):
+        ("annealed_langevin", [(AL_STEP, "x += alpha * score(net, x, sigma) + math.sqrt(2 * alpha) * z")],
+         "changed its input `x` in place"),
+    ("2", "inpaint: the start written into x_known"):
+        ("inpaint", [("        x = m * x_known + (1 - m) * float(sigmas[0]) * noise()  # (B, C, H, W)\n",
+                      "        x = x_known\n        x[m == 0] = (float(sigmas[0]) * noise())[m == 0]\n")],
+         "changed its input `x_known` in place"),
+    ("2", "dsm_loss: the noisy input built in place"):
+        ("dsm_loss", [("x_tilde = x + s * noise", "x_tilde = x.add_(s * noise)")], "changed its input `x` in place"),
+    ("2", "score: sigma reshaped in place"):
+        ("score", [("return net(x) / sigma.reshape(-1, *([1] * (x.dim() - 1)))",
+                    "return net(x) / sigma.clamp_(min=0.6).reshape(-1, *([1] * (x.dim() - 1)))")],
+         "changed its input `sigma` in place"),
+    # 3. arguments, not globals or defaults
+    ("3", "annealed_langevin: the notebook's SIGMA_MIN"):
+        ("annealed_langevin", [("    sigma_min = float(sigmas[-1])\n", "    sigma_min = float(SIGMA_MIN)\n")], "SIGMA_MIN"),
+    ("3", "annealed_langevin: the notebook's N_STEPS_EACH"):
+        ("annealed_langevin", [("for _ in range(n_steps_each):", "for _ in range(N_STEPS_EACH):")], "N_STEPS_EACH"),
+    ("3", "annealed_langevin: the notebook's EPS"):
+        ("annealed_langevin", [("alpha = langevin_step_size(eps, sigma, sigma_min)", "alpha = langevin_step_size(EPS, sigma, sigma_min)")],
+         "notebook's EPS"),
+    ("3", "inpaint: the notebook's N_STEPS_EACH"):
+        ("inpaint", [("for _ in range(n_steps_each):", "for _ in range(N_STEPS_EACH):")], "n_steps_each"),
+    ("3", "choose_step_size: the notebook's N_STEPS_EACH"):
+        ("choose_step_size", [("T = int(n_steps_each)", "T = int(N_STEPS_EACH)")], "N_STEPS_EACH"),
+    # 4. result types
+    ("4", "score: sigma as float64"):
+        ("score", [("sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)",
+                    "sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)")], "float64 leak"),
+    ("4", "annealed_langevin: no torch.no_grad"):
+        ("annealed_langevin", [("    with torch.no_grad():\n        for sigma in sigmas:", "    if True:\n        for sigma in sigmas:")],
+         "autograd graph"),
+    ("4", "annealed_langevin: noise drawn in float64"):
+        ("annealed_langevin", [(AL_Z, "z = torch.randn(x.shape, generator=generator, dtype=torch.float64)")], "float64 leak"),
+    ("4", "inpaint: the mask in float64"):
+        ("inpaint", [("m = torch.broadcast_to(mask.to(x_known), x_known.shape)", "m = torch.broadcast_to(mask.double(), x_known.shape)")],
+         "float64 leak"),
+    ("4", "inpaint: no torch.no_grad"):
+        ("inpaint", [("    with torch.no_grad():\n        x = m * x_known", "    if True:\n        x = m * x_known")], "autograd graph"),
+    ("4", "dsm_loss: the loss in float64"):
+        ("dsm_loss", [("return 0.5 * residual.pow(2).flatten(1).sum(dim=1).mean()",
+                       "return 0.5 * residual.double().pow(2).flatten(1).sum(dim=1).mean()")], "float64 leak"),
+    # 7. inpainting: the known pixels after every step, x_known exactly at the end
+    ("7", "inpaint: known pixels replaced once per level, not after each step"):
+        ("inpaint", [(IN_STEP, "                x = x + alpha * score(net, x, sigma) + math.sqrt(2 * alpha) * noise()\n")],
+         "not after every Langevin step"),
+    ("7", "inpaint: known pixels noised with sigma squared"):
+        ("inpaint", [("y = x_known + sigma * noise()", "y = x_known + sigma ** 2 * noise()")], "sigma_i * z"),
+    ("7", "inpaint: the noisy known pixels returned"):
+        ("inpaint", [("        x = m * x_known + (1 - m) * x\n    return x", "        x = m * y + (1 - m) * x\n    return x")],
+         "equal x_known exactly"),
+    ("7", "inpaint: known pixels noised with the square root of sigma"):
+        ("inpaint", [("y = x_known + sigma * noise()", "y = x_known + math.sqrt(sigma) * noise()")], "sigma_i * z"),
+    ("7", "inpaint: known pixels replaced before each step only"):
+        ("inpaint", [(IN_STEP, "                x = m * (x_known + sigma * noise()) + (1 - m) * x\n"
+                               "                x = x + alpha * score(net, x, sigma) + math.sqrt(2 * alpha) * noise()\n"),
+                     ("        x = m * x_known + (1 - m) * x\n    return x", "    return x")],
+         "equal x_known exactly"),
+}
+
+
+def _family_source(grade_id, edits):
+    return edits if isinstance(edits, str) else NOTEBOOK.mutate_many(grade_id, *edits)
+
+
+@pytest.mark.parametrize("key", sorted(FAMILY_MISTAKES), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_family_mistake_is_caught_with_its_cause(key):
+    grade_id, edits, words = FAMILY_MISTAKES[key]
+    message = check_message(grade_id, {grade_id: _family_source(grade_id, edits)})
+    assert message is not None, f"the check {grade_id!r} passed the mistake: {key}"
+    assert words in message, f"{key}: the message does not name the cause {words!r}:\n{message}"
+
+
+FAMILY_CORRECT = {
+    "inpaint: torch.where, Tensor.normal_, fresh known-pixel noise every step": ("inpaint", lambda: body("inpaint", """
+known = torch.broadcast_to(mask, x_known.shape).bool()
+sL = float(sigmas[-1])
+x = torch.where(known, x_known, torch.empty_like(x_known).normal_(generator=generator) * float(sigmas[0]))
+with torch.no_grad():
+    for sigma in sigmas.tolist():
+        a = eps * (sigma / sL) ** 2
+        for _ in range(n_steps_each):
+            z = torch.empty_like(x).normal_(generator=generator)
+            x = x + a * score(net, x, sigma) + (2 * a) ** 0.5 * z
+            x = torch.where(known, x_known + sigma * torch.empty_like(x).normal_(generator=generator), x)
+return torch.where(known, x_known, x)""")),
+    "inpaint: torch.lerp with the mask, known pixels replaced before the steps too": ("inpaint", lambda: body("inpaint", """
+m = mask.to(x_known.dtype).expand_as(x_known)
+sL = float(sigmas[-1])
+x = sigmas[0] * torch.randn(x_known.shape, generator=generator, dtype=x_known.dtype)
+with torch.no_grad():
+    for i in range(len(sigmas)):
+        sigma = float(sigmas[i])
+        y = x_known + sigma * torch.randn(x_known.shape, generator=generator, dtype=x_known.dtype)
+        x = torch.lerp(x, y, m)
+        for _ in range(n_steps_each):
+            x = x + langevin_step_size(eps, sigma, sL) * score(net, x, sigma) \\
+                + math.sqrt(2 * langevin_step_size(eps, sigma, sL)) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            x = torch.lerp(x, y, m)
+return torch.lerp(x, x_known, m)""")),
+    "annealed_langevin: float64 inside then cast back": ("annealed_langevin", lambda: body("annealed_langevin", """
+sL = float(sigmas[-1])
+y = x.double()
+with torch.no_grad():
+    for s in sigmas.double():
+        a = eps * float(s) ** 2 / sL ** 2
+        for _ in range(n_steps_each):
+            y = y + a * score(net, y.to(x.dtype), float(s)).double() \\
+                + math.sqrt(2 * a) * torch.randn(y.shape, generator=generator, dtype=torch.float64)
+    if denoise:
+        y = y + sL ** 2 * score(net, y.to(x.dtype), sL).double()
+return y.to(x.dtype)""")),
+    "score: NumPy for sigma": ("score", lambda: body("score", """
+s = np.broadcast_to(np.asarray(sigma, dtype=np.float64).reshape(-1), (x.shape[0],))
+return net(x) / torch.from_numpy(s.copy()).to(x.dtype).view(-1, 1, 1, 1)""")),
+    "dsm_loss: float64 inside then cast back": ("dsm_loss", lambda: body("dsm_loss", """
+s = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0]).reshape(-1, 1, 1, 1)
+x_tilde = (x.double() + s * noise.double()).to(x.dtype)
+r = s * score(net, x_tilde, sigma).double() + noise.double()
+return (0.5 * (r ** 2).sum(dim=(1, 2, 3)).mean()).to(x.dtype)""")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CORRECT))
+def test_family_correct_variant_keeps_full_marks(name):
+    grade_id, source = FAMILY_CORRECT[name]
+    message = check_message(grade_id, {grade_id: source()})
+    assert message is None, f"{name} should pass, got:\n{message}"
+
+
+# ----------------------------------------------------------------------------------------------
 # Cell runner: the notebook in a kernel, mistaken answer cells lose the points of their own cell
 # ----------------------------------------------------------------------------------------------
 def _run(replace=None):
@@ -298,3 +458,67 @@ def test_runner_second_set_of_mistakes():
 def test_runner_helper_mistakes_cost_only_their_cell():
     _runner_case(["score: divided by sigma squared", "langevin_step_size: proportional to sigma"],
                  must_pass=["test_dsm_loss", "test_annealed_langevin", "test_inpaint", "test_choose_step_size"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15, family 8: the visible asserts name the likely cause when they fail first
+
+from visible_asserts import visible_message  # noqa: E402
+
+VISIBLE = {
+    "score: not divided": ("score", MISTAKES["score: not divided"][1], "not divided by sigma"),
+    "score: sigma squared": ("score", MISTAKES["score: divided by sigma squared"][1], "divided by sigma**2"),
+    "score: float64": ("score", lambda: patch("score", "sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)",
+                                              "sigma = torch.as_tensor(sigma, dtype=torch.float64)"), "float64"),
+    "dsm_loss: over pixels": ("dsm_loss", MISTAKES["dsm_loss: averaged over pixels"][1], "averaged over pixels"),
+    "dsm_loss: no weighting": ("dsm_loss", MISTAKES["dsm_loss: no sigma**2 weighting"][1], "weighting is missing"),
+    "max_pairwise_distance: squared": ("max_pairwise_distance", MISTAKES["max_pairwise_distance: squared"][1], "SQUARED"),
+    "max_pairwise_distance: mean": ("max_pairwise_distance", MISTAKES["max_pairwise_distance: mean"][1], "mean distance"),
+    "num_noise_levels: rounded down": ("num_noise_levels", MISTAKES["num_noise_levels: rounded down"][1], "round up"),
+    "geometric_sigmas: ascending": ("geometric_sigmas", MISTAKES["geometric_sigmas: ascending"][1], "ascending"),
+    "langevin_step_size: proportional to sigma": ("langevin_step_size", MISTAKES["langevin_step_size: proportional to sigma"][1],
+                                                  "proportional to sigma"),
+    "choose_step_size: gamma inverted": ("choose_step_size", MISTAKES["choose_step_size: gamma inverted"][1], "gamma is inverted"),
+    "annealed_langevin: in place": ("annealed_langevin", lambda: patch(
+        "annealed_langevin", "x = x + alpha * score(net, x, sigma) + math.sqrt(2 * alpha) * z",
+        "x += alpha * score(net, x, sigma) + math.sqrt(2 * alpha) * z"), "in place"),
+    "annealed_langevin: randn_like": ("annealed_langevin", lambda: patch(
+        "annealed_langevin", "z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)",
+        "z = torch.randn_like(x)"), "generator="),
+    "inpaint: not x_known at the end": ("inpaint", MISTAKES["inpaint: known pixels not x_known at the end"][1], "put x_known back"),
+}
+
+
+def test_visible_asserts_of_the_solution_pass():
+    for gid in ANSWERS:
+        assert visible_message(NOTEBOOK, f"test_{gid}") is None, gid
+
+
+@pytest.mark.parametrize("name", sorted(VISIBLE))
+def test_visible_assert_names_the_cause(name):
+    gid, source, words = VISIBLE[name]
+    message = visible_message(NOTEBOOK, f"test_{gid}", {gid: source()})
+    assert message is not None and words in message, f"{name}: {message}"
+
+
+@pytest.mark.slow
+def test_runner_family_mistakes_lose_the_points_of_their_cells():
+    """Issue 15 through the cell runner: a float64 score, sampling that keeps the autograd graph and
+    known pixels replaced once per level lose their own cells' points, and only those."""
+    keys = [("4", "score: sigma as float64"), ("4", "annealed_langevin: no torch.no_grad"),
+            ("7", "inpaint: known pixels replaced once per level, not after each step")]
+    replace = {FAMILY_MISTAKES[k][0]: _family_source(FAMILY_MISTAKES[k][0], FAMILY_MISTAKES[k][1]) for k in keys}
+    res = _run(replace)
+    for gid in ANSWERS:
+        cell = f"test_{gid}"
+        if gid in replace:
+            assert not res[cell].passed and res[cell].points == 0, f"{cell} kept its points"
+        else:
+            assert res[cell].passed, f"{cell} lost points: {res[cell].message}"
+
+
+def test_a_float64_score_costs_only_its_own_cell():
+    gid, edits, _ = FAMILY_MISTAKES[("4", "score: sigma as float64")]
+    src = _family_source(gid, edits)
+    for check in ("dsm_loss", "annealed_langevin", "inpaint"):
+        assert check_message(check, {gid: src}) is None, check

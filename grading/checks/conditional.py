@@ -28,7 +28,11 @@ import torch
 from gradeprobe.stubs_conditional import LabelModel
 from grading.hidden import CheckFailed, as_array, describe_diff, expect, max_abs_diff
 from grading.records import TensorRecord
-from grading.verdict import Outcome, Probe, trusted
+from grading.verdict import Outcome, Probe, expect_unchanged, trusted
+
+from .discipline import (SCHEDULE_HINTS, cosine_beta_schedule, expect_dtype_kept, expect_no_global_rng,
+                         expect_no_graph, expect_per_step_variance, expect_reproducible,
+                         expect_stream_continues, schedule_globals)
 
 # ----------------------------------------------------------------------------------------------
 # Small shared tools
@@ -58,21 +62,6 @@ def _fit_per_channel(out: np.ndarray, n: np.ndarray):
     icpt = om[..., 0] - slope * xm[..., 0]
     resid = np.abs(o - (slope[..., None] * x + icpt[..., None])).max()
     return slope, icpt, float(resid)
-
-
-def _inputs_changed(out: Outcome, sent: list) -> bool:
-    """Whether a call changed one of its tensor arguments in place (``sent``: what was sent, in
-    argument order; None for the arguments that are not tensors)."""
-    after = out.args_after
-    for x, got in zip(sent, after):
-        if x is None or got is None:
-            continue
-        want = x.detach().numpy()
-        arr = got.array if isinstance(got, TensorRecord) else got
-        if not (isinstance(arr, np.ndarray) and arr.shape == want.shape
-                and np.array_equal(arr.astype(np.float64), want.astype(np.float64), equal_nan=True)):
-            return True
-    return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,6 +127,10 @@ def check_adaptive_group_norm(p: Probe):
                for i in range(_B)]
     p.method(tools, "fill", norm, seed=seeds[1], what="setting random parameters of AdaptiveGroupNorm")
     out_b = p.method(norm, "__call__", h, cond, what=label)
+    # float32 in, float32 out (a layer left in float32, as in the U-Net)
+    norm32 = p.call("AdaptiveGroupNorm", _C, _D, what="AdaptiveGroupNorm(6, 5)", keep=True)
+    p.method(tools, "fill", norm32, seed=seeds[0], what="setting random parameters of AdaptiveGroupNorm")
+    out32 = p.method(norm32, "__call__", h.float(), cond.float(), what="AdaptiveGroupNorm(6, 5) on float32 inputs")
     yield
 
     # 1. GroupNorm's own affine parameters must be off
@@ -146,6 +139,11 @@ def check_adaptive_group_norm(p: Probe):
     expect(not affine, f"The GroupNorm inside AdaptiveGroupNorm ({affine[0] if affine else ''}) has its own "
            "learnable weight and bias; the scale and shift must come only from the condition.",
            hint="create it as `nn.GroupNorm(num_groups, num_channels, affine=False)`.")
+
+    # the input tensors are left alone
+    for o in (out0, out3, out_r, out_b):
+        if not o.raised:
+            expect_unchanged(o, {"h": h, "cond": cond}, "AdaptiveGroupNorm.forward")
 
     # 2. all parameters zero -> scale = shift = 0 -> a plain GroupNorm (default num_groups = 1)
     out = _forward_value(out0, h)
@@ -215,15 +213,27 @@ def check_adaptive_group_norm(p: Probe):
     expect(resid_b < 1e-4 * max(1.0, np.abs(got_b).max()),
            "With other random parameters the output is no longer GroupNorm(h) * (1 + scale) + shift "
            f"(off by {resid_b:.3g}).")
-    # the input tensors are left alone
-    expect(not any(_inputs_changed(o, [h, cond]) for o in (out0, out3, out_r, out_b)) and
-           not any(_inputs_changed(s_, [h[i:i + 1], cond[i:i + 1]]) for i, s_ in enumerate(singles)),
-           "AdaptiveGroupNorm changed its inputs h or cond in place.",
-           hint="avoid in-place operations (add_, mul_, ...) on h and cond.")
+    for i, s_ in enumerate(singles):
+        expect_unchanged(s_, {"h": h[i:i + 1], "cond": cond[i:i + 1]}, "AdaptiveGroupNorm.forward")
+    # float32 stays float32
+    got32 = out32.value
+    expect_dtype_kept(got32, "torch.float32", "AdaptiveGroupNorm(6, 5)(h, cond) for float32 h and cond")
+    expect(max_abs_diff(as_array(got32, out32.what, shape=tuple(h.shape)), out) < 1e-3,
+           "AdaptiveGroupNorm gives other values in float32 than in float64 with the same parameters "
+           f"({describe_diff(as_array(got32, out32.what, shape=tuple(h.shape)), out)}).")
+    expect_unchanged(out32, {"h": h.float(), "cond": cond.float()}, "AdaptiveGroupNorm.forward")
 
 
 # ----------------------------------------------------------------------------------------------
 # conditional_ddpm_loss
+
+
+def _loss_want(x_0, y, t, noise, alpha_bar) -> float:
+    """mean((noise - LabelModel(x_t, t, y))**2) in float64."""
+    ab = alpha_bar.double()[t]
+    sa, s1 = ab.sqrt().reshape(-1, 1, 1, 1), (1 - ab).sqrt().reshape(-1, 1, 1, 1)
+    x_t = sa * x_0.double() + s1 * noise.double()
+    return float(((noise.double() - LabelModel.expected(LabelModel.A, x_t, t, y)) ** 2).mean())
 
 
 @trusted
@@ -236,11 +246,25 @@ def check_conditional_ddpm_loss(p: Probe):
     y = torch.randperm(10, generator=gen)[:B]  # (B,) distinct labels, none of them all zero
     inner = torch.sort(torch.randperm(T - 2, generator=gen)[:B - 2] + 1).values
     t = torch.cat([torch.tensor([0]), inner, torch.tensor([T - 1])])  # (B,) both ends included
+    wrong = schedule_globals(37)  # the notebook's globals, bound to a 37-step schedule meanwhile
     model = p.stub("conditional.LabelModel")
-    out = p.call("conditional_ddpm_loss", model, x_0, y, t, noise, alpha_bar, keep=True,
-                 what="conditional_ddpm_loss(model, x_0, y, t, noise, alpha_bar)")
+    out = p.call("conditional_ddpm_loss", model, x_0, y, t, noise, alpha_bar, keep=True, bind=wrong,
+                 error_hints=SCHEDULE_HINTS, what="conditional_ddpm_loss(model, x_0, y, t, noise, alpha_bar)")
     back = p.method(out, "backward", what="loss.backward() on the loss of conditional_ddpm_loss")
     state = p.inspect(model, "the stub model after loss.backward()")
+    # other schedules (T = 37 cosine, T = 200 linear) and float32 inputs, the globals bound to the notebook's
+    others = []
+    for k, (TT, ab_k) in enumerate(((37, torch.cumprod(1 - cosine_beta_schedule(37), 0)),
+                                     (200, torch.cumprod(1 - _linear_schedule(200, 1e-4, 0.02), 0)))):
+        g2 = p.gen(12 + k)
+        t_k = torch.cat([torch.tensor([0, TT - 1]), torch.randint(0, TT, (B - 2,), generator=g2)])
+        x_k = (torch.rand(B, 1, 4, 4, generator=g2) * 2 - 1).float()
+        n_k = torch.randn(B, 1, 4, 4, generator=g2).float()
+        ab32 = ab_k.float()
+        m_k = p.stub("conditional.LabelModel")
+        others.append((TT, x_k, n_k, t_k, ab32, m_k, p.call(
+            "conditional_ddpm_loss", m_k, x_k, y, t_k, n_k, ab32, bind=schedule_globals(),
+            error_hints=SCHEDULE_HINTS, what=f"conditional_ddpm_loss(...) with a {TT}-step schedule, float32")))
     yield
 
     loss = out.value
@@ -248,7 +272,7 @@ def check_conditional_ddpm_loss(p: Probe):
     sa = alpha_bar[t].sqrt().reshape(-1, 1, 1, 1)
     s1 = (1 - alpha_bar[t]).sqrt().reshape(-1, 1, 1, 1)
     x_t = sa * x_0 + s1 * noise  # (B, 1, 4, 4)
-    want = float(((noise - LabelModel.expected(LabelModel.A, x_t, t, y)) ** 2).mean())
+    want = _loss_want(x_0, y, t, noise, alpha_bar)
 
     calls = out.model_calls(model)
     expect(len(calls) >= 1, "conditional_ddpm_loss never called the model.")
@@ -259,7 +283,7 @@ def check_conditional_ddpm_loss(p: Probe):
     expect(isinstance(got_y, TensorRecord) and got_y.shape == tuple(y.shape) and got_y.dtype == "torch.int64",
            f"The model got labels of shape {tuple(getattr(got_y, 'shape', ()))} and dtype "
            f"{getattr(got_y, 'dtype', type(got_y).__name__)}; expected the long tensor y of shape {tuple(y.shape)}.",
-           hint="pass y unchanged to the model.")
+           hint="pass y unchanged to the model (labels stay torch.long).")
     expect(np.array_equal(got_y.array, y.numpy()),
            f"The model got labels {got_y.array.tolist()} instead of y = {y.tolist()}.",
            hint="pass the labels y you were given to the model; do not replace or drop them here "
@@ -268,12 +292,19 @@ def check_conditional_ddpm_loss(p: Probe):
     expect(isinstance(got_t, TensorRecord) and got_t.shape == tuple(t.shape)
            and np.array_equal(got_t.array.astype(np.int64), t.numpy()),
            f"The model got times {getattr(got_t, 'array', np.array(got_t)).tolist()} instead of t = {t.tolist()}.",
-           hint="pass t unchanged.")
+           hint="pass t unchanged (the times are given: draw none).")
     got_x = as_array(calls[-1]["x"], "x_t given to the model", shape=tuple(x_0.shape))
-    expect(max_abs_diff(got_x, x_t.numpy()) < 1e-5,
-           f"The model should get x_t = sqrt(alpha_bar[t]) x_0 + sqrt(1 - alpha_bar[t]) noise (eq. 4): "
-           f"{describe_diff(got_x, x_t.numpy())}.",
-           hint="index alpha_bar with t (one value per example) and take square roots.")
+    if max_abs_diff(got_x, x_t.numpy()) >= 1e-5:
+        wrong_ab = wrong["alpha_bar"].double()
+        hint = "index alpha_bar with t (one value per example) and take square roots."
+        if bool((t < len(wrong_ab)).all()):
+            ab_w = wrong_ab[t].reshape(-1, 1, 1, 1)
+            if max_abs_diff(got_x, (ab_w.sqrt() * x_0 + (1 - ab_w).sqrt() * noise).numpy()) < 1e-4:
+                hint = ("x_t was made with the notebook's global alpha_bar, not with the alpha_bar argument: use "
+                        "the schedule passed in.")
+        expect_no_global_rng(out, "conditional_ddpm_loss", takes_generator=False)
+        raise CheckFailed(f"The model should get x_t = sqrt(alpha_bar[t]) x_0 + sqrt(1 - alpha_bar[t]) noise (eq. 4): "
+                          f"{describe_diff(got_x, x_t.numpy())}.\nLikely cause: {hint}")
     if abs(float(value) - want) > 1e-6 * max(1.0, abs(want)):
         hint = None
         if abs(float(value) - want * x_0.numel()) < 1e-6 * want * x_0.numel():
@@ -293,9 +324,21 @@ def check_conditional_ddpm_loss(p: Probe):
     grad_a = grads.get("a")
     expect(isinstance(grad_a, TensorRecord) and abs(float(np.asarray(grad_a.array).reshape(-1)[0])) > 0,
            "Back-propagating the loss gave no gradient for the model's parameters.")
-    expect(not _inputs_changed(out, [None, x_0, y, t, noise, alpha_bar]),
-           "conditional_ddpm_loss changed one of its inputs in place.",
-           hint="avoid in-place operations on x_0, y, t, noise and alpha_bar.")
+    expect_unchanged(out, {"model": None, "x_0": x_0, "y": y, "t": t, "noise": noise, "alpha_bar": alpha_bar},
+                     "conditional_ddpm_loss")
+    expect_no_global_rng(out, "conditional_ddpm_loss", takes_generator=False)
+    # other schedules, float32
+    for TT, x_k, n_k, t_k, ab32, m_k, o in others:
+        got = o.value
+        v = as_array(got, f"the loss with a {TT}-step schedule", shape=(), dtype="float")
+        want_k = _loss_want(x_k, y, t_k, n_k, ab32)
+        expect(abs(float(v) - want_k) <= 1e-4 * max(1.0, abs(want_k)),
+               f"With a {TT}-step schedule (float32 inputs) the loss should be {want_k:.6g}, got {float(v):.6g}.",
+               hint="use only the alpha_bar passed in (its length is T), never the notebook's globals T, beta or "
+                    "alpha_bar, nor a hard-coded schedule.")
+        expect_dtype_kept(got, "torch.float32", f"The loss for float32 inputs ({TT}-step schedule)")
+        expect_unchanged(o, {"model": None, "x_0": x_k, "y": y, "t": t_k, "noise": n_k, "alpha_bar": ab32},
+                         "conditional_ddpm_loss")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,6 +363,37 @@ def _centers(g: torch.Generator, K: int = 10, size: int = 3) -> torch.Tensor:
     return torch.rand(K, 1, size, size, generator=g, dtype=torch.float64) * 1.6 - 0.8  # (K, 1, s, s)
 
 
+def _delta_hint(out, want, centers, y, beta, calls):
+    B = len(y)
+    first = centers[y[:1].repeat(B)].numpy()
+    err = np.abs(out - want).max()
+    y0 = calls[0]["y"] if calls else None
+    if np.abs(out - first).max() < 2e-3:
+        return ("every sample became the first label's image: is the whole batch sampled with y[0] "
+                "(or one label)? Pass the (B,) label tensor y to the model at every step.")
+    if 2e-3 < err < 0.3 and abs(np.std(out - want) - math.sqrt(float(beta[0]))) < 0.5 * math.sqrt(float(beta[0])):
+        return (f"the output is the right image plus noise of std about sqrt(beta[0]) = "
+                f"{math.sqrt(float(beta[0])):.3g}: noise is added at the last step (t = 0); Algorithm 2 uses z = 0 there.")
+    if isinstance(y0, TensorRecord) and not (y0.shape == tuple(y.shape)
+                                             and np.array_equal(y0.array.astype(np.int64), y.numpy())):
+        return f"the model got labels {y0.array.tolist()} instead of y = {y.tolist()}."
+    return None
+
+
+def _model_times(calls, B, label):
+    times = []
+    for i, c in enumerate(calls):
+        tt = np.asarray(c["t"].array).reshape(-1)
+        expect(tt.size in (1, B) and bool((tt == tt[0]).all()),
+               f"Call {i} gave the model times {tt.tolist()}; expected the same step for the whole batch.")
+        times.append(int(tt[0]))
+    return times
+
+
+_T_HINT = ("T is hard-coded or taken from the notebook's globals: use T = len(beta) and the beta passed in "
+           "(alpha and alpha_bar computed from it), never the notebook's T, beta or alpha_bar.")
+
+
 @trusted
 def check_p_sample_loop_conditional(p: Probe):
     label = "p_sample_loop_conditional(model, x_T, y, beta)"
@@ -332,90 +406,139 @@ def check_p_sample_loop_conditional(p: Probe):
     y = torch.randperm(10, generator=g)[:8]  # (B,) distinct labels
     B = len(y)
     x_T = torch.randn(B, 1, 3, 3, generator=g, dtype=torch.float64)  # (B, 1, 3, 3)
+    wrong = schedule_globals()  # the notebook's 1000-step globals T, beta, alpha_bar bound during every call
+    kw = {"bind": wrong, "error_hints": SCHEDULE_HINTS, "what": label}
     # (a) delta data per class: the exact sampler lands on each class's image
     model = p.stub("conditional.ClassDeltaModel", centers=centers, alpha_bar=alpha_bar)
-    out_a = p.call(fn, model, x_T, y, beta, generator=p.generator(0), what=label)
+    out_a = p.call(fn, model, x_T, y, beta, generator=p.generator(0), **kw)
     # (c) Gaussian data per class: the right mean and the right variance
     N = 4000
     yy = torch.arange(N) % 10
     x_N = torch.randn(N, 1, 3, 3, generator=p.gen(22), dtype=torch.float64)
     gmodel = p.stub("conditional.ClassGaussianModel", centers=centers, alpha_bar=alpha_bar)
-    out_c = p.call(fn, gmodel, x_N, yy, beta, generator=p.generator(1), what=label)
+    out_c = p.call(fn, gmodel, x_N, yy, beta, generator=p.generator(1), **kw)
     # (d) the generator drives the randomness (the global random state seeded differently each time)
     x_small = x_N[:16]
-    runs = [p.call(fn, gmodel, x_small, yy[:16], beta, generator=p.generator(s), what=label, global_seed=gs)
+    runs = [p.call(fn, gmodel, x_small, yy[:16], beta, generator=p.generator(s), global_seed=gs, **kw)
             for s, gs in ((7, 1), (7, 2), (8, 3))]
+    one = p.generator(9)  # one generator for two calls: its stream continues
+    stream = [p.call(fn, gmodel, x_small, yy[:16], beta, generator=one, **kw) for _ in range(2)]
+    # (e) float32, a 37-step cosine schedule, a network with a trainable parameter
+    beta37 = cosine_beta_schedule(37)
+    ab37 = torch.cumprod(1 - beta37, 0)
+    m37 = p.stub("conditional.ClassDeltaModel", centers=centers, alpha_bar=ab37, grad=True)
+    x37 = x_T.float()
+    out_e = p.call(fn, m37, x37, y, beta37.float(), generator=p.generator(2), bind=wrong,
+                   error_hints=SCHEDULE_HINTS, what=f"{label} with a 37-step cosine schedule, float32")
+    # (f) a 200-step linear schedule
+    beta200 = _linear_schedule(200, 1e-4, 0.05)
+    m200 = p.stub("conditional.ClassDeltaModel", centers=centers, alpha_bar=torch.cumprod(1 - beta200, 0))
+    out_f = p.call(fn, m200, x_T[:4], y[:4], beta200, generator=p.generator(3), bind=wrong,
+                   error_hints=SCHEDULE_HINTS, what=f"{label} with a 200-step schedule")
+    # (g) the variance of every step: a recording Gaussian-data model, 37 linear steps
+    beta_g = _linear_schedule(37, 1e-3, 0.2)
+    ab_g = torch.cumprod(1 - beta_g, 0)
+    yg = torch.arange(64) % 10
+    x_g = torch.randn(64, 1, 4, 4, generator=p.gen(23), dtype=torch.float64)
+    c4 = _centers(p.gen(6), size=4)
+    rec = p.stub("conditional.ClassGaussianRecorder", centers=c4, alpha_bar=ab_g)
+    out_g = p.call(fn, rec, x_g, yg, beta_g, generator=p.generator(4), bind=wrong, error_hints=SCHEDULE_HINTS,
+                   what=f"{label} with a 37-step schedule")
     yield
 
     out = as_array(out_a.value, f"the output of {label}", shape=tuple(x_T.shape), dtype="float")
-    expect(not _inputs_changed(out_a, [None, x_T, y]),
-           f"{label} changed x_T or y in place.",
-           hint="start with `x = x_T` and use out-of-place updates (x = ...), never x_T.sub_(...).")
+    expect_unchanged(out_a, {"model": None, "x_T": x_T, "y": y, "beta": beta}, fn)
     calls = out_a.model_calls(model)
     want = centers[y].numpy()
     err = np.abs(out - want).max()
     if err > 2e-3:
-        first = centers[y[:1].repeat(B)].numpy()
-        hint = None
-        y0 = calls[0]["y"] if calls else None
-        if np.abs(out - first).max() < 2e-3:
-            hint = ("every sample became the first label's image: is the whole batch sampled with y[0] "
-                    "(or one label)? Pass the (B,) label tensor y to the model at every step.")
-        elif 2e-3 < err < 0.3 and abs(np.std(out - want) - math.sqrt(float(beta[0]))) < 0.5 * math.sqrt(float(beta[0])):
-            hint = (f"the output is the right image plus noise of std about sqrt(beta[0]) = "
-                    f"{math.sqrt(float(beta[0])):.3g}: noise is added at the last step (t = 0); Algorithm 2 uses z = 0 there.")
-        elif isinstance(y0, TensorRecord) and not (y0.shape == tuple(y.shape)
-                                                   and np.array_equal(y0.array.astype(np.int64), y.numpy())):
-            hint = f"the model got labels {y0.array.tolist()} instead of y = {y.tolist()}."
+        hint = _delta_hint(out, want, centers, y, beta, calls)
+        if hint is None and len(calls) != T:
+            hint = _T_HINT
+        expect_no_global_rng(out_a, fn)
         raise CheckFailed(
             f"With a model that is exact for data where every image of class k equals one fixed image c_k, "
             f"{label} must return c_y for each sample (Algorithm 2 with z = 0 at the last step): "
             f"{describe_diff(out, want)}." + (f"\nLikely cause: {hint}" if hint else
-                                               "\nLikely cause: check the coefficients of Algorithm 2, line 4."))
+                                               "\nLikely cause: check the coefficients of Algorithm 2, line 4, and that they "
+                                               "come from the beta passed in (not from the notebook's alpha_bar or T)."))
 
     # (b) one model call per step, times T-1 down to 0, the labels y every time
     expect(len(calls) == T, f"{label} called the model {len(calls)} times for T = {T} steps; expected one "
-           "call per step.")
-    times = []
-    for i, c in enumerate(calls):
-        tt = np.asarray(c["t"].array).reshape(-1)
-        expect(tt.size in (1, B) and bool((tt == tt[0]).all()),
-               f"Call {i} gave the model times {tt.tolist()}; expected the same step for the whole batch.")
-        times.append(int(tt[0]))
+           "call per step.", hint=_T_HINT if len(calls) in (37, 1000) else None)
+    times = _model_times(calls, B, label)
+    for c, tt in zip(calls, times):
         cy = c["y"]
         expect(isinstance(cy, TensorRecord) and np.array_equal(np.asarray(cy.array).astype(np.int64).reshape(-1),
                                                                y.numpy()),
-               f"At step {times[-1]} the model got labels "
+               f"At step {tt} the model got labels "
                f"{None if not isinstance(cy, TensorRecord) else cy.array.tolist()} instead of y = {y.tolist()}.",
                hint="pass the labels y (one per example) to the model at every step.")
+        expect(not isinstance(cy, TensorRecord) or cy.dtype == "torch.int64",
+               f"At step {tt} the model got labels of dtype {cy.dtype}; labels stay torch.long.",
+               hint="pass y itself (a long tensor) to the model.")
     expect(times == list(range(T - 1, -1, -1)),
            f"The model should be called at t = {T - 1}, {T - 2}, ..., 0 in that order; got "
            f"{times[:4]} ... {times[-3:]}.", hint="loop over `reversed(range(T))` (0-based steps).")
 
-    # (c) Gaussian data per class: the right mean and the right variance (sigma^2 = beta or beta_tilde)
+    # (c) Gaussian data per class: the right mean and the right variance
     out = as_array(out_c.value, f"the output of {label}", shape=tuple(x_N.shape), dtype="float")
     resid = out - centers[yy].numpy()
     var = float(resid.var())
-    v_beta, v_tilde = _gaussian_output_variance(beta, False), _gaussian_output_variance(beta, True)
-    ok = min(abs(var - v_beta), abs(var - v_tilde)) < 0.05
+    v_beta = _gaussian_output_variance(beta, False)
     hint = None
-    if var < 0.5 * v_tilde:
+    if var < 0.5 * v_beta:
         hint = "no (or too little) noise is added between steps: add sigma_t z with sigma_t = sqrt(beta[t]) for t > 0."
     elif var > 1.5:
         hint = "too much noise is added: sigma_t is sqrt(beta[t]), not 1 or beta[t] ** 0.25."
-    expect(ok, f"For Gaussian data N(c_y, I) the samples of {label} should have variance about "
-           f"{v_beta:.3f} (sigma_t^2 = beta_t) around c_y; got {var:.3f}.", hint=hint)
+    if var < 0.5 * v_beta or var > 1.5:
+        raise CheckFailed(f"For Gaussian data N(c_y, I) the samples of {label} should have variance about "
+                          f"{v_beta:.3f} (sigma_t^2 = beta_t) around c_y; got {var:.3f}.\nLikely cause: {hint}")
     expect(abs(float(resid.mean())) < 0.05,
            f"For Gaussian data N(c_y, I) the samples should be centred on c_y; the mean offset is "
            f"{float(resid.mean()):.3f}.")
 
-    # (d) the generator drives the randomness
+    # family 1: the global random state is left alone; one generator continues its stream
+    for o in (out_a, out_c, *stream):
+        expect_no_global_rng(o, fn)
     a, b, c = (as_array(r.value, "output") for r in runs)
-    expect(max_abs_diff(a, b) < 1e-10 and max_abs_diff(a, c) > 1e-6,
-           f"{label} should draw its noise with the `generator` argument: two calls with equally seeded "
-           "generators should agree and differently seeded ones should differ.",
-           hint="draw z with torch.randn(x.shape, generator=generator, dtype=x.dtype); "
-                "torch.randn_like takes no generator.")
+    expect_reproducible(a, b, c, label)
+    expect_stream_continues(*(as_array(r.value, "output") for r in stream), label)
+
+    # (e), (f): other schedules; float32 in, float32 out; no autograd graph
+    for o, x_in, yl, m, TT in ((out_e, x37, y, m37, 37), (out_f, x_T[:4], y[:4], m200, 200)):
+        got = as_array(o.value, f"the output of {o.what}", shape=tuple(x_in.shape), dtype="float")
+        n_calls = len(o.model_calls(m))
+        want_k = centers[yl].numpy()
+        if np.abs(got - want_k).max() > (2e-3 if TT == 37 else 1e-3):
+            hint = _T_HINT if n_calls != TT else ("check Algorithm 2 for a schedule other than the linear one "
+                                                  "(alpha_bar = cumprod(1 - beta) of the beta passed in).")
+            raise CheckFailed(f"{o.what} must also return c_y for each sample: {describe_diff(got, want_k)}; it "
+                              f"called the model {n_calls} times (expected {TT}).\nLikely cause: {hint}")
+        expect(n_calls == TT, f"{o.what} called the model {n_calls} times; expected {TT}.", hint=_T_HINT)
+    expect_dtype_kept(out_e.value, "torch.float32", f"The output of {label} for a float32 x_T")
+    expect_no_graph(out_e.value, f"The output of {label} (a network with trainable parameters)")
+    expect_unchanged(out_e, {"model": None, "x_T": x37, "y": y, "beta": beta37.float()}, fn)
+    expect_unchanged(out_f, {"model": None, "x_T": x_T[:4], "y": y[:4], "beta": beta200}, fn)
+
+    # (g) family 6: the noise of every step has variance beta_t
+    gcalls = out_g.model_calls(rec)
+    got_g = as_array(out_g.value, f"the output of {out_g.what}", shape=tuple(x_g.shape), dtype="float")
+    Tg = len(beta_g)
+    expect(len(gcalls) == Tg and _model_times(gcalls, 64, label) == list(range(Tg - 1, -1, -1)),
+           f"{out_g.what} should call the model once per step, t = {Tg - 1} down to 0; it made {len(gcalls)} calls.",
+           hint=_T_HINT)
+    xs = [as_array(c_["x"], "x given to the model", shape=tuple(x_g.shape)) for c_ in gcalls] + [got_g]
+    b = beta_g.numpy()
+    ab = ab_g.numpy()
+    cy = c4[yg].numpy()
+    d = []
+    for k in range(Tg - 1):
+        t_ = Tg - 1 - k
+        eps = np.sqrt(1 - ab[t_]) * (xs[k] - np.sqrt(ab[t_]) * cy)
+        mean = (xs[k] - b[t_] / np.sqrt(1 - ab[t_]) * eps) / np.sqrt(1 - b[t_])
+        d.append(xs[k + 1] - mean)
+    expect_per_step_variance(np.stack(d), list(range(Tg - 1, 0, -1)), b, out_g.what)
 
 
 CHECKS = {

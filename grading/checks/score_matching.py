@@ -43,7 +43,21 @@ from gradeprobe.stubs_score_matching import FunctionNet
 from grading.hidden import (CheckFailed, as_array, as_scalar, as_tensor_array, close, describe_diff, expect,
                             fail_known_mistake, first_match)
 from grading.records import TensorRecord, float_array, type_name
-from grading.verdict import Outcome, Probe, WrappedCall, trusted
+from grading.verdict import Outcome, Probe, WrappedCall, expect_unchanged, trusted
+
+from .discipline import (expect_dtype_kept, expect_no_global_rng, expect_no_graph, expect_stream_continues,
+                         float64_from)
+
+#: the notebook's globals of the same names, bound to its own (here wrong) values while a check runs
+_SM_GLOBALS = {"sigmas": torch.tensor([50.0, 5.0, 0.5, 0.05]), "SIGMA_MAX": 50.0, "SIGMA_MIN": 0.05, "sL": 0.05,
+               "EPS": 3e-6, "N_STEPS_EACH": 7, "T": 7, "eps": 3e-6, "mask": torch.ones(1, 1, 32, 32),
+               "D": 1024, "GAMMA": 1.3}
+#: error hints of calls that used those globals instead of the arguments
+_GLOBAL_HINTS: tuple[tuple[str, str], ...] = (
+    ("must match the size of tensor",
+     "a notebook global of another size was used (mask or sigmas of the notebook): use only the arguments."),
+    ("out of bounds", "the number of levels or steps does not come from the arguments (len(sigmas), n_steps_each)."),
+)
 
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
@@ -132,6 +146,26 @@ def _function_net(x: np.ndarray) -> np.ndarray:
     return 0.7 * x + 0.3 * np.sin(3 * x) + 0.2
 
 
+class _Calls:
+    """The calls of one sampler a check asks for, with the notebook's globals bound to wrong values, and
+    the discipline every one of them must keep (inputs left alone, the global random state untouched)."""
+
+    def __init__(self, p: Probe, fn: str, names: tuple[str, ...]):
+        self.p, self.fn, self.names, self.made = p, fn, names, []
+
+    def __call__(self, *args, **kwargs) -> Outcome:
+        out = self.p.call(self.fn, *args, bind=_SM_GLOBALS, error_hints=_GLOBAL_HINTS, **kwargs)
+        self.made.append((out, dict(zip(self.names, args))))
+        return out
+
+    def judge(self) -> None:
+        for out, sent in self.made:
+            out.value  # noqa: B018 - the call's own error first
+            expect_unchanged(out, {k: v if isinstance(v, torch.Tensor) else None for k, v in sent.items()}, self.fn)
+        for out, _ in self.made:
+            expect_no_global_rng(out, self.fn)
+
+
 # ----------------------------------------------------------------------------------------------
 # geometric_sigmas
 # ----------------------------------------------------------------------------------------------
@@ -175,6 +209,9 @@ def check_max_pairwise_distance(p: Probe):
     cases = [(tri, "the 3-4-5 triangle"), (rnd, "300 random images (1, 4, 5)")]
     outs = [p.call("max_pairwise_distance", x, what=f"max_pairwise_distance on {label}") for x, label in cases]
     yield
+    for (x, _), out in zip(cases, outs):
+        out.value  # noqa: B018 - the call's own error first
+        expect_unchanged(out, {"x": x}, "max_pairwise_distance")
     flat = rnd.reshape(300, -1).to(torch.float64)
     d = torch.cdist(flat, flat)  # (N, N)
     iu = torch.triu_indices(300, 300, offset=1)
@@ -259,6 +296,8 @@ def check_score(p: Probe):
     out = p.call("score", net, x, sigma, what="score(net, x, sigma)")
     out_f = p.call("score", net, x, 2.5, what="score(net, x, 2.5)")
     yield
+    out.value  # noqa: B018 - the call's own error first
+    expect_unchanged(out, {"net": None, "x": x, "sigma": sigma}, "score")
     got = as_tensor_array(out.value, "score(net, x, sigma)", shape=tuple(x.shape))
     with torch.no_grad():
         raw = FunctionNet()(x).double().numpy()
@@ -277,6 +316,9 @@ def check_score(p: Probe):
     expect(close(got, raw / 2.5, atol=1e-5, rtol=1e-4),
            f"score(net, x, sigma=2.5) (a float) is wrong: {describe_diff(got, raw / 2.5)}.",
            hint="accept a Python float sigma as well as a (B,) tensor (torch.as_tensor helps).")
+    expect_unchanged(out_f, {"net": None, "x": x}, "score")
+    expect_dtype_kept(out.value, "torch.float32", "score(net, x, sigma) for float32 x and sigma")
+    expect_dtype_kept(out_f.value, "torch.float32", "score(net, x, 2.5) for a float32 x")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,6 +399,10 @@ def check_dsm_loss(p: Probe):
     back = p.method(out3, "backward", what="loss.backward()")
     state = p.inspect(net, "the network")
     yield
+    for o, x_in in ((out1, x), (out2, x), (out3, xr)):
+        o.value  # noqa: B018 - the call's own error first
+        expect_unchanged(o, {"net": None, "x": x_in, "sigma": sigma, "noise": noise}, "dsm_loss")
+        expect_no_global_rng(o, "dsm_loss", takes_generator=False)
 
     nd = noise.double().reshape(B, -1)
     sd = sigma.double()
@@ -405,6 +451,8 @@ def check_dsm_loss(p: Probe):
         fail_known_mistake(f"dsm_loss on random data with a fixed network: expected {want:.6g}, got {got:.6g}. "
                            f"The noisy input is x + sigma * noise with one sigma per example.", hint)
     expect(loss.requires_grad, "the loss carries no gradient: do not detach it or convert it to a number.")
+    if not float64_from(out3.wrapped("score")):  # (a float64 score is judged in its own cell)
+        expect_dtype_kept(loss, "torch.float32", "dsm_loss(...) for float32 x, sigma and noise")
     back.value  # noqa: B018 - raises with the student's error if backward failed
     grad = (state.value.get("grads") or {}).get("a") if isinstance(state.value, dict) else None
     expect(isinstance(grad, TensorRecord) and float(np.abs(grad.array).sum()) > 0,
@@ -522,6 +570,12 @@ def _langevin_structure(out: Outcome, sigmas: list[float], eps: float, T: int, d
             hint = _VARIANT_HINTS["nodenoise"]
         elif denoise is False and _same_levels(levels, base + [sL]):
             hint = _VARIANT_HINTS["extradenoise"]
+        elif len(levels) in (L * _SM_GLOBALS["N_STEPS_EACH"], L * _SM_GLOBALS["N_STEPS_EACH"] + 1) and T != _SM_GLOBALS["N_STEPS_EACH"]:
+            hint = ("the number of steps per level is not the n_steps_each argument (the notebook's N_STEPS_EACH, or "
+                    "a fixed count, was used).")
+        elif any(v is not None and min(abs(v - g_) for g_ in _SM_GLOBALS["sigmas"].tolist()) < 1e-6 * v
+                 and min(abs(v - s_) for s_ in sigmas) > 1e-6 * v for v in levels):
+            hint = "the levels come from the notebook's global sigmas, not from the sigmas argument."
         fail_known_mistake(
             f"{what} should call score {T} times at each level of sigmas {sigmas}, largest first"
             + {True: ", then once more at sigma_min for the final denoising step", False: "",
@@ -536,9 +590,13 @@ def _langevin_structure(out: Outcome, sigmas: list[float], eps: float, T: int, d
         if d.get("sigma_min") is not None and abs(d["sigma_min"] - sL) > 1e-6 * sL:
             fail_known_mistake(f"{what} called langevin_step_size(eps, sigma, sigma_min) with sigma_min = "
                                f"{d['sigma_min']:.4g}; sigma_min is the smallest level, sigmas[-1] = {sL}.",
-                               _VARIANT_HINTS["norm_max"] if abs(d["sigma_min"] - s1) <= 1e-6 * s1 else None)
+                               _VARIANT_HINTS["norm_max"] if abs(d["sigma_min"] - s1) <= 1e-6 * s1 else
+                               "sigma_min does not come from the sigmas argument (the notebook's SIGMA_MIN or a fixed "
+                               "value was used): sigma_min = sigmas[-1]." if abs(d["sigma_min"] - _SM_GLOBALS["SIGMA_MIN"]) < 1e-9
+                               else None)
         expect(d.get("eps") is not None and abs(d["eps"] - eps) <= 1e-9 + 1e-6 * eps,
-               f"{what} called langevin_step_size with eps = {d.get('eps')}; expected the eps it was given, {eps}.")
+               f"{what} called langevin_step_size with eps = {d.get('eps')}; expected the eps it was given, {eps}.",
+               hint="use the eps argument, not the notebook's EPS or a fixed value.")
         alphas[round(sig, 9)] = got_a
     xs = [c["x"] for c in calls]
     if x0 is not None:
@@ -590,41 +648,53 @@ def _langevin_structure(out: Outcome, sigmas: list[float], eps: float, T: int, d
 @trusted
 def check_annealed_langevin(p: Probe):
     Lin = "score_matching.LinearNet"
+    call = _Calls(p, "annealed_langevin", ("net", "x", "sigmas", "eps", "n_steps_each"))
     # 1. Final denoising step: one level, the exact single-point score -> every sample lands on c.
     sig, c1 = 0.7, 0.25
     x1 = c1 + sig * torch.randn(8, 1, 4, 4, generator=p.gen(64))  # (B, 1, 4, 4)
     s1 = torch.tensor([sig])
-    out1 = p.call("annealed_langevin", p.stub(Lin, c=c1, k=1 / sig), x1, s1, 0.05, 3, denoise=True,
+    out1 = call(p.stub(Lin, c=c1, k=1 / sig), x1, s1, 0.05, 3, denoise=True,
                   generator=p.generator(1), what="annealed_langevin(..., denoise=True)")
-    out1b = p.call("annealed_langevin", p.stub(Lin, c=c1, k=1 / sig), x1, s1, 0.05, 3, denoise=False,
+    out1b = call(p.stub(Lin, c=c1, k=1 / sig), x1, s1, 0.05, 3, denoise=False,
                    generator=p.generator(1), what="annealed_langevin(..., denoise=False)")
     # 2. Technique 4's oracle: one level from variance (gamma sigma_L)^2 with the exact score.
     sL, gamma, T2, eps2, c2 = 0.1, 1.5, 5, 0.1 * 0.1 ** 2, -0.4
     x2 = c2 + gamma * sL * torch.randn(4096, 1, 4, 4, generator=p.gen(65))  # (4096, 1, 4, 4)
-    out2 = p.call("annealed_langevin", p.stub(Lin, c=c2, k=1 / sL), x2, torch.tensor([sL]), eps2, T2,
+    out2 = call(p.stub(Lin, c=c2, k=1 / sL), x2, torch.tensor([sL]), eps2, T2,
                   denoise=False, generator=p.generator(2), what="annealed_langevin(...)")
     # 3. Several levels with a linear network: exact mean and variance of a Gaussian recursion.
     sig_list = [2.0, 1.0, 0.5]
     eps, T, k, c, m0, v0 = 0.02, 4, 1.0, 0.3, 3.0, 4.0
     x3 = c + m0 + math.sqrt(v0) * torch.randn(16384, 1, 4, 4, generator=p.gen(66))  # (16384, 1, 4, 4)
-    outs3 = [(d, p.call("annealed_langevin", p.stub(Lin, c=c, k=k), x3, torch.tensor(sig_list), eps, T, denoise=d,
+    outs3 = [(d, call(p.stub(Lin, c=c, k=k), x3, torch.tensor(sig_list), eps, T, denoise=d,
                         generator=p.generator(3), what=f"annealed_langevin(..., denoise={d})")) for d in (False, True)]
     # the same with the calls of the student's score and langevin_step_size recorded (a smaller batch)
     xs = c + m0 + math.sqrt(v0) * torch.randn(256, 1, 4, 4, generator=p.gen(68))  # (256, 1, 4, 4)
-    struct = [(d, p.call("annealed_langevin", p.stub(Lin, c=c, k=k), xs, torch.tensor(sig_list), eps, T, denoise=d,
+    struct = [(d, call(p.stub(Lin, c=c, k=k), xs, torch.tensor(sig_list), eps, T, denoise=d,
                          generator=p.generator(3), what=f"annealed_langevin(..., denoise={d})", wrap=_HELPERS))
               for d in (False, True)]
     # 4. The generator drives every draw: same seed -> same samples, other seed -> other samples.
     x4 = torch.randn(4, 1, 4, 4, generator=p.gen(67))  # (4, 1, 4, 4)
     # (denoise=False: with a wrong score of their own the last step could map every sample to one point)
-    runs4 = [p.call("annealed_langevin", p.stub(Lin, c=0.0, k=1.0), x4, torch.tensor(sig_list), eps, 2,
+    runs4 = [call(p.stub(Lin, c=0.0, k=1.0), x4, torch.tensor(sig_list), eps, 2,
                     denoise=False, generator=p.generator(seed), what="annealed_langevin(..., generator=...)", global_seed=gs)
              for seed, gs in ((5, 1), (5, 2), (6, 3))]
+    # 5. one generator for two calls continues its stream; float32 kept, no graph (checked on part 3)
+    one = p.generator(8)
+    stream = [call(p.stub(Lin, c=0.0, k=1.0), x4, torch.tensor(sig_list), eps, 2, denoise=False, generator=one,
+                   what="annealed_langevin(..., generator=g)") for _ in range(2)]
     yield
 
+    call.judge()
     if all(_helpers_right(o, _linear(c, k)) for _, o in struct):
-        _annealed_direct(out1, out1b, x1, sig, c1, out2, x2, sL, gamma, T2, eps2, c2, outs3, sig_list, eps, T, k, c,
-                         m0, v0)
+        try:
+            _annealed_direct(out1, out1b, x1, sig, c1, out2, x2, sL, gamma, T2, eps2, c2, outs3, sig_list, eps, T, k,
+                             c, m0, v0)
+        except CheckFailed:
+            # a more specific diagnosis from the structure of the loop (levels, step sizes, updates), if any
+            for d, o in struct:
+                _langevin_structure(o, sig_list, eps, T, d, f"annealed_langevin(..., denoise={d})", x0=xs)
+            raise
     else:  # their own score or langevin_step_size is wrong (judged in its cell): judge the composition
         for d, o in struct:
             _langevin_structure(o, sig_list, eps, T, d, f"annealed_langevin(..., denoise={d})", x0=xs)
@@ -633,6 +703,13 @@ def check_annealed_langevin(p: Probe):
            "annealed_langevin should draw all its noise from `generator`: two runs with generators seeded "
            "alike must give the same samples, and differently seeded ones different samples.",
            hint="pass generator=generator to torch.randn (torch.randn_like takes no generator).")
+    expect_stream_continues(*(as_tensor_array(r.value, "annealed_langevin(...)") for r in stream),
+                            "annealed_langevin")
+    own64 = any(float64_from(o.wrapped("score")) for _, o in struct)  # (judged in score's own cell)
+    for d, o in outs3:
+        if not own64:
+            expect_dtype_kept(o.value, "torch.float32", f"annealed_langevin(..., denoise={d}) for a float32 x")
+        expect_no_graph(o.value, f"The samples of annealed_langevin(..., denoise={d}) (a network with parameters)")
 
 
 def _annealed_direct(out1, out1b, x1, sig, c1, out2, x2, sL, gamma, T2, eps2, c2, outs3, sig_list, eps, T, k, c,
@@ -713,9 +790,12 @@ def check_choose_step_size(p: Probe):
     for gamma, sL, T, L in [(1.071, 0.01, 5, 4), (1.5, 0.1, 3, 3), (1.2, 1.0, 10, 5), (2.0, 0.3, 1, 2)]:
         sigmas = torch.tensor([sL * gamma ** (L - 1 - i) for i in range(L)], dtype=torch.float64)  # (L,)
         label = f"choose_step_size(sigmas from {float(sigmas[0]):.4g} to {sL} with ratio {gamma}, n_steps_each={T})"
-        cases.append((gamma, sL, T, label, p.call("choose_step_size", sigmas, T, what=label)))
+        cases.append((gamma, sL, T, label, sigmas, p.call("choose_step_size", sigmas, T, what=label, bind=_SM_GLOBALS,
+                                                          error_hints=_GLOBAL_HINTS)))
     yield
-    for gamma, sL, T, label, out in cases:
+    for gamma, sL, T, label, sigmas, out in cases:
+        out.value  # noqa: B018 - the call's own error first
+        expect_unchanged(out, {"sigmas": sigmas}, "choose_step_size")
         got = _number(out.value, label)
         want = _best_eps(sL, gamma, T)
         expect(0 < got < sL ** 2, f"{label}: eps must lie in (0, sigma_L**2) = (0, {sL ** 2:.4g}); got {got:.6g}.",
@@ -727,6 +807,8 @@ def check_choose_step_size(p: Probe):
             ("gamma is inverted: technique 4 uses gamma = sigmas[0] / sigmas[1] > 1.", _best_eps(sL, 1 / gamma, T)),
             ("sigma_L was taken from sigmas[0]; it is the smallest level, sigmas[-1].", None),
             ("T is not n_steps_each.", _best_eps(sL, gamma, 1) if T != 1 else None),
+            ("T is not n_steps_each: the notebook's N_STEPS_EACH (or a fixed count) was used; use the argument.",
+             _best_eps(sL, gamma, 7) if T != 7 else None),
         ]
         hint = first_match(got, candidates, lambda a, b: abs(a / b - 1) <= 0.03)
         fail_known_mistake(
@@ -739,63 +821,104 @@ def check_choose_step_size(p: Probe):
 # ----------------------------------------------------------------------------------------------
 
 
+def _judge_known_pixels(inputs: list, xk: np.ndarray, known: np.ndarray, sigmas: list[float], T: int) -> None:
+    """Family 7: the network sees the known pixels as x_known + sigma_i z after every Langevin step at level i.
+
+    ``inputs``: what the network got, call by call (T per level, and at most one more for a final
+    denoising step, which sees the state after the last step). The first call of a level may still see
+    the previous level's noise (NCSN's Algorithm 2 replaces the known pixels after each step; its official
+    code also before the first); the first call of all may see anything (the initial x)."""
+    L = len(sigmas)
+    expect(len(inputs) in (L * T, L * T + 1),
+           f"While inpainting over sigmas {sigmas} with {T} steps each, inpaint should call the network {L * T} "
+           f"times (once per Langevin step); it called it {len(inputs)} times.",
+           hint="one call of score per Langevin step, T = n_steps_each steps at each level of sigmas"
+                + (" (the notebook's N_STEPS_EACH was used instead of the argument n_steps_each)."
+                   if len(inputs) in (L * _SM_GLOBALS["N_STEPS_EACH"], L * _SM_GLOBALS["N_STEPS_EACH"] + 1) else "."))
+    stats, bad = [], []
+    for k_, inp in enumerate(inputs):
+        if inp is None or inp.shape != xk.shape:
+            raise CheckFailed(f"inpaint gave the network inputs of shape {None if inp is None else inp.shape}; "
+                              f"expected {xk.shape}.")
+        r = (inp - xk)[known]
+        m, sd = float(r.mean()), float(r.std())
+        level = min(k_ // T, L - 1)
+        stats.append(sd)
+        if k_ == 0:
+            continue
+        allowed = [sigmas[level]] + ([sigmas[level - 1]] if k_ % T == 0 and k_ < L * T else [])
+        if not any(abs(sd / s_ - 1) <= 0.1 and abs(m) <= 0.12 * s_ for s_ in allowed):
+            bad.append((k_, level, m, sd))
+    if not bad:
+        return
+    later = stats[1:]
+    if all(v < 0.05 * sigmas[-1] for v in later):
+        hint = ("the known pixels are not re-noised: they are x_known itself during sampling; at level sigma they must "
+                "be x_known + sigma * z (NCSN appendix B), so that they look like the noisy images the network was "
+                "trained on.")
+    elif all(abs(v / sigmas[0] - 1) <= 0.15 for v in later):
+        hint = ("the known pixels are not re-noised at EACH level: after every Langevin step at level sigma_i "
+                "replace them by x_known + sigma_i * z (NCSN appendix B).")
+    elif all(k_ % T != 0 for k_, *_ in bad):
+        hint = ("the known pixels are replaced once per level, not after every Langevin step: in between, the "
+                "Langevin steps move them away from x_known + sigma_i * z. Replace them after EVERY step "
+                "(NCSN appendix B, Algorithm 2).")
+    else:
+        hint = ("after every Langevin step at level sigma_i the known pixels must be x_known + sigma_i * z, with the "
+                "level's own sigma_i.")
+    k_, level, m, sd = bad[0]
+    fail_known_mistake(
+        f"While inpainting over sigmas {sigmas} ({T} steps each), the network should see the known pixels as "
+        f"x_known + sigma_i * z after every Langevin step; at call {k_} (level sigma = {sigmas[level]}) they are "
+        f"x_known plus noise of mean {m:.3g} and std {sd:.3g} ({len(bad)} of {len(inputs) - 1} calls are off).", hint)
+
+
 @trusted
 def check_inpaint(p: Probe):
-    # 1. Known pixels: re-noised at every level, exactly x_known at the end (zero network).
-    sig1, T1, eps1 = [3.0, 1.0, 0.3], 3, 0.01
+    call = _Calls(p, "inpaint", ("net", "x_known", "mask", "sigmas", "eps", "n_steps_each"))
+    # 1. Known pixels: x_known + sigma_i z after EVERY Langevin step at level i (a network whose score moves
+    #    every pixel, so that known pixels left to the Langevin steps show), exactly x_known at the end.
+    sig1, T1, eps1 = [3.0, 1.0, 0.3], 3, 0.03
     xk1 = torch.rand(64, 1, 8, 8, generator=p.gen(68)) * 2 - 1  # (B, 1, 8, 8)
     mask1 = torch.zeros(1, 1, 8, 8)
     mask1[..., :4] = 1.0  # left half known
-    rec = p.stub("score_matching.RecordingNet", inner=p.stub("score_matching.ZeroNet"))
-    out1 = p.call("inpaint", rec, xk1, mask1, torch.tensor(sig1), eps1, T1, generator=p.generator(4),
-                  what="inpaint(net, x_known, mask, sigmas, eps, n_steps_each)")
+    rec = p.stub("score_matching.RecordingNet", inner=p.stub("score_matching.LinearNet", c=10.0, k=0.1))
+    out1 = call(rec, xk1, mask1, torch.tensor(sig1), eps1, T1, generator=p.generator(4),
+                what="inpaint(net, x_known, mask, sigmas, eps, n_steps_each)")
     # 2. Unknown pixels follow the improved Langevin update (linear network, start forgotten).
     sig2, T2, eps2, k, c = [2.0, 1.0, 0.5], 20, 0.05, 1.0, 1.5
     xk2 = torch.rand(4096, 1, 4, 4, generator=p.gen(69)) * 2 - 1  # (4096, 1, 4, 4)
     mask2 = torch.zeros(1, 1, 4, 4)
     mask2[..., :2, :] = 1.0  # top half known
-    out2 = p.call("inpaint", p.stub("score_matching.LinearNet", c=c, k=k), xk2, mask2, torch.tensor(sig2), eps2, T2,
-                  generator=p.generator(5), what="inpaint(...)")
+    out2 = call(p.stub("score_matching.LinearNet", c=c, k=k), xk2, mask2, torch.tensor(sig2), eps2, T2,
+                generator=p.generator(5), what="inpaint(...)")
     # the same with the calls of the student's score and langevin_step_size recorded (fewer steps, a smaller batch)
     Ts = 4
     xks = torch.rand(256, 1, 4, 4, generator=p.gen(71)) * 2 - 1  # (256, 1, 4, 4)
-    struct = p.call("inpaint", p.stub("score_matching.LinearNet", c=c, k=k), xks, mask2, torch.tensor(sig2), eps2, Ts,
-                    generator=p.generator(5), what="inpaint(...)", wrap=_HELPERS)
-    # 3. Reproducible with the generator.
+    struct = call(p.stub("score_matching.LinearNet", c=c, k=k), xks, mask2, torch.tensor(sig2), eps2, Ts,
+                  generator=p.generator(5), what="inpaint(...)", wrap=_HELPERS)
+    # 3. Reproducible with the generator; one generator continues its stream.
     xk3 = torch.rand(2, 1, 4, 4, generator=p.gen(70)) * 2 - 1
-    runs3 = [p.call("inpaint", p.stub("score_matching.ZeroNet"), xk3, mask2, torch.tensor([1.0, 0.5]), 0.01, 2,
-                    generator=p.generator(seed), what="inpaint(..., generator=...)", global_seed=gs)
+    runs3 = [call(p.stub("score_matching.ZeroNet"), xk3, mask2, torch.tensor([1.0, 0.5]), 0.01, 2,
+                  generator=p.generator(seed), what="inpaint(..., generator=...)", global_seed=gs)
              for seed, gs in ((5, 1), (5, 2), (6, 3))]
+    one = p.generator(9)
+    stream = [call(p.stub("score_matching.ZeroNet"), xk3, mask2, torch.tensor([1.0, 0.5]), 0.01, 2, generator=one,
+                   what="inpaint(..., generator=g)") for _ in range(2)]
     yield
 
-    mask_b = mask1.expand_as(xk1).bool()
+    call.judge()
+    mask_b = mask1.expand_as(xk1).bool().numpy()
     got = as_tensor_array(out1.value, "inpaint(...)", shape=tuple(xk1.shape))
-    kn = got[mask_b.numpy()]
-    want_kn = xk1.double()[mask_b].numpy()
-    expect(close(kn, want_kn, atol=1e-5, rtol=0),
-           f"The known pixels of the result must equal x_known exactly: {describe_diff(kn, want_kn)}.",
-           hint="after the last level, put x_known back on the known pixels "
-                "(x = mask * x_known + (1 - mask) * x).")
-    inputs = [_a64(cl["x"]) for cl in out1.model_calls(rec)]
-    expect(len(inputs) > 0, "inpaint never called the network.")
-    xk64 = xk1.double().numpy()
-    mb = mask_b.numpy()
-    stds = [float((inp - xk64)[mb].std()) if inp is not None and inp.shape == xk64.shape else float("nan")
-            for inp in inputs]
-    missing = [s for s in sig1 if sum(abs(v / s - 1) <= 0.15 for v in stds) < max(1, T1 - 1)]
-    if missing:
-        if all(v < 0.05 * sig1[-1] for v in stds[1:] or stds):
-            hint = ("the known pixels are not re-noised: they are x_known itself during sampling; at level sigma they must "
-                    "be x_known + sigma * z (NCSN appendix B), so that they look like the noisy images "
-                    "the network was trained on.")
-        else:
-            hint = ("the known pixels are not re-noised at EACH level: after every Langevin step at level "
-                    "sigma_i replace them by x_known + sigma_i * z (NCSN appendix B).")
-        seen = ", ".join(f"{v:.3g}" for v in stds[:: max(1, len(stds) // 8)])
-        fail_known_mistake(
-            f"While inpainting over sigmas {sig1} ({T1} steps each), the network should see the known "
-            f"pixels as x_known + sigma_i * z, i.e. with noise of std sigma_i at level i; no call showed "
-            f"noise of std {', '.join(str(s) for s in missing)} (stds seen: {seen} ...).", hint)
+    kn, want_kn = got[mask_b], xk1.double().numpy()[mask_b]
+    if not np.array_equal(kn, want_kn):
+        fail_known_mistake(f"The known pixels of the result must equal x_known exactly: {describe_diff(kn, want_kn)}.",
+                           "after the last level, put x_known back on the known pixels "
+                           "(x = mask * x_known + (1 - mask) * x, or torch.where(mask.bool(), x_known, x)).")
+    if not float64_from(struct.wrapped("score")):  # (a float64 score is judged in its own cell)
+        expect_dtype_kept(out1.value, "torch.float32", "inpaint(...) for a float32 x_known")
+    expect_no_graph(out1.value, "The result of inpaint(...) (a network with parameters)")
+    _judge_known_pixels([_a64(cl["x"]) for cl in out1.model_calls(rec)], xk1.double().numpy(), mask_b, sig1, T1)
 
     unk_s = ~mask2.expand_as(xks).bool().numpy()
     if _helpers_right(struct, _linear(c, k)):
@@ -810,6 +933,8 @@ def check_inpaint(p: Probe):
                        for d in (False, True)):
                     hint = _VARIANT_HINTS[name]
                     break
+            if hint is None:  # a more specific diagnosis from the structure of the loop, if any
+                _langevin_structure(struct, sig2, eps2, Ts, None, "inpaint(...) on the unknown pixels", unknown=unk_s)
             fail_known_mistake(
                 f"The unknown pixels should follow annealed Langevin dynamics (x + alpha s + sqrt(2 alpha) z, "
                 f"alpha = eps sigma**2 / sigma_min**2): with net(x) = -(x - c) over sigmas {sig2} they end "
@@ -823,6 +948,7 @@ def check_inpaint(p: Probe):
            "inpaint should draw all its noise from `generator`: two runs with generators seeded alike must "
            "give the same result, and differently seeded ones different results.",
            hint="pass generator=generator to every torch.randn.")
+    expect_stream_continues(*(as_tensor_array(r.value, "inpaint(...)") for r in stream), "inpaint")
 
 
 CHECKS = {
