@@ -177,13 +177,16 @@ class Course:
         hits = [c for c in nb.get("cells", []) if cells.grade_id(c) == q.id]
         return cells.source(hits[-1]) if hits else None
 
-    def answers(self, q: Question) -> list[Answer]:
-        """Every student's answer to ``q`` with its grade, by student id."""
+    def answers(self, q: Question, only: str | None = None) -> list[Answer]:
+        """Every student's answer to ``q`` with its grade, by student id (``only``: that
+        student's alone)."""
         out = []
         with course.quiet_nbgrader(), self.gradebook() as gb:
             a = gb.find_assignment(q.assignment)
             for sub in sorted(a.submissions, key=lambda s: s.student.id):
                 s = sub.student.id
+                if only is not None and s != only:
+                    continue
                 snb = next((n for n in sub.notebooks if n.name == q.notebook), None)
                 if snb is None:
                     continue

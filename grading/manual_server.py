@@ -155,14 +155,18 @@ def make_app(c: Course, token: str, port_holder: list[int]):
                 self.finish({"ok": False, "error": str(exc)})
                 return
             q = c.question(row["assignment"], row["question"], row["notebook"] or None)
-            ans = next((a for a in c.answers(q) if a.student == row["student"]), None)
+            ans = next(iter(c.answers(q, only=row["student"])), None)
             done, total = c.progress().get(q.key, (0, 0))
             self.finish({"ok": True, "written": n, "status": ans.status if ans else "",
                          "points": "" if ans is None or ans.manual_score is None
                          else f"{ans.manual_score:g}", "graded": done, "total": total})
 
+    class NoIcon(Base):
+        def get(self):
+            self.set_status(204)
+
     return tornado.web.Application(
-        [(r"/", Index), (r"/q/([^/]+)/([^/]+)/([^/]+)", QuestionPage), (r"/api/grade", Grade),
+        [(r"/", Index), (r"/favicon.ico", NoIcon), (r"/q/([^/]+)/([^/]+)/([^/]+)", QuestionPage), (r"/api/grade", Grade),
          (r"/katex/(.*)", tornado.web.StaticFileHandler, {"path": str(KATEX)})],
         template_path=str(FILES / "templates"), static_path=str(FILES / "static"),
         compiled_template_cache=False, autoreload=False)

@@ -417,3 +417,16 @@ def test_point_buttons():
     from grading.manual_server import point_steps
 
     assert point_steps(2) == [0, 1, 2] and point_steps(1) == [0, 0.5, 1] and point_steps(3) == [0, 1, 2, 3]
+
+
+def test_listed_cells_of_the_course_notebooks_exist_in_their_release():
+    """A written answer's ``metadata.course.about`` names code cells that students have."""
+    listed = 0
+    for a in course.list_assignments():
+        for path in course.assignment_notebooks(course.REPO_ROOT, a):
+            rel = course.read_json(course.REPO_ROOT / course.RELEASE_DIR / a / path.name)
+            code_ids = {c["id"] for c in rel["cells"] if c["cell_type"] == "code"}
+            for qid, ids in submitted.about_ids(course.read_json(path)).items():
+                assert set(ids) <= code_ids, (a, qid, set(ids) - code_ids)
+                listed += 1
+    assert listed >= 1   # 03_sampling's q_all_steps looks back to 5.1 and ahead to section 8
