@@ -12,7 +12,8 @@ CSV (one row per student and written question; :data:`CSV_COLUMNS`)::
     student,assignment,notebook,question,max_points,points,comment,status,answer
 
 ``import`` reads ``student``, ``assignment``, ``question`` (``notebook`` when the assignment has
-several), ``points`` and ``comment``; the other columns are for reading. A row with empty
+several), ``points`` and ``comment``; the other columns are for reading (an answer that starts like a
+spreadsheet formula, ``=...``, gets a leading ``'`` so that it stays text). A row with empty
 ``points`` and ``comment`` changes nothing; ``points`` may use a decimal comma. Every row is
 checked before anything is written (:class:`ManualGradeError` lists each bad row by its line
 number: an unknown student, assignment or question, points not a number, negative or above the
@@ -322,6 +323,16 @@ class Course:
 
 # -- CSV round trip --------------------------------------------------------------------------
 
+#: A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert(text: str) -> str:
+    """``text`` as a spreadsheet shows it without running it: a leading ``'`` before a formula
+    start (OWASP's advice for CSV files); for the columns ``import`` never reads."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def export_csv(c: Course, to: Path | str | None = None) -> tuple[str, int]:
     """The CSV text of every written answer (and write it to ``to`` when given); returns
     ``(text, rows)``."""
@@ -334,8 +345,8 @@ def export_csv(c: Course, to: Path | str | None = None) -> tuple[str, int]:
             w.writerow({"student": ans.student, "assignment": q.assignment, "notebook": q.notebook,
                         "question": q.id, "max_points": f"{q.max_points:g}",
                         "points": "" if ans.manual_score is None else f"{ans.manual_score:g}",
-                        "comment": ans.manual_comment, "status": ans.status,
-                        "answer": ans.text if ans.text is not None else ""})
+                        "comment": ans.manual_comment, "status": inert(ans.status),
+                        "answer": inert(ans.text) if ans.text is not None else ""})
             n += 1
     text = buf.getvalue()
     if to is not None:

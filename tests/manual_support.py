@@ -13,10 +13,26 @@ import grading_cases as gc  # noqa: E402
 
 A = gc.ASSIGNMENT
 QUESTION = "why"
-#: A 1x1 red PNG: the student's own "figure".
-PNG = base64.b64encode(bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763"
-    "f8cfc000000301010018dd8db40000000049454e44ae426082")).decode()
+
+
+def _png(width: int = 96, height: int = 32) -> str:
+    """A small RGB PNG (a colour ramp), base64: the student's own "figure"."""
+    import struct
+    import zlib
+
+    rows = b"".join(b"\0" + bytes(v for x in range(width) for v in (255 * x // width, 90, 200 - 150 * y // height))
+                    for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return base64.b64encode(png).decode()
+
+
+PNG = _png()
+PNG_WIDTH = 96
 
 
 def student_notebook(answer: str | None, number: str) -> dict:

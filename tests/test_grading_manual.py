@@ -430,3 +430,18 @@ def test_listed_cells_of_the_course_notebooks_exist_in_their_release():
                 assert set(ids) <= code_ids, (a, qid, set(ids) - code_ids)
                 listed += 1
     assert listed >= 1   # 03_sampling's q_all_steps looks back to 5.1 and ahead to section 8
+
+
+def test_an_answer_that_looks_like_a_formula_stays_text_in_the_csv(graded, tmp_path):
+    from grading.manual import inert
+
+    assert inert("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")"
+    assert inert("@SUM(A1)") == "'@SUM(A1)" and inert("-1 + 2") == "'-1 + 2"
+    assert inert("Because.") == "Because."
+    kept = submitted.path_for(graded.out, "bob", A, A)
+    data = json.loads(kept.read_text())
+    data["questions"][Q]["answer"] = "=cmd|'/c calc'!A0"
+    kept.write_text(json.dumps(data))
+    text, _ = export_csv(graded)
+    bob = next(r for r in csv.DictReader(text.splitlines()) if r["student"] == "bob")
+    assert bob["answer"] == "'=cmd|'/c calc'!A0"

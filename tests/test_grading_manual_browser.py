@@ -100,7 +100,7 @@ def test_grade_two_answers_reload_and_find_them_in_the_gradebook(graded, server,
     # the rubric and the student's own outputs beside the answer; math typeset offline by KaTeX
     assert "Rubric (2 points)." in page.locator("aside.rubric").inner_text()
     assert "loss = 0.125" in ada.inner_text() and "loss = 0.250" in bob.inner_text()
-    assert ada.locator("img.out").evaluate("i => i.complete && i.naturalWidth") == 1
+    assert ada.locator("img.out").evaluate("i => i.complete && i.naturalWidth") == ms.PNG_WIDTH
     assert page.locator("#s-ada .answer .katex").count() == 2
     assert page.locator("aside .katex").count() >= 1
     assert page.evaluate("window.pwned") is None          # a student's HTML ran nowhere
@@ -152,3 +152,18 @@ def test_a_forced_regrade_keeps_the_manual_grades(graded, server, browser):
     page.goto(server)
     assert page.locator("#s-ada button.step.on").inner_text() == "2"
     page.close()
+
+
+def test_a_comment_left_before_the_points_is_saved_with_them(graded, server, browser):
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.goto(server)
+    cyd = page.locator("#s-cyd")
+    cyd.locator("textarea.comment").fill("No answer.")
+    cyd.locator("input.points").focus()                   # the comment box is left first
+    expect(cyd.locator(".saved")).to_have_text("give points to save the comment")
+    cyd.locator("button.step[data-points='0']").click()
+    expect(cyd.locator(".saved")).to_have_text("saved")
+    page.close()
+    assert gradebook_grades(graded / "out")["cyd"] == (0.0, "No answer.", False)

@@ -17,7 +17,17 @@ function renderMath(root) {
 
 var TOKEN = document.querySelector('meta[name="grading-token"]').content;
 
+// One save at a time per card, in order: a comment's blur and a point click right after it
+// must not land (or report) the other way round.
+var queues = new WeakMap();
 function save(card, moveOn) {
+  var prev = queues.get(card) || Promise.resolve();
+  var next = prev.then(function () { return send(card, moveOn); });
+  queues.set(card, next);
+  return next;
+}
+
+function send(card, moveOn) {
   var main = card.closest(".answers");
   var pts = card.querySelector(".points"), com = card.querySelector(".comment");
   var out = card.querySelector(".saved");
@@ -46,13 +56,13 @@ function save(card, moveOn) {
       });
       var p = document.getElementById("progress");
       if (p) p.textContent = j.graded + " / " + j.total + " graded";
-      if (moveOn) next(card);
+      if (moveOn) focusNext(card);
       return true;
     })
     .catch(function (e) { out.textContent = "not saved: " + e; out.className = "saved error"; });
 }
 
-function next(card) {
+function focusNext(card) {
   var n = card.nextElementSibling;
   while (n && !n.classList.contains("card")) n = n.nextElementSibling;
   if (n) {
@@ -73,6 +83,14 @@ document.querySelectorAll(".card").forEach(function (card) {
     save(card, true);
   });
   com.addEventListener("blur", function () {
-    if (com.value !== com.dataset.saved) save(card, false);
+    if (com.value === com.dataset.saved) return;
+    if (pts.value.trim() === "") {  // saved with the points: a comment alone is not a grade
+      var out = card.querySelector(".saved");
+      out.textContent = "give points to save the comment";
+      out.className = "saved error";
+      return;
+    }
+    save(card, false);
   });
+  pts.addEventListener("change", function () { if (pts.value.trim() !== "") save(card, false); });
 });
