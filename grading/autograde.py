@@ -51,8 +51,8 @@ from .course import ToolError
 from .feedback import redact_feedback
 from .jobs import Job, WorkerSlot, prepare, run_job, submission_digest
 from .results import build_rows, write_gradebook
-from .submitted import keep_submitted
 from .state import grade_table, load_state, save_state, write_csvs
+from .submitted import keep_submitted
 from .template import Template, build_template, register_assignment
 from .worker import WorkerResult
 

@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 
 from . import course
-from .manual import Answer, Course, ManualGradeError, Question
+from .manual import Answer, Course, ManualGradeError
 
 FILES = Path(__file__).resolve().parent / "manual_files"
 KATEX = Path(__file__).resolve().parent / "vendor" / "katex"
@@ -154,6 +154,10 @@ def make_app(c: Course, token: str, port_holder: list[int]):
                 self.set_status(400)
                 self.finish({"ok": False, "error": str(exc)})
                 return
+            except Exception as exc:  # noqa: BLE001  (e.g. a gradebook locked by autograde)
+                self.set_status(500)
+                self.finish({"ok": False, "error": f"not saved: {type(exc).__name__}: {exc}"})
+                return
             q = c.question(row["assignment"], row["question"], row["notebook"] or None)
             ans = next(iter(c.answers(q, only=row["student"])), None)
             done, total = c.progress().get(q.key, (0, 0))
@@ -204,4 +208,4 @@ def serve(c: Course, port: int = 0) -> int:
     return 0
 
 
-__all__ = ["Question", "make_app", "markdown", "point_steps", "serve", "start"]
+__all__ = ["make_app", "markdown", "point_steps", "serve", "start"]
