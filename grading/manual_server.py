@@ -6,9 +6,11 @@ text and outputs are shown, never run: see "Safety" below.
 One question at a time across all students, as Gradescope grades: beside the question, its model
 answer and rubric (from ``solutions/``), every student's answer with the outputs of the cells the
 question is about as the student handed them in (kept by autograde: ``grading.submitted``), and
-for each a row of point buttons, a points field and a comment. A click on a point button, Enter
-in the points field, or leaving a changed comment saves that student's grade into the nbgrader
-gradebook (``grading.manual.Course.save``: the same checks as a CSV import).
+for each a row of point buttons, a points field and a comment. A click on a point button or Enter
+in the points field saves the points and the comment and moves to the next student; typed points
+also save when the field is left, and a changed comment when its box is left once the student has
+points. Saves go into the nbgrader gradebook (``grading.manual.Course.save``: the same checks as
+a CSV import); a refused one says why on the student's card.
 
 Why tornado: it is already in the course environment (Jupyter's server runs on it), small, kept up,
 with templates that escape by default and a static file handler; nothing else is needed.
