@@ -23,7 +23,9 @@ This module is the orchestration; each step lives in a module of its own:
 5. The parent alone writes the course gradebook and the rows (``grading.results``), ``grades.csv``
    and ``questions.csv`` (``grading.state``), the feedback HTML
    (``feedback/<student>/<assignment>/<nb>.html``, hidden tests removed and checked:
-   ``grading.feedback``) and the graded notebooks (``autograded/<student>/<assignment>/``).
+   ``grading.feedback``), the graded notebooks (``autograded/<student>/<assignment>/``) and, for
+   the TAs' grading page, the written answers with the outputs the student handed in
+   (``submitted_outputs/``: ``grading.submitted``).
 
 Exit status is non-zero only for the tool's own errors (:attr:`Report.errors`), never for a
 student's code; a submission that cannot be matched to an assignment is reported
@@ -50,6 +52,7 @@ from .feedback import redact_feedback
 from .jobs import Job, WorkerSlot, prepare, run_job, submission_digest
 from .results import build_rows, write_gradebook
 from .state import grade_table, load_state, save_state, write_csvs
+from .submitted import keep_submitted
 from .template import Template, build_template, register_assignment
 from .worker import WorkerResult
 
@@ -74,8 +77,10 @@ def _shorten(text: str, limit: int = 160) -> str:
 
 
 def _store_files(job: Job, out: Path) -> None:
-    """The job's feedback pages (hidden tests removed) and graded notebooks, into ``out``."""
+    """The job's feedback pages (hidden tests removed) and graded notebooks, into ``out``, and
+    the answers and outputs the student handed in (for the TAs' grading page)."""
     a, s = job.tpl.assignment, job.sub.student
+    keep_submitted(job, out)
     for rel, data in job.files.items():
         kind, nb_name = rel.split("/", 1)
         if kind == "feedback":

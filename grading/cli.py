@@ -1,5 +1,5 @@
 """The instructors' command line: ``python -m grading {release,check,autograde,feedback,export,
-rubric,demo,pack}``. Run ``python -m grading COMMAND --help`` for each command's options.
+rubric,demo,pack,manual}``. Run ``python -m grading COMMAND --help`` for each command's options.
 
 Trusted: runs in the instructor's process. Each command imports only its own module.
 """
@@ -86,6 +86,42 @@ def _cmd_pack(args) -> int:
     return pack_cli(args)
 
 
+def _cmd_manual(args) -> int:
+    from .manual import manual_cli
+
+    return manual_cli(args)
+
+
+def _add_manual(sub) -> None:
+    """``manual [--serve]``, ``manual export [FILE]``, ``manual import FILE`` (``grading.manual``);
+    the options are taken before or after the action."""
+    def options(p, default):
+        d = (lambda v: v) if default else (lambda v: argparse.SUPPRESS)
+        p.add_argument("--out", default=d("autograded"), help="autograde output folder")
+        p.add_argument("--db", default=d(None),
+                       help="gradebook URL (default: sqlite:///<out>/gradebook.db)")
+        p.add_argument("--root", default=d(str(course.REPO_ROOT)), help=argparse.SUPPRESS)
+
+    m = sub.add_parser("manual", help="grade the written answers: a local page (--serve) or a "
+                                      "CSV (export / import); no action: progress per question")
+    options(m, True)
+    m.add_argument("--serve", action="store_true",
+                   help="serve the grading page on 127.0.0.1 and print its URL")
+    m.add_argument("--port", type=int, default=0, help="port for --serve (default: a free one)")
+    m.set_defaults(func=_cmd_manual, action=None, file=None)
+    acts = m.add_subparsers(dest="action")
+    ex = acts.add_parser("export", help="one CSV row per student and written question")
+    ex.add_argument("file", nargs="?", default=None, help="CSV to write (default: written_answers.csv)")
+    ex.add_argument("--to", default=None, help="the same as FILE")
+    options(ex, False)
+    im = acts.add_parser("import", help="read points and comments back (all rows or none)")
+    im.add_argument("file", help="CSV from `manual export` with points and comments filled in")
+    options(im, False)
+    sv = acts.add_parser("serve", help="the same as --serve")
+    sv.add_argument("--port", type=int, default=argparse.SUPPRESS)
+    options(sv, False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m grading", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -155,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--zip", action="store_true", help="also write <out>.zip beside it")
     pk.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
     pk.set_defaults(func=_cmd_pack)
+
+    _add_manual(sub)
     return p
 
 

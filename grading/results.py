@@ -103,7 +103,8 @@ def write_gradebook(db_url: str, job: Job, updates: dict[str, dict[str, GradeUpd
             for g in snb.grades:
                 if g.name in grades:
                     g.auto_score = grades[g.name].score
-                    g.needs_manual_grade = grades[g.name].needs_manual_grade
+                    # a TA's manual score outlives a regrade (``grading.manual``)
+                    g.needs_manual_grade = grades[g.name].needs_manual_grade and g.manual_score is None
             for c in snb.comments:
                 if c.name in grades and grades[c.name].comment:
                     c.auto_comment = grades[c.name].comment
