@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import course, isolation, limits
+from . import course, datacache, isolation, limits
 from .collect import collect
 from .course import ToolError
 from .feedback import redact_feedback
@@ -66,6 +66,10 @@ class Report:
     not_graded: list[str] = field(default_factory=list)  # submissions of no known assignment
     seconds: float = 0.0
     out: Path | None = None
+    #: where the seconds of the graded jobs went, summed over jobs (phase -> seconds): the job
+    #: folder (``lay_out``), the worker's phases (``grading.worker.WorkerResult.timings``), and the
+    #: parent's ``rows``, ``gradebook``, ``files`` and ``state`` per job
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _shorten(text: str, limit: int = 160) -> str:
@@ -150,6 +154,7 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
         templates = _templates(subs, root, workdir, db_url)
         if db_url.startswith("sqlite:///") and Path(db_url[len("sqlite:///"):]).is_file():
             os.chmod(db_url[len("sqlite:///"):], 0o600)
+        datacache.warm(datacache.loaders_used(nb for t in templates.values() for nb in t.source.values()))
         log.info("%d assignment template(s) ready after %.1f s", len(templates),
                  time.perf_counter() - t_start)
         todo: list[Job] = []
@@ -175,9 +180,13 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
             bar = tqdm(total=len(to_run), desc="autograde", unit="nb", file=sys.stderr)
 
         def finish(j: Job) -> None:
+            t = [time.perf_counter()]
             grow, qrows, updates = build_rows(j)
+            t.append(time.perf_counter())
             write_gradebook(db_url, j, updates)
+            t.append(time.perf_counter())
             _store_files(j, out)
+            t.append(time.perf_counter())
             res = j.result
             if res is not None and res.tool_error:
                 report.errors.append(f"{j.key}: {res.tool_error}")
@@ -192,6 +201,13 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
                      f" [{_shorten(grow['notes'])}]" if grow["notes"] else "")
             report.graded += 1
             save_state(out, state)
+            t.append(time.perf_counter())
+            for phase, a, b in (("rows", 0, 1), ("gradebook", 1, 2), ("files", 2, 3), ("state", 3, 4)):
+                j.timings[phase] = round(t[b] - t[a], 3)
+            for phase, sec in j.timings.items():
+                report.timings[phase] = report.timings.get(phase, 0.0) + sec
+            slowest = (res.timings.get("slowest_cells") if res is not None else None) or []
+            log.debug("%s: seconds %s; slowest cells %s", j.key, j.timings, slowest)
 
         for j in todo:
             if not j.runnable:
