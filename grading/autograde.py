@@ -47,7 +47,7 @@ from . import course, datacache, isolation, limits
 from .collect import collect
 from .course import ToolError
 from .feedback import redact_feedback
-from .jobs import Job, WorkerSlot, prepare, run_job, submission_digest
+from .jobs import Job, WorkerSlot, prepare, run_job_with_retry, submission_digest
 from .results import build_rows, write_gradebook
 from .state import grade_table, load_state, save_state, write_csvs
 from .template import Template, build_template, register_assignment
@@ -105,8 +105,11 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
               jobs: int | None = None, db_url: str | None = None, force: bool = False,
               timeout: int | None = None, root: Path | str = course.REPO_ROOT,
               progress: bool = True, notebook_timeout: int | None = None,
-              memory_mb: int | None = None) -> Report:
+              memory_mb: int | None = None, scheduler: str | None = None) -> Report:
     """Autograde every submission found under ``submissions``; see the module docstring.
+
+    ``scheduler``: the address of a Dask distributed scheduler (``tcp://host:8786``) whose
+    workers grade the jobs (``grading.cluster``); None grades them here, ``jobs`` at a time.
 
     ``assignment`` may be an id or a ``01``-style prefix (``ValueError`` when it names none).
     """
@@ -142,19 +145,25 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
     # what a kernel must never see: the sources, the grading code, the output folder
     hidden = [p for p in (root / course.SOURCE_DIR, course.REPO_ROOT / course.SOURCE_DIR,
                           course.GRADING_DIR, out) if p.exists()]
-    mode, why = isolation.isolation_mode(hidden, workdir)
-    (log.info if mode != "none" else log.warning)("isolation: %s", why)
-    if mode in isolation.CONFINED:
-        isolation.warn_unreadable_shared_dirs()
     job_limits = limits.JobLimits(root, notebook_timeout, memory_mb)
-    if mode not in isolation.CONFINED or not limits.available():
-        job_limits.memory_mb = 0  # no cgroup can be made here: said once, then graded anyway
+    mode = None
+    if scheduler is None:
+        mode, why = isolation.isolation_mode(hidden, workdir)
+        (log.info if mode != "none" else log.warning)("isolation: %s", why)
+        if mode in isolation.CONFINED:
+            isolation.warn_unreadable_shared_dirs()
+        if mode not in isolation.CONFINED or not limits.available():
+            job_limits.memory_mb = 0  # no cgroup can be made here: said once, then graded anyway
+    else:  # each Dask worker probes its own sandbox and says so with its first result
+        log.info("grading on the Dask cluster at %s", scheduler)
     log.info("limits: %r", job_limits)
     try:
         templates = _templates(subs, root, workdir, db_url)
         if db_url.startswith("sqlite:///") and Path(db_url[len("sqlite:///"):]).is_file():
             os.chmod(db_url[len("sqlite:///"):], 0o600)
-        datacache.warm(datacache.loaders_used(nb for t in templates.values() for nb in t.source.values()))
+        if scheduler is None:
+            datacache.warm(datacache.loaders_used(nb for t in templates.values()
+                                                  for nb in t.source.values()))
         log.info("%d assignment template(s) ready after %.1f s", len(templates),
                  time.perf_counter() - t_start)
         todo: list[Job] = []
@@ -212,35 +221,43 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
         for j in todo:
             if not j.runnable:
                 finish(j)
-        slots: queue.Queue = queue.Queue()
-        all_slots = [WorkerSlot(workdir) for _ in range(min(jobs, max(1, len(to_run))))]
-        uids = isolation.UidPool() if mode in isolation.CONFINED else None
-        for sl in all_slots:
-            slots.put(sl)
+        if scheduler is not None:
+            from .cluster import run_on_cluster
 
-        def run_in_slot(j: Job, i: int) -> None:
-            sl = slots.get()
-            try:
-                run_job(j, i, workdir, mode, timeout, sl, uids, job_limits)
-                if not j.result.kernel_started:
-                    log.warning("%s: the kernel died before running any cell; trying again", j.key)
-                    run_job(j, i, workdir, mode, timeout, sl, uids, job_limits)
-            finally:
-                slots.put(sl)
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(run_in_slot, j, i): j for i, j in enumerate(to_run)}
-            for fut in as_completed(futures):
-                j = futures[fut]
-                try:
-                    fut.result()
-                except Exception as exc:  # noqa: BLE001  (a tool error, reported at the end)
-                    j.result = WorkerResult(tool_error=f"{type(exc).__name__}: {exc}")
+            def done(j: Job) -> None:
                 finish(j)
                 if bar is not None:
                     bar.update(1)
-        for sl in all_slots:
-            sl.close()
+
+            if to_run:
+                run_on_cluster(scheduler, to_run, timeout, job_limits, done)
+        else:
+            slots: queue.Queue = queue.Queue()
+            all_slots = [WorkerSlot(workdir) for _ in range(min(jobs, max(1, len(to_run))))]
+            uids = isolation.UidPool() if mode in isolation.CONFINED else None
+            for sl in all_slots:
+                slots.put(sl)
+
+            def run_in_slot(j: Job, i: int) -> None:
+                sl = slots.get()
+                try:
+                    run_job_with_retry(j, i, workdir, mode, timeout, sl, uids, job_limits, log)
+                finally:
+                    slots.put(sl)
+
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(run_in_slot, j, i): j for i, j in enumerate(to_run)}
+                for fut in as_completed(futures):
+                    j = futures[fut]
+                    try:
+                        fut.result()
+                    except Exception as exc:  # noqa: BLE001  (a tool error, reported at the end)
+                        j.result = WorkerResult(tool_error=f"{type(exc).__name__}: {exc}")
+                    finish(j)
+                    if bar is not None:
+                        bar.update(1)
+            for sl in all_slots:
+                sl.close()
         if bar is not None:
             bar.close()
         write_csvs(out, state)
@@ -254,7 +271,8 @@ def autograde_cli(args) -> int:
     try:
         rep = autograde(args.submissions, out=args.out, assignment=args.assignment, jobs=args.jobs,
                         db_url=args.db, force=args.force, timeout=args.timeout, root=args.root,
-                        notebook_timeout=args.notebook_timeout, memory_mb=args.memory_mb)
+                        notebook_timeout=args.notebook_timeout, memory_mb=args.memory_mb,
+                        scheduler=getattr(args, "scheduler", None))
     except (ToolError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2

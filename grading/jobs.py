@@ -235,3 +235,15 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
             uid_lock.close()
         shutil.rmtree(job_dir, ignore_errors=True)
         job.timings["clean_up"] = job.timings.get("clean_up", 0.0) + round(time.perf_counter() - t_clean, 3)
+
+
+def run_job_with_retry(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
+                       slot: WorkerSlot, uids: UidPool | None = None,
+                       job_limits: limits.JobLimits | None = None, log=None) -> None:
+    """:func:`run_job`, once more when the kernel died before running any cell (the machine's
+    fault, not the student's); the local pool and every Dask worker grade this way."""
+    run_job(job, index, workdir, mode, timeout, slot, uids, job_limits)
+    if not job.result.kernel_started:
+        if log is not None:
+            log.warning("%s: the kernel died before running any cell; trying again", job.key)
+        run_job(job, index, workdir, mode, timeout, slot, uids, job_limits)
