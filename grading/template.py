@@ -21,6 +21,7 @@ from pathlib import Path
 from . import cells, course
 from .cells import GradedCell
 from .course import ToolError
+from .gradebook import writing
 from .slow import SlowCells, slow_cells
 
 
@@ -94,7 +95,7 @@ def build_template(assignment: str, root: Path, workdir: Path) -> Template:
 def register_assignment(tpl: Template, db_url: str) -> None:
     """Create or update the assignment in the course gradebook (parent only)."""
     api = course.make_api(tpl.root, db_url=db_url)
-    with course.quiet_nbgrader():
+    with writing(db_url), course.quiet_nbgrader():
         res = api.generate_assignment(tpl.assignment, force=True, create=True)
     if not res["success"]:
         raise ToolError(f"could not register {tpl.assignment} in {db_url}:\n"
