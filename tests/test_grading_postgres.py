@@ -133,3 +133,26 @@ def test_two_runs_at_once_into_one_postgres_gradebook_lose_nothing(pg_url, tmp_p
     for a in (A, other):
         state = json.loads((tmp_path / f"out-{a}" / ".autograde_state.json").read_text())
         assert sorted(state["submissions"]) == sorted(f"{n}/{a}" for n in names)
+
+
+def test_gradebook_writers_take_turns(pg_url):
+    """While one process writes the course gradebook, another cannot start to."""
+    from sqlalchemy import create_engine, text
+
+    from grading.gradebook import LOCK_KEY, writing
+
+    other = create_engine(pg_url)
+    try:
+        with other.connect() as conn:
+            def free() -> bool:
+                got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar()
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+                return bool(got)
+
+            assert free()
+            with writing(pg_url):
+                assert not free()
+            assert free()
+    finally:
+        other.dispose()
