@@ -56,6 +56,8 @@ from .worker import WorkerResult
 __all__ = ["Report", "ToolError", "autograde", "autograde_cli"]
 
 log = logging.getLogger("grading.autograde")
+#: Seconds between two writes of the state file while grading (and once at the end).
+STATE_SAVE_EVERY_S = 10.0
 
 
 @dataclass
@@ -188,6 +190,8 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
 
             bar = tqdm(total=len(to_run), desc="autograde", unit="nb", file=sys.stderr)
 
+        saved = [time.perf_counter()]
+
         def finish(j: Job) -> None:
             t = [time.perf_counter()]
             grow, qrows, updates = build_rows(j)
@@ -209,7 +213,11 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
                      " (review)" if grow["review"] else "",
                      f" [{_shorten(grow['notes'])}]" if grow["notes"] else "")
             report.graded += 1
-            save_state(out, state)
+            # The state file holds every submission: written after each job it cost O(n^2) for a
+            # course's term. A lost state entry only means the job is graded again next time.
+            if time.perf_counter() - saved[0] >= STATE_SAVE_EVERY_S:
+                save_state(out, state)
+                saved[0] = time.perf_counter()
             t.append(time.perf_counter())
             for phase, a, b in (("rows", 0, 1), ("gradebook", 1, 2), ("files", 2, 3), ("state", 3, 4)):
                 j.timings[phase] = round(t[b] - t[a], 3)
@@ -262,6 +270,7 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
             bar.close()
         write_csvs(out, state)
     finally:
+        save_state(out, state)  # also when the run stops half-way: what was graded stays graded
         shutil.rmtree(workdir, ignore_errors=True)
     report.seconds = time.perf_counter() - t_start
     return report
