@@ -45,11 +45,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import course, isolation, limits
+from . import course, datacache, isolation, limits
 from .collect import collect
 from .course import ToolError
 from .feedback import redact_feedback
-from .jobs import Job, WorkerSlot, prepare, run_job, submission_digest
+from .jobs import Job, WorkerSlot, prepare, run_job_with_retry, submission_digest
 from .results import build_rows, write_gradebook
 from .state import grade_table, load_state, save_state, write_csvs
 from .submitted import keep_submitted
@@ -59,6 +59,8 @@ from .worker import WorkerResult
 __all__ = ["Report", "ToolError", "autograde", "autograde_cli"]
 
 log = logging.getLogger("grading.autograde")
+#: Seconds between two writes of the state file while grading (and once at the end).
+STATE_SAVE_EVERY_S = 10.0
 
 
 @dataclass
@@ -69,6 +71,10 @@ class Report:
     not_graded: list[str] = field(default_factory=list)  # submissions of no known assignment
     seconds: float = 0.0
     out: Path | None = None
+    #: where the seconds of the graded jobs went, summed over jobs (phase -> seconds): the job
+    #: folder (``lay_out``), the worker's phases (``grading.worker.WorkerResult.timings``), and the
+    #: parent's ``rows``, ``gradebook``, ``files`` and ``state`` per job
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _shorten(text: str, limit: int = 160) -> str:
@@ -106,8 +112,11 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
               jobs: int | None = None, db_url: str | None = None, force: bool = False,
               timeout: int | None = None, root: Path | str = course.REPO_ROOT,
               progress: bool = True, notebook_timeout: int | None = None,
-              memory_mb: int | None = None) -> Report:
+              memory_mb: int | None = None, scheduler: str | None = None) -> Report:
     """Autograde every submission found under ``submissions``; see the module docstring.
+
+    ``scheduler``: the address of a Dask distributed scheduler (``tcp://host:8786``) whose
+    workers grade the jobs (``grading.cluster``); None grades them here, ``jobs`` at a time.
 
     ``assignment`` may be an id or a ``01``-style prefix (``ValueError`` when it names none).
     """
@@ -143,18 +152,25 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
     # what a kernel must never see: the sources, the grading code, the output folder
     hidden = [p for p in (root / course.SOURCE_DIR, course.REPO_ROOT / course.SOURCE_DIR,
                           course.GRADING_DIR, out) if p.exists()]
-    mode, why = isolation.isolation_mode(hidden, workdir)
-    (log.info if mode != "none" else log.warning)("isolation: %s", why)
-    if mode in isolation.CONFINED:
-        isolation.warn_unreadable_shared_dirs()
     job_limits = limits.JobLimits(root, notebook_timeout, memory_mb)
-    if mode not in isolation.CONFINED or not limits.available():
-        job_limits.memory_mb = 0  # no cgroup can be made here: said once, then graded anyway
+    mode = None
+    if scheduler is None:
+        mode, why = isolation.isolation_mode(hidden, workdir)
+        (log.info if mode != "none" else log.warning)("isolation: %s", why)
+        if mode in isolation.CONFINED:
+            isolation.warn_unreadable_shared_dirs()
+        if mode not in isolation.CONFINED or not limits.available():
+            job_limits.memory_mb = 0  # no cgroup can be made here: said once, then graded anyway
+    else:  # each Dask worker probes its own sandbox and says so with its first result
+        log.info("grading on the Dask cluster at %s", scheduler)
     log.info("limits: %r", job_limits)
     try:
         templates = _templates(subs, root, workdir, db_url)
         if db_url.startswith("sqlite:///") and Path(db_url[len("sqlite:///"):]).is_file():
             os.chmod(db_url[len("sqlite:///"):], 0o600)
+        if scheduler is None:
+            datacache.warm(datacache.loaders_used(nb for t in templates.values()
+                                                  for nb in t.source.values()))
         log.info("%d assignment template(s) ready after %.1f s", len(templates),
                  time.perf_counter() - t_start)
         todo: list[Job] = []
@@ -179,10 +195,16 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
 
             bar = tqdm(total=len(to_run), desc="autograde", unit="nb", file=sys.stderr)
 
+        saved = [time.perf_counter()]
+
         def finish(j: Job) -> None:
+            t = [time.perf_counter()]
             grow, qrows, updates = build_rows(j)
+            t.append(time.perf_counter())
             write_gradebook(db_url, j, updates)
+            t.append(time.perf_counter())
             _store_files(j, out)
+            t.append(time.perf_counter())
             res = j.result
             if res is not None and res.tool_error:
                 report.errors.append(f"{j.key}: {res.tool_error}")
@@ -196,44 +218,64 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
                      " (review)" if grow["review"] else "",
                      f" [{_shorten(grow['notes'])}]" if grow["notes"] else "")
             report.graded += 1
-            save_state(out, state)
+            # The state file holds every submission: written after each job it cost O(n^2) for a
+            # course's term. A lost state entry only means the job is graded again next time.
+            if time.perf_counter() - saved[0] >= STATE_SAVE_EVERY_S:
+                save_state(out, state)
+                saved[0] = time.perf_counter()
+            t.append(time.perf_counter())
+            for phase, a, b in (("rows", 0, 1), ("gradebook", 1, 2), ("files", 2, 3), ("state", 3, 4)):
+                j.timings[phase] = round(t[b] - t[a], 3)
+            for phase, sec in j.timings.items():
+                report.timings[phase] = report.timings.get(phase, 0.0) + sec
+            slowest = (res.timings.get("slowest_cells") if res is not None else None) or []
+            log.debug("%s: seconds %s; slowest cells %s", j.key, j.timings, slowest)
 
         for j in todo:
             if not j.runnable:
                 finish(j)
-        slots: queue.Queue = queue.Queue()
-        all_slots = [WorkerSlot(workdir) for _ in range(min(jobs, max(1, len(to_run))))]
-        uids = isolation.UidPool() if mode in isolation.CONFINED else None
-        for sl in all_slots:
-            slots.put(sl)
+        if scheduler is not None:
+            from .cluster import run_on_cluster
 
-        def run_in_slot(j: Job, i: int) -> None:
-            sl = slots.get()
-            try:
-                run_job(j, i, workdir, mode, timeout, sl, uids, job_limits)
-                if not j.result.kernel_started:
-                    log.warning("%s: the kernel died before running any cell; trying again", j.key)
-                    run_job(j, i, workdir, mode, timeout, sl, uids, job_limits)
-            finally:
-                slots.put(sl)
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(run_in_slot, j, i): j for i, j in enumerate(to_run)}
-            for fut in as_completed(futures):
-                j = futures[fut]
-                try:
-                    fut.result()
-                except Exception as exc:  # noqa: BLE001  (a tool error, reported at the end)
-                    j.result = WorkerResult(tool_error=f"{type(exc).__name__}: {exc}")
+            def done(j: Job) -> None:
                 finish(j)
                 if bar is not None:
                     bar.update(1)
-        for sl in all_slots:
-            sl.close()
+
+            if to_run:
+                run_on_cluster(scheduler, to_run, timeout, job_limits, done)
+        else:
+            slots: queue.Queue = queue.Queue()
+            all_slots = [WorkerSlot(workdir) for _ in range(min(jobs, max(1, len(to_run))))]
+            uids = isolation.UidPool() if mode in isolation.CONFINED else None
+            for sl in all_slots:
+                slots.put(sl)
+
+            def run_in_slot(j: Job, i: int) -> None:
+                sl = slots.get()
+                try:
+                    run_job_with_retry(j, i, workdir, mode, timeout, sl, uids, job_limits, log)
+                finally:
+                    slots.put(sl)
+
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(run_in_slot, j, i): j for i, j in enumerate(to_run)}
+                for fut in as_completed(futures):
+                    j = futures[fut]
+                    try:
+                        fut.result()
+                    except Exception as exc:  # noqa: BLE001  (a tool error, reported at the end)
+                        j.result = WorkerResult(tool_error=f"{type(exc).__name__}: {exc}")
+                    finish(j)
+                    if bar is not None:
+                        bar.update(1)
+            for sl in all_slots:
+                sl.close()
         if bar is not None:
             bar.close()
         write_csvs(out, state)
     finally:
+        save_state(out, state)  # also when the run stops half-way: what was graded stays graded
         shutil.rmtree(workdir, ignore_errors=True)
     report.seconds = time.perf_counter() - t_start
     return report
@@ -243,7 +285,8 @@ def autograde_cli(args) -> int:
     try:
         rep = autograde(args.submissions, out=args.out, assignment=args.assignment, jobs=args.jobs,
                         db_url=args.db, force=args.force, timeout=args.timeout, root=args.root,
-                        notebook_timeout=args.notebook_timeout, memory_mb=args.memory_mb)
+                        notebook_timeout=args.notebook_timeout, memory_mb=args.memory_mb,
+                        scheduler=getattr(args, "scheduler", None))
     except (ToolError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2

@@ -30,12 +30,16 @@ END_HIDDEN_TESTS = "END HIDDEN TESTS"
 CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 TEXT_STUB = "YOUR ANSWER HERE"
 
-#: Cells with this tag are skipped by the cell runner (nbval and nbgrader run them in fast mode).
+#: Cells with this tag in the course's notebooks are skipped by the cell runner and, by default, by
+#: autograde (``grading.slow`` decides which submitted cells they are); nbval runs them in fast mode.
 SLOW_TAG = "slow"
 #: nbclient skips cells with this tag by default; a submission's cells lose it (see sanitize).
 SKIP_EXECUTION_TAG = "skip-execution"
-#: The tag nbclient is told to skip instead: no cell of the course carries it.
+#: A tag nbclient is told to skip where nothing may be skipped (the cell runner).
 NEVER_SKIP_TAG = "__diffusion_course_never_skip__"
+#: The tag nbclient skips while autograding: only ``grading.slow`` sets it, on the cells it leaves
+#: out; a submission's cells lose it first (see sanitize).
+GRADER_SKIP_TAG = "__diffusion_grader_leaves_out__"
 
 #: A hidden-test line shorter than this is too generic to look for in feedback pages.
 MIN_HIDDEN_LINE = 12

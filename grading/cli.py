@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--assignment", help="assignment id (or its number, e.g. 01) when the file "
                                         "names do not tell")
     a.add_argument("--jobs", type=int, default=None, help="parallel students (default: CPUs)")
+    a.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="grade on the Dask cluster of this scheduler (tcp://host:8786); its "
+                        "workers need the course folder, its venv and data (README)")
     a.add_argument("--db", default=None, help="gradebook SQLAlchemy URL "
                                               "(default: sqlite:///<out>/gradebook.db)")
     a.add_argument("--out", default="autograded", help="output folder (default: ./autograded)")

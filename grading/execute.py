@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import ClassVar
 
 from nbclient.exceptions import DeadKernelError
 from nbformat.notebooknode import NotebookNode
@@ -34,13 +35,26 @@ class CourseExecute(Execute):
     memory_cgroup = Unicode("", help="The job's memory cgroup folder, to tell an out-of-memory kill "
                                      "from other deaths.").tag(config=True)
     memory_limit_mb = Integer(0, help="The memory limit, for the message.").tag(config=True)
+    #: Where the seconds of the last notebook went: ``kernel_start`` (from the call to the first
+    #: cell: the kernel's launch, bubblewrap, ``kernel_info``), ``cells`` (all cells run), and
+    #: ``slowest_cells`` (the five slowest, ``[index, seconds]``). The worker reads it back.
+    last_timings: ClassVar[dict] = {}
 
     def preprocess(self, nb, resources=None, km=None):
         self._stopped: str | None = None
         self._killed_for_time = False
         self._deadline = time.monotonic() + self.notebook_timeout if self.notebook_timeout > 0 else None
         self._ooms_before = limits.oom_kills(self.memory_cgroup)
-        return super().preprocess(nb, resources, km)
+        self._t_start, self._t_first, self._cell_seconds = time.perf_counter(), None, []
+        try:
+            return super().preprocess(nb, resources, km)
+        finally:
+            end = time.perf_counter()
+            first = self._t_first if self._t_first is not None else end
+            CourseExecute.last_timings = {
+                "kernel_start": round(first - self._t_start, 3),
+                "cells": round(end - first, 3),
+                "slowest_cells": sorted(self._cell_seconds, key=lambda x: -x[1])[:5]}
 
     # -- the watchdog ------------------------------------------------------------------------------
     def _kill_kernel(self) -> None:
@@ -50,8 +64,11 @@ class CourseExecute(Execute):
             proc.kill()
 
     def preprocess_cell(self, cell, resources, index):
+        if self._t_first is None:
+            self._t_first = time.perf_counter()
         if cell.cell_type != "code":
             return cell, resources
+        t_cell = time.perf_counter()
         if self._stopped is not None:
             _mark(cell, "NotRun", f"this cell was not run: {self._stopped}")
             return cell, resources
@@ -86,6 +103,7 @@ class CourseExecute(Execute):
         finally:
             if timer is not None:
                 timer.cancel()
+            self._cell_seconds.append([index, round(time.perf_counter() - t_cell, 3)])
 
 
 def _cell_name(cell, index: int) -> str:

@@ -27,6 +27,7 @@ from .collect import Submission
 from .course import ToolError
 from .isolation import UidPool
 from .sanitize import sanitize
+from .slow import SlowCells, mark_left_out
 from .tamper import scan_notebook
 from .template import Template
 from .worker import RESULT_FILE, WorkerResult
@@ -45,6 +46,7 @@ class Job:
     files: dict[str, bytes] = field(default_factory=dict)  # "feedback/<nb>", "autograded/<nb>"
     wall_seconds: float | None = None
     memory_peak_mb: float | None = None     # the kernel's peak memory (as root, from its cgroup)
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds (see Report.timings)
 
     @property
     def key(self) -> str:
@@ -81,6 +83,7 @@ def prepare(sub: Submission, tpl: Template, max_notebook_bytes: int | None = Non
         notebooks[name] = s.nb
         for f in scan_notebook(s.nb, tpl.release[name]):
             flags.append(f"{name}: {f}")
+        mark_left_out(s.nb, tpl.slow.get(name, SlowCells()))  # after the scan: it reads the student's cells
     for extra in files:
         notes.append(f"ignored extra file {extra}")
     return Job(sub, tpl, submission_digest(sub, tpl), notebooks, reasons, notes, flags)
@@ -166,7 +169,9 @@ def _lay_out(job: Job, job_dir: Path, mode: str, uid: int, timeout: int | None,
     env = {"JUPYTER_PATH": str(job_dir / "kernels"), "HOME": str(home),
            "DIFFUSION_DATA_DIR": str(home / "data"),
            "DIFFUSION_CHECKPOINT_DIR": str(home / "checkpoints"),
-           "GRADEPROBE_DIR": str(home / "probe")}
+           "GRADEPROBE_DIR": str(home / "probe"),
+           # the kernel has no network: a download attempt would only cost it seconds
+           "DIFFUSION_NO_DOWNLOAD": "1"}
     if mode != "none" and kernel_manager.get("transport") != "ipc":
         raise ToolError(f"the job folder's path is too long for the kernel's Unix sockets: {home}")
     (job_dir / "job.json").write_text(json.dumps(
@@ -192,12 +197,16 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
         isolation.UID_BASE + index % UidPool.SIZE, None)
     confined = mode in isolation.CONFINED
     cgroup = None
+    t_start = time.perf_counter()
     try:
         if confined:
             isolation.reap_uid(uid)
             cgroup = limits.create(f"{job_dir.name}-{uid}", job_limits.memory_mb if job_limits else 0)
+        t_reap = time.perf_counter()
         _lay_out(job, job_dir, mode, uid, timeout, cgroup, job_limits)
         t0 = time.perf_counter()
+        job.timings["reap_and_cgroup"] = round(t_reap - t_start, 3)
+        job.timings["lay_out"] = round(t0 - t_reap, 3)
         died = slot.run(job_dir)
         res_file = job_dir / RESULT_FILE
         if res_file.is_file():
@@ -212,10 +221,29 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
                 if p.is_file() and job_dir in p.parents:
                     job.files[f"{kind}/{nb_name}"] = p.read_bytes()
         job.memory_peak_mb = limits.peak_mb(cgroup) if cgroup else None
+        for phase, sec in job.result.timings.items():
+            if isinstance(sec, (int, float)):
+                job.timings[phase] = job.timings.get(phase, 0.0) + sec
+        job.timings["worker_other"] = round(job.wall_seconds - sum(
+            v for v in job.result.timings.values() if isinstance(v, (int, float))), 3)
     finally:
+        t_clean = time.perf_counter()
         if confined:
             isolation.reap_uid(uid)
         limits.remove(cgroup)
         if uid_lock is not None:
             uid_lock.close()
         shutil.rmtree(job_dir, ignore_errors=True)
+        job.timings["clean_up"] = job.timings.get("clean_up", 0.0) + round(time.perf_counter() - t_clean, 3)
+
+
+def run_job_with_retry(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
+                       slot: WorkerSlot, uids: UidPool | None = None,
+                       job_limits: limits.JobLimits | None = None, log=None) -> None:
+    """:func:`run_job`, once more when the kernel died before running any cell (the machine's
+    fault, not the student's); the local pool and every Dask worker grade this way."""
+    run_job(job, index, workdir, mode, timeout, slot, uids, job_limits)
+    if not job.result.kernel_started:
+        if log is not None:
+            log.warning("%s: the kernel died before running any cell; trying again", job.key)
+        run_job(job, index, workdir, mode, timeout, slot, uids, job_limits)

@@ -36,8 +36,14 @@ c.Execute.interrupt_on_timeout = True  # ... and the rest of the notebook still 
 c.Execute.startup_timeout = 120
 c.Execute.raise_on_iopub_timeout = False
 # nbclient skips cells tagged "skip-execution" by default; a student could tag a test cell with
-# it and get its points with a blank answer. No cell of this course uses this tag.
-c.Execute.skip_cells_with_tag = cells.NEVER_SKIP_TAG
+# it and get its points with a blank answer. It skips only the grader's own tag instead, which
+# grading.slow puts on the cells the graded run leaves out (sanitize strips it from submissions).
+c.Execute.skip_cells_with_tag = cells.GRADER_SKIP_TAG
+
+# The cells tagged "slow" in solutions/ (training loops, long experiments) are not run while
+# autograding: no test cell depends on them (tests/test_grading_slow.py), and the TA reads the
+# student's own outputs there. True runs every cell, as nbval does.
+c.CourseGrading.execute_slow_cells = False
 
 # Our Execute (grading/execute.py): a wall clock per notebook after which the kernel is killed
 # even if it ignores interrupts, and a kernel that dies keeps the points of the cells that passed

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import course
+from .gradebook import writing
 from .jobs import Job
 from .messages import summary
 
@@ -91,11 +92,12 @@ def build_rows(job: Job) -> tuple[dict, list[dict], dict[str, dict[str, GradeUpd
 
 
 def write_gradebook(db_url: str, job: Job, updates: dict[str, dict[str, GradeUpdate]]) -> None:
-    """Record one submission's grades in the course gradebook (parent process only)."""
+    """Record one submission's grades in the course gradebook (parent process only; one writer at
+    a time across autograde runs, see ``grading.gradebook``)."""
     from nbgrader.api import Gradebook
 
     a, s = job.tpl.assignment, job.sub.student
-    with course.quiet_nbgrader(), Gradebook(db_url, "diffusion") as gb:
+    with writing(db_url), course.quiet_nbgrader(), Gradebook(db_url, "diffusion") as gb:
         gb.update_or_create_student(s)
         gb.update_or_create_submission(a, s)
         for nb_name, grades in updates.items():

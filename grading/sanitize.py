@@ -40,7 +40,8 @@ NOISY_NOTEBOOK_META = ("widgets", "colab", "vscode", "accelerator", "gpuClass", 
                        "toc", "varInspector", "celltoolbar", "jupytext", "papermill", "orig_nbformat")
 NOISY_CELL_META = ("execution", "colab", "vscode", "outputId", "id", "ExecuteTime", "executionInfo",
                    "papermill", "collapsed", "scrolled", "jupyter", "pycharm")
-STRIP_TAGS = (cells.SKIP_EXECUTION_TAG,)
+#: Tags that would make nbclient skip a cell; only the grader (``grading.slow``) sets the second.
+STRIP_TAGS = (cells.SKIP_EXECUTION_TAG, cells.GRADER_SKIP_TAG)
 MAX_BYTES = 20_000_000          # a notebook's size once its outputs are removed
 MAX_UPLOAD_BYTES = 512_000_000  # what is read at all (outputs are discarded before grading anyway)
 _ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,64}$")
@@ -208,8 +209,8 @@ def clean_cells(nb: dict, rel: Released, notes: list[str]) -> None:
         tags = meta.get("tags")
         if isinstance(tags, list):
             kept = [t for t in tags if isinstance(t, str) and t not in STRIP_TAGS]
-            if len(kept) != len(tags):
-                notes.append(f"removed tag skip-execution from cell {i}")
+            for t in sorted({t for t in tags if t in STRIP_TAGS}):
+                notes.append(f"removed tag {t} from cell {i}")
             meta["tags"] = kept
             if not kept:
                 meta.pop("tags")

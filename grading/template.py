@@ -21,6 +21,8 @@ from pathlib import Path
 from . import cells, course
 from .cells import GradedCell
 from .course import ToolError
+from .gradebook import writing
+from .slow import SlowCells, slow_cells
 
 
 @dataclass
@@ -33,6 +35,9 @@ class Template:
     cells: dict[str, list[GradedCell]]      # notebook name -> its graded cells
     digest: str                             # hash of everything that defines the grading
     hidden_lines: set[str] = field(default_factory=set)  # hidden-test lines not in the release
+    #: notebook name -> the cells the graded run leaves out (none when the course config says
+    #: ``CourseGrading.execute_slow_cells = True``; see ``grading.slow``)
+    slow: dict[str, SlowCells] = field(default_factory=dict)
 
 
 def _grading_files(assignment: str) -> list[Path]:
@@ -76,13 +81,21 @@ def build_template(assignment: str, root: Path, workdir: Path) -> Template:
         hidden |= cells.hidden_test_lines(nb)
     released_text = "".join(json.dumps(nb) for nb in release.values())
     hidden = {ln for ln in hidden if json.dumps(ln)[1:-1] not in released_text}
-    return Template(assignment, tdir, db, release, source, graded, h.hexdigest(), hidden)
+    slow = {}
+    if not course.load_config(root).CourseGrading.get("execute_slow_cells", False):
+        try:
+            slow = {name: slow_cells(source[name], release[name]) for name in source}
+        except ValueError as exc:
+            raise ToolError(f"{assignment}: {exc}") from exc
+    h.update(repr(sorted((n, sorted(s.answer_ids), sorted(s.cell_ids), sorted(s.sources))
+                         for n, s in slow.items())).encode())
+    return Template(assignment, tdir, db, release, source, graded, h.hexdigest(), hidden, slow)
 
 
 def register_assignment(tpl: Template, db_url: str) -> None:
     """Create or update the assignment in the course gradebook (parent only)."""
     api = course.make_api(tpl.root, db_url=db_url)
-    with course.quiet_nbgrader():
+    with writing(db_url), course.quiet_nbgrader():
         res = api.generate_assignment(tpl.assignment, force=True, create=True)
     if not res["success"]:
         raise ToolError(f"could not register {tpl.assignment} in {db_url}:\n"

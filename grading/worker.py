@@ -30,7 +30,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cells, course, verdict
+from . import cells, course, execute, verdict
 from .messages import STDERR_MESSAGE, error_text, summary
 
 RESULT_FILE = "result.json"
@@ -61,6 +61,10 @@ class WorkerResult:
     tool_error: str | None = None  # why the grading tool could not grade it (never the student's)
     kernel_started: bool = True    # False: the kernel died before any cell, worth another try
     seconds: float = 0.0
+    #: where the worker's seconds went (``grading.autograde`` sums them per run): ``setup`` (the
+    #: API, the checks' plans), ``kernel_start``, ``cells``, ``nbgrader`` (autograde's own work
+    #: around the kernel), ``verdicts``, ``feedback``, ``read_grades``; ``slowest_cells``
+    timings: dict = field(default_factory=dict)
 
     @property
     def graded(self) -> bool:
@@ -173,6 +177,7 @@ def apply_verdicts(api, a: str, s: str, out_dir: Path, sessions: dict, job_dir: 
 
 def grade_job(job: Path) -> WorkerResult:
     """Autograde the submission of the job folder ``job`` and read its grades back."""
+    t_setup = time.perf_counter()
     spec = json.loads((job / "job.json").read_text())
     root = job / "course"
     a, s = spec["assignment"], spec["student"]
@@ -197,7 +202,16 @@ def grade_job(job: Path) -> WorkerResult:
             sessions[nb_path.stem] = verdict.plan_checks(course.read_json(nb_path),
                                                          os.path.join(spec["probe_dir"], "plan"), seed)
     t0 = time.perf_counter()
+    timings = result.timings
+    timings["setup"] = round(t0 - t_setup, 3)
+    execute.CourseExecute.last_timings = {}
     res = api.autograde(a, s, force=True, create=True)  # its log (stderr) goes to the slot's log
+    t1 = time.perf_counter()
+    ran = execute.CourseExecute.last_timings
+    timings["kernel_start"] = ran.get("kernel_start", 0.0)
+    timings["cells"] = ran.get("cells", 0.0)
+    timings["nbgrader"] = round(t1 - t0 - timings["kernel_start"] - timings["cells"], 3)
+    timings["slowest_cells"] = ran.get("slowest_cells", [])
     if not res["success"]:
         error = _autograde_error(res)
         if KERNEL_DID_NOT_START in error:
@@ -211,6 +225,8 @@ def grade_job(job: Path) -> WorkerResult:
         result.messages[nb_path.stem], result.cell_errors[nb_path.stem] = \
             strip_tracebacks(nb_path, pattern)
         result.autograded[nb_path.stem] = str(nb_path)
+    t2 = time.perf_counter()
+    timings["verdicts"] = round(t2 - t1, 3)
     if res["success"]:
         with course.quiet_nbgrader():
             fb = api.generate_feedback(a, s, force=True)
@@ -219,6 +235,8 @@ def grade_job(job: Path) -> WorkerResult:
                   file=sys.stderr)
         for html in sorted((root / "feedback" / s / a).glob("*.html")):
             result.feedback[html.stem] = str(html)
+    t3 = time.perf_counter()
+    timings["feedback"] = round(t3 - t2, 3)
     with course.quiet_nbgrader(), api.gradebook as gb:
         try:
             sub = gb.find_submission(a, s)
@@ -233,6 +251,7 @@ def grade_job(job: Path) -> WorkerResult:
                                       comments.get(g.name))
                     for g in snb.grades}
     result.seconds = round(time.perf_counter() - t0, 2)
+    timings["read_grades"] = round(time.perf_counter() - t3, 3)
     return result
 
 

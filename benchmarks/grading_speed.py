@@ -1,0 +1,126 @@
+"""Autograde throughput: notebooks per minute, local pool and Dask cluster, in one run.
+
+    python benchmarks/grading_speed.py                 # six assignments x (perfect, partial, blank)
+    python benchmarks/grading_speed.py --students perfect --assignments 01 03
+
+The submissions are the demo's (``grading.demo.make_submissions``: the six perfect notebooks,
+a partial and a blank one per assignment) in a throw-away course. Each configuration grades all of
+them from scratch (fresh output folder, fresh gradebook): local ``--jobs 1``, local ``--jobs 2``,
+and a Dask cluster of 1 and of 2 single-threaded workers on loopback (``grading.cluster.
+LoopbackCluster``; the cluster's start is not counted, a cluster outlives many runs). The time
+of a run is autograde's own (templates, the sandbox probe, every job, the CSVs).
+
+It prints notebooks per minute per configuration, the ratios, the per-core throughput against
+the issue's baseline (9.1 s per notebook at --jobs 2 on this 2-core machine), where the seconds
+of a job go (``Report.timings``, per job), and how many cores grade 6,000 notebooks in an hour.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from grading import course  # noqa: E402
+
+BASELINE_S_PER_NB_AT_2 = 9.1   # issue 17: 97 submissions in 885 s at --jobs 2, 2 cores
+TARGET_NOTEBOOKS, TARGET_MINUTES = 6000, 60
+
+
+def make_course(tmp: Path, assignments: list[str], students: list[str]) -> Path:
+    from grading.demo import make_submissions
+    from grading.release import release
+
+    for a in assignments:
+        shutil.copytree(course.REPO_ROOT / course.SOURCE_DIR / a, tmp / course.SOURCE_DIR / a)
+    release(assignments, root=tmp)
+    make_submissions(tmp, assignments, tmp / "subs")
+    for d in (tmp / "subs").iterdir():
+        if d.name not in students:
+            shutil.rmtree(d)
+    return tmp / "subs"
+
+
+def grade(subs: Path, root: Path, out: Path, **kw):
+    from grading.autograde import autograde
+
+    rep = autograde(subs, out=out, root=root, progress=False, force=True, **kw)
+    if rep.errors:
+        raise SystemExit(f"autograde reported errors: {rep.errors}")
+    return rep
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--assignments", nargs="*", default=None, help="ids or numbers (default: all six)")
+    p.add_argument("--students", nargs="*", default=["perfect", "partial", "blank"])
+    p.add_argument("--no-dask", action="store_true", help="only the local pool")
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    assignments = course.resolve_assignments(args.assignments)
+    tmp = Path(tempfile.mkdtemp(prefix="grading-speed-"))
+    results: dict[str, dict] = {}
+    load_before = os.getloadavg()
+    try:
+        subs = make_course(tmp / "course", assignments, args.students)
+        n = sum(1 for _ in subs.glob("*/*/*.ipynb"))
+        print(f"{n} notebooks ({', '.join(args.students)} x {len(assignments)} assignments), "
+              f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f} at the start")
+        configs = [("local --jobs 1", {"jobs": 1}), ("local --jobs 2", {"jobs": 2})]
+        if not args.no_dask:
+            configs += [("dask 1 worker", {"workers": 1}), ("dask 2 workers", {"workers": 2})]
+        for name, cfg in configs:
+            out = tmp / f"out-{len(results)}"
+            if "workers" in cfg:
+                from grading.cluster import LoopbackCluster
+
+                with LoopbackCluster(cfg["workers"]) as cluster:
+                    rep = grade(subs, tmp / "course", out, scheduler=cluster.address)
+            else:
+                rep = grade(subs, tmp / "course", out, jobs=cfg["jobs"])
+            per_min = rep.graded / rep.seconds * 60
+            results[name] = {"graded": rep.graded, "seconds": round(rep.seconds, 1),
+                             "notebooks_per_minute": round(per_min, 2),
+                             "per_job": {k: round(v / max(1, rep.graded), 3)
+                                         for k, v in sorted(rep.timings.items())}}
+            print(f"{name:>16}: {rep.graded} notebooks in {rep.seconds:6.1f} s = {per_min:5.2f} per minute "
+                  f"({rep.seconds / rep.graded:.2f} s each)", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    load_after = os.getloadavg()
+    print(f"load average at the end {load_after[0]:.2f} (other jobs on the machine count in it)")
+    rate = {k: v["notebooks_per_minute"] for k, v in results.items()}
+    print("\nratios")
+    print(f"  local --jobs 2 / --jobs 1:   {rate['local --jobs 2'] / rate['local --jobs 1']:.2f}x")
+    if "dask 2 workers" in rate:
+        print(f"  dask 2 workers / 1 worker:   {rate['dask 2 workers'] / rate['dask 1 worker']:.2f}x")
+        print(f"  dask 1 worker / local -j 1:  {rate['dask 1 worker'] / rate['local --jobs 1']:.2f}x")
+    base_per_core = 60 / BASELINE_S_PER_NB_AT_2 / 2
+    per_core = rate["local --jobs 2"] / 2
+    print(f"  per core at --jobs 2: {per_core:.2f} notebooks/min against {base_per_core:.2f} before "
+          f"(9.1 s per notebook at --jobs 2): {per_core / base_per_core:.2f}x")
+    print("\nwhere a job's seconds go (local --jobs 1, mean per notebook)")
+    for k, v in results["local --jobs 1"]["per_job"].items():
+        if v >= 0.005:
+            print(f"  {k:>16}: {v:6.2f} s")
+    cores = math.ceil(TARGET_NOTEBOOKS / (TARGET_MINUTES * per_core))
+    print(f"\n{TARGET_NOTEBOOKS} notebooks in {TARGET_MINUTES} minutes at {per_core:.2f} notebooks/min per core: "
+          f"{cores} cores (e.g. {math.ceil(cores / 8)} Dask workers of 8 threads, 4 GB per thread)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "load": [load_before, load_after],
+                                               "cores_for_target": cores}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
