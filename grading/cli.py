@@ -128,12 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--assignment", default=None, help="only this assignment (id or number)")
     f.add_argument("--student", default=None)
     f.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///<out>/gradebook.db)")
+    f.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
     f.set_defaults(func=_cmd_feedback)
 
-    e = sub.add_parser("export", help="write grades.csv from a gradebook")
+    e = sub.add_parser("export", help="write grades.csv from a gradebook, or an LMS's import file")
     e.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///<out>/gradebook.db)")
     e.add_argument("--out", default="autograded", help="folder of the gradebook")
-    e.add_argument("--to", default=None, help="CSV file (default: grades.csv in the current folder)")
+    e.add_argument("--to", default=None, help="CSV file (default: grades.csv in the current folder; "
+                                              "<out>/canvas.csv, <out>/brightspace.csv, or the "
+                                              "folder <out>/moodle/ of one CSV per assignment)")
+    e.add_argument("--format", choices=["csv", "canvas", "brightspace", "moodle"], default="csv",
+                   help="csv: one row per submission (default); canvas, brightspace, moodle: that "
+                        "LMS's grade-import file, ids from the LMS download")
+    e.add_argument("--pending", choices=["blank", "auto"], default="blank",
+                   help="a total with written answers awaiting a grader: left empty (blank, the "
+                        "default: the LMS imports no grade) or the points known so far (auto)")
     e.set_defaults(func=_cmd_export)
 
     ru = sub.add_parser("rubric", help="print the written questions, model answers and rubrics")
