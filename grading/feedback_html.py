@@ -56,7 +56,7 @@ ALLOWED_TAGS = {"a", "abbr", "b", "blockquote", "br", "code", "del", "div", "em"
                 "h4", "h5", "h6", "hr", "i", "img", "li", "ol", "p", "pre", "s", "span", "strong",
                 "sub", "sup", "table", "tbody", "td", "th", "thead", "tr", "ul"}
 ALLOWED_ATTRIBUTES = {"a": ["href", "title"], "img": ["src", "alt", "width", "height"],
-                      "*": ["class", "id", "align"]}
+                      "*": ["class", "align"]}   # no id: a heading's id would hold a formula
 
 
 def clean_html(text: str) -> str:
@@ -182,7 +182,7 @@ img.out{max-width:100%;margin-left:1.2rem}
 .score.full{background:#e8f5e9;border-color:#2e7d32} .score.part{background:#fff8e1;border-color:#f9a825}
 .score.zero{background:#fdecea;border-color:#c62828} .score.pending{background:#e3f2fd;border-color:#1565c0}
 .comment{margin-top:.2rem;white-space:pre-wrap} .why0{background:#fdecea;padding:.6rem;border-radius:4px}
-math{font-size:1.12em} math[display=block]{margin:.5rem 0}
+math{font-size:1.15em;font-family:"STIX Two Math","Latin Modern Math","Cambria Math",math} math[display=block]{margin:.5rem 0}
 """
 
 
