@@ -17,7 +17,8 @@ def _cmd_release(args) -> int:
     from .release import ReleaseError, release
 
     try:
-        out = release(args.assignments or None, root=Path(args.root), check=args.check)
+        out = release(args.assignments or None, root=Path(args.root), check=args.check,
+                      force=args.force)
     except ReleaseError as exc:
         print(f"release failed: {exc}", file=sys.stderr)
         return 2
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("assignments", nargs="*", help="assignment ids (default: all in solutions/)")
     r.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 naming each stale or missing released file")
+    r.add_argument("--force", action="store_true",
+                   help="overwrite released notebooks that hold work (outputs, typed answers)")
     r.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
     r.set_defaults(func=_cmd_release)
 
