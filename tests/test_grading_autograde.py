@@ -189,11 +189,21 @@ def test_rubric_and_demo_on_the_fixture(capsys):
     print_rubric(A, root=gc.COURSE)
     out = capsys.readouterr().out
     assert "Model answer" in out and "Rubric (2 points)" in out and "never negative" in out
-    assert run_demo(jobs=2, root=gc.COURSE, timeout=TIMEOUT) == 0
+    assert run_demo(jobs=2, root=gc.COURSE, timeout=TIMEOUT, keep=True) == 0
     out = capsys.readouterr().out
     table = {ln.split()[0]: ln.split()[1] for ln in out.splitlines()
              if ln.split() and ln.split()[0] in ("perfect", "partial", "blank")}
     assert table == {"perfect": "3/3", "partial": "0/3", "blank": "0/3"}
+    assert "updated notebooks/" not in out   # the demo's copy is no repository folder
+    where = {ln.split(": ", 1)[0].strip(): Path(ln.split(": ", 1)[1]) for ln in out.splitlines()
+             if ln.startswith("  ") and ": /" in ln}
+    assert where["grade table (one row per student and assignment)"].name == "grades.csv"
+    assert where["a feedback page (open it in a browser)"].suffix == ".html"
+    assert all(p.is_file() for p in where.values()), where   # --keep kept them
+    import shutil
+
+    kept = next(ln for ln in out.splitlines() if ln.startswith("kept the demo course in "))
+    shutil.rmtree(kept.rsplit(" ", 1)[1])
 
 
 def test_student_code_cannot_write_outside_its_job(tmp_path):
