@@ -98,9 +98,11 @@ def test_gradebook_is_consistent(graded):
 
 def test_feedback_has_no_hidden_tests_or_solutions(graded):
     pages = sorted((graded["out"] / "feedback").glob(f"*/{A}/{A}.html"))
-    executed = {n for n, (d, _, _) in graded["cases"].items()   # (a kernel that died is graded too)
-                if n not in ("invalid_json", "empty_file", "missing_notebook", "other_assignment")}
-    assert {p.parent.parent.name for p in pages} == executed
+    assert {p.parent.parent.name for p in pages} == set(graded["cases"])  # not run: a page too
+    for name, why in (("empty_file", "empty file"), ("invalid_json", "not valid JSON"),
+                      ("missing_notebook", "missing notebook")):
+        text = (graded["out"] / "feedback" / name / A / f"{A}.html").read_text()
+        assert "This notebook scored 0:" in text and why in text, (name, text[-800:])
     for p in pages:
         text = p.read_text()
         own = p.parent.parent.name == "solution"  # handed in the instructor's notebook itself
