@@ -94,8 +94,11 @@ def _store_files(job: Job, out: Path, db_url: str, qrows: list[dict]) -> None:
     for nb in stale.glob("*.ipynb") if stale.is_dir() else ():
         if nb.stem in job.zero_reasons:  # an earlier graded version of a notebook now unreadable
             nb.unlink()
-    write_pages(out, db_url, s, a, job.tpl.root, job.zero_reasons,
-                {q["cell_id"]: q["message"] for q in qrows})
+    try:
+        write_pages(out, db_url, s, a, job.tpl.root, job.zero_reasons,
+                    {q["cell_id"]: q["message"] for q in qrows})
+    except Exception as exc:  # noqa: BLE001  (the grades stand; `feedback` can write it again)
+        log.error("%s/%s: no feedback page: %s: %s", s, a, type(exc).__name__, exc)
 
 
 def write_unmatched(out: Path, skipped: list[Skipped]) -> Path:

@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
     a.set_defaults(func=_cmd_autograde)
 
-    f = sub.add_parser("feedback", help="(re)write the feedback HTML from the graded notebooks")
+    f = sub.add_parser("feedback", help="write the feedback pages and grades.csv again from the "
+                                         "graded notebooks and the gradebook (after manual grading)")
     f.add_argument("--out", default="autograded", help="autograde output folder")
     f.add_argument("--assignment", default=None, help="only this assignment (id or number)")
     f.add_argument("--student", default=None)
