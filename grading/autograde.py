@@ -202,12 +202,10 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
         bar = None
         if progress and to_run:
             from tqdm.auto import tqdm
-            # tqdm's own helper: log lines are written above the bar, never glued onto it;
-            # no bar at all when stderr is not a terminal (a log file, CI)
+            # tqdm's own helper: log lines are written above the bar, never glued onto it
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            bar = tqdm(total=len(to_run), desc="autograde", unit="nb", file=sys.stderr,
-                       disable=None)
+            bar = tqdm(total=len(to_run), desc="autograde", unit="nb", file=sys.stderr)
             redirect.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
 
         def finish(j: Job) -> None:

@@ -323,3 +323,26 @@ def test_sandboxed_kernel_reads_course_data_in_a_closed_folder(tmp_path, monkeyp
               progress=False)
     row = read_csv(tmp_path / "out" / "grades.csv")[0]
     assert row["auto_score"] == "3", (row["notes"], row["review"])
+
+
+def test_log_lines_are_never_glued_onto_the_progress_bar(tmp_path):
+    """Every log line starts a line of its own, the bar drawn between them (tqdm's logging
+    redirect), also when stderr is a file."""
+    import re
+    import subprocess
+
+    for name in ("perfect", "blank", "empty_file"):
+        gc.write_tree(tmp_path / "subs", [name])
+    cmd = [sys.executable, "-m", "grading", "autograde", str(tmp_path / "subs"), "--jobs", "2",
+           "--root", str(gc.COURSE), "--out", str(tmp_path / "out")]
+    env = dict(course.grading_env(), PYTHONPATH=str(course.REPO_ROOT))
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "%|" in res.stderr                          # the bar was drawn
+    logged = 0
+    for piece in re.split(r"[\r\n]", res.stderr):       # what each carriage return leaves
+        piece = piece.strip()
+        if "INFO grading" in piece or "WARNING grading" in piece:
+            logged += 1
+            assert re.match(r"^(INFO|WARNING) grading", piece), piece   # nothing glued before it
+    assert logged >= 5
