@@ -38,8 +38,9 @@ lab: $(STAMP)
 pack: $(STAMP)
 	$(BIN)/python -m grading pack --zip
 
+# --keep: the demo's grades, CSVs and feedback pages stay where it prints them
 demo: $(STAMP)
-	$(BIN)/python -m grading demo
+	$(BIN)/python -m grading demo --keep
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 DIFFUSION_FAST=1 $(PYTEST) -n 2 --dist loadfile tests

@@ -21,11 +21,16 @@ This module is the orchestration; each step lives in a module of its own:
    to nbgrader over Unix sockets in its own folder. The worker plans the trusted checks before
    the kernel starts and judges them after it finished (``grading.verdict``).
 5. The parent alone writes the course gradebook and the rows (``grading.results``), ``grades.csv``
-   and ``questions.csv`` (``grading.state``), the feedback HTML
+   and ``questions.csv`` (``grading.state``, totals from ``grading.totals``), the feedback HTML
    (``feedback/<student>/<assignment>/<nb>.html``, hidden tests removed and checked:
-   ``grading.feedback``), the graded notebooks (``autograded/<student>/<assignment>/``) and, for
-   the TAs' grading page, the written answers with the outputs the student handed in
-   (``submitted_outputs/``: ``grading.submitted``).
+   ``grading.feedback``; a notebook that could not be run gets one too, saying why it scored 0),
+   the graded notebooks (``autograded/<student>/<assignment>/``) and, for the TAs' grading page,
+   the written answers with the outputs the student handed in (``submitted_outputs/``:
+   ``grading.submitted``).
+
+Every file under SUBMISSIONS is graded or listed, with the reason, in ``unmatched.csv`` under
+``--out`` and on the terminal (:attr:`Report.not_graded`): a PDF, a folder whose name is no
+assignment, an empty folder, a link. A SUBMISSIONS folder without any file is an error.
 
 Exit status is non-zero only for the tool's own errors (:attr:`Report.errors`), never for a
 student's code; a submission that cannot be matched to an assignment is reported
@@ -33,6 +38,8 @@ student's code; a submission that cannot be matched to an assignment is reported
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import logging
 import os
@@ -46,9 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import course, datacache, isolation, limits
-from .collect import collect
+from .collect import Skipped, collect
 from .course import ToolError
-from .feedback import redact_feedback
+from .feedback import write_pages
 from .jobs import Job, WorkerSlot, prepare, run_job_with_retry, submission_digest
 from .results import build_rows, write_gradebook
 from .state import grade_table, load_state, save_state, write_csvs
@@ -68,7 +75,7 @@ class Report:
     graded: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)      # the tool's own errors (exit status 1)
-    not_graded: list[str] = field(default_factory=list)  # submissions of no known assignment
+    not_graded: list[str] = field(default_factory=list)  # files not graded, with the reason
     seconds: float = 0.0
     out: Path | None = None
     #: where the seconds of the graded jobs went, summed over jobs (phase -> seconds): the job
@@ -82,22 +89,38 @@ def _shorten(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit - 25] + f"... (+{len(text) - limit + 25} chars)"
 
 
-def _store_files(job: Job, out: Path) -> None:
-    """The job's feedback pages (hidden tests removed) and graded notebooks, into ``out``, and
-    the answers and outputs the student handed in (for the TAs' grading page)."""
+def _store_files(job: Job, out: Path, db_url: str, qrows: list[dict]) -> None:
+    """The job's graded notebooks into ``out``, the answers and outputs the student handed in (for
+    the TAs' grading page), then its feedback pages (``grading.feedback``: hidden tests removed;
+    written answers "awaiting grading"), one for every notebook."""
     a, s = job.tpl.assignment, job.sub.student
     keep_submitted(job, out)
     for rel, data in job.files.items():
         kind, nb_name = rel.split("/", 1)
-        if kind == "feedback":
-            data, hits = redact_feedback(data, job.tpl.hidden_lines)
-            if hits:
-                log.warning("%s/%s: removed %d hidden-test line(s) from the feedback", s, a, hits)
-            dest = out / "feedback" / s / a / f"{nb_name}.html"
-        else:
+        if kind == "autograded":
             dest = out / "autograded" / s / a / f"{nb_name}.ipynb"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+    stale = out / "autograded" / s / a
+    for nb in stale.glob("*.ipynb") if stale.is_dir() else ():
+        if nb.stem in job.zero_reasons:  # an earlier graded version of a notebook now unreadable
+            nb.unlink()
+    try:
+        write_pages(out, db_url, s, a, job.tpl.root, job.zero_reasons,
+                    {q["cell_id"]: q["message"] for q in qrows})
+    except Exception as exc:  # noqa: BLE001  (the grades stand; `feedback` can write it again)
+        log.error("%s/%s: no feedback page: %s: %s", s, a, type(exc).__name__, exc)
+
+
+def write_unmatched(out: Path, skipped: list[Skipped]) -> Path:
+    """``<out>/unmatched.csv``: every file under SUBMISSIONS that was not graded, and why."""
+    dest = out / "unmatched.csv"
+    with open(dest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "reason"])
+        for sk in skipped:
+            w.writerow([getattr(sk, "path", sk), getattr(sk, "reason", "")])
+    return dest
 
 
 def _templates(subs, root: Path, workdir: Path, db_url: str) -> dict[str, Template]:
@@ -130,19 +153,26 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
     known = course.list_assignments(root)
     if assignment is not None:
         assignment = course.resolve_assignment(assignment, root)
-    skipped: list[str] = []
+    src = Path(submissions)
+    if src.is_dir() and not any(p.is_file() or p.is_symlink() for p in src.rglob("*")):
+        raise ToolError(f"the submissions folder {src} holds no file: give the folder of the "
+                        "<student>/<assignment>/<notebook>.ipynb submissions or the LMS download")
+    skipped: list[Skipped] = []
     subs = collect(submissions, known, assignment, skipped=skipped)
     report = Report(out=out)
-    for note in skipped:
-        log.warning("not graded: %s", note)
     for s in subs:
         if s.assignment not in known:
-            msg = f"{s.student}: {'; '.join(s.problems) or 'unknown assignment'} ({', '.join(s.origin)})"
-            log.error("not graded: %s", msg)
-            report.not_graded.append(msg)
+            why = "; ".join(s.problems) or "unknown assignment"
+            skipped.extend(Skipped(o, f"{why} (student {s.student})") for o in s.origin)
     subs = [s for s in subs if s.assignment in known]
+    report.not_graded = list(skipped)
+    write_unmatched(out, skipped)
+    for note in skipped:
+        log.warning("not graded: %s", note)
     if not subs:
-        log.warning("no submissions found in %s", submissions)
+        raise ToolError(f"no submission found in {submissions}"
+                        + (f" ({len(skipped)} file(s) not graded, listed in {out / 'unmatched.csv'})"
+                           if skipped else ""))
     for d in ("data", "checkpoints"):  # helpers create them; an unprivileged kernel cannot
         (root / d).mkdir(exist_ok=True)
     jobs = max(1, jobs or os.cpu_count() or 1)
@@ -164,6 +194,7 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
     else:  # each Dask worker probes its own sandbox and says so with its first result
         log.info("grading on the Dask cluster at %s", scheduler)
     log.info("limits: %r", job_limits)
+    redirect = contextlib.ExitStack()
     try:
         templates = _templates(subs, root, workdir, db_url)
         if db_url.startswith("sqlite:///") and Path(db_url[len("sqlite:///"):]).is_file():
@@ -192,8 +223,11 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
         bar = None
         if progress and to_run:
             from tqdm.auto import tqdm
+            # tqdm's own helper: log lines are written above the bar, never glued onto it
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             bar = tqdm(total=len(to_run), desc="autograde", unit="nb", file=sys.stderr)
+            redirect.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
 
         saved = [time.perf_counter()]
 
@@ -203,14 +237,15 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
             t.append(time.perf_counter())
             write_gradebook(db_url, j, updates)
             t.append(time.perf_counter())
-            _store_files(j, out)
+            _store_files(j, out, db_url, qrows)
             t.append(time.perf_counter())
             res = j.result
             if res is not None and res.tool_error:
                 report.errors.append(f"{j.key}: {res.tool_error}")
             state["submissions"][j.key] = {  # no digest: the next run grades it again
                 "digest": None if res is not None and res.tool_error else j.digest,
-                "grades": grow, "questions": qrows, "seconds": j.wall_seconds}
+                "grades": grow, "questions": qrows, "seconds": j.wall_seconds,
+                "lms": j.sub.lms, "zero_reasons": j.zero_reasons}
             if res is not None and not res.graded:
                 log.warning("%s: autograde problem: %s", j.key, res.tool_error or res.failure)
             log.info("%s: %s/%s%s%s%s", j.key, grow["auto_score"], grow["auto_max"],
@@ -273,8 +308,10 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
                 sl.close()
         if bar is not None:
             bar.close()
-        write_csvs(out, state)
+        redirect.close()
+        write_csvs(out, state, db_url)
     finally:
+        redirect.close()
         save_state(out, state)  # also when the run stops half-way: what was graded stays graded
         shutil.rmtree(workdir, ignore_errors=True)
     report.seconds = time.perf_counter() - t_start
@@ -295,6 +332,9 @@ def autograde_cli(args) -> int:
           f"wrote {rep.out / 'grades.csv'}, {rep.out / 'questions.csv'}, {rep.out / 'feedback'}")
     for e in rep.not_graded:
         print(f"not graded: {e}", file=sys.stderr)
+    if rep.not_graded:
+        print(f"{len(rep.not_graded)} file(s) not graded, listed with the reason in "
+              f"{rep.out / 'unmatched.csv'}", file=sys.stderr)
     for e in rep.errors:
         print(f"error: {e}", file=sys.stderr)
     return 1 if rep.errors else 0

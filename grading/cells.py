@@ -126,6 +126,16 @@ def hidden_test_lines(nb: dict) -> set[str]:
     return lines
 
 
+def display_name(nb_cells: list, index: int) -> str:
+    """How a student finds cell ``index``: its grade id, else ``cell N after <grade id>`` (N
+    counted from 1, the grade id the nearest one above it), never a bare list index."""
+    gid = grade_id(nb_cells[index])
+    if gid:
+        return gid
+    above = next((grade_id(c) for c in reversed(nb_cells[:index]) if grade_id(c)), None)
+    return f"cell {index + 1}" + (f" (after {above})" if above else " (before any graded cell)")
+
+
 def without_solution_markers(text: str) -> str:
     """``text`` without the lines that hold a solution marker."""
     return "\n".join(ln for ln in text.splitlines()

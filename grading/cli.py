@@ -17,7 +17,8 @@ def _cmd_release(args) -> int:
     from .release import ReleaseError, release
 
     try:
-        out = release(args.assignments or None, root=Path(args.root), check=args.check)
+        out = release(args.assignments or None, root=Path(args.root), check=args.check,
+                      force=args.force)
     except ReleaseError as exc:
         print(f"release failed: {exc}", file=sys.stderr)
         return 2
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("assignments", nargs="*", help="assignment ids (default: all in solutions/)")
     r.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 naming each stale or missing released file")
+    r.add_argument("--force", action="store_true",
+                   help="overwrite released notebooks that hold work (outputs, typed answers)")
     r.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
     r.set_defaults(func=_cmd_release)
 
@@ -162,17 +165,27 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
     a.set_defaults(func=_cmd_autograde)
 
-    f = sub.add_parser("feedback", help="(re)write the feedback HTML from the graded notebooks")
+    f = sub.add_parser("feedback", help="write the feedback pages and grades.csv again from the "
+                                         "graded notebooks and the gradebook (after manual grading)")
     f.add_argument("--out", default="autograded", help="autograde output folder")
     f.add_argument("--assignment", default=None, help="only this assignment (id or number)")
     f.add_argument("--student", default=None)
     f.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///<out>/gradebook.db)")
+    f.add_argument("--root", default=str(course.REPO_ROOT), help=argparse.SUPPRESS)
     f.set_defaults(func=_cmd_feedback)
 
-    e = sub.add_parser("export", help="write grades.csv from a gradebook")
+    e = sub.add_parser("export", help="write grades.csv from a gradebook, or an LMS's import file")
     e.add_argument("--db", default=None, help="gradebook URL (default: sqlite:///<out>/gradebook.db)")
     e.add_argument("--out", default="autograded", help="folder of the gradebook")
-    e.add_argument("--to", default=None, help="CSV file (default: grades.csv in the current folder)")
+    e.add_argument("--to", default=None, help="CSV file (default: grades.csv in the current folder; "
+                                              "<out>/canvas.csv, <out>/brightspace.csv, or the "
+                                              "folder <out>/moodle/ of one CSV per assignment)")
+    e.add_argument("--format", choices=["csv", "canvas", "brightspace", "moodle"], default="csv",
+                   help="csv: one row per submission (default); canvas, brightspace, moodle: that "
+                        "LMS's grade-import file, ids from the LMS download")
+    e.add_argument("--pending", choices=["blank", "auto"], default="blank",
+                   help="a total with written answers awaiting a grader: left empty (blank, the "
+                        "default: the LMS imports no grade) or the points known so far (auto)")
     e.set_defaults(func=_cmd_export)
 
     ru = sub.add_parser("rubric", help="print the written questions, model answers and rubrics")

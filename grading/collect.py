@@ -14,9 +14,16 @@ Recognised LMS file names (the notebook's own name comes last)::
 
 The assignment comes from the tree, from the notebook's name (``01_forward_process`` or a renamed
 ``01_forward_process (1).ipynb``) or from ``--assignment``.
+
+What an LMS download says about the student is kept (:attr:`Submission.lms`): which LMS, the id
+in the file name, the name or login beside it, and Canvas's ``LATE`` mark; ``grading.lms`` writes
+the grade-import files with these ids. Every other file is accounted for in ``skipped`` with the
+reason it was not graded (:class:`Skipped`: a PDF, a folder whose name is no assignment, an empty
+folder, a link), so that ``autograde`` can list it in its ``unmatched.csv`` and on the terminal.
 """
 from __future__ import annotations
 
+import difflib
 import re
 import shutil
 import tempfile
@@ -37,10 +44,21 @@ class Submission:
     files: dict[str, bytes] = field(default_factory=dict)   # notebook name -> bytes
     origin: list[str] = field(default_factory=list)          # where the files came from
     problems: list[str] = field(default_factory=list)
+    #: what the LMS download said: {"lms": "canvas"|"brightspace"|"moodle", "id", "name", "late"}
+    lms: dict = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.student, self.assignment or "?")
+
+
+class Skipped(str):
+    """``"<path>: <reason>"`` for a file or folder under SUBMISSIONS that is not graded."""
+
+    def __new__(cls, path: str, reason: str):
+        obj = super().__new__(cls, f"{path}: {reason}")
+        obj.path, obj.reason = path, reason
+        return obj
 
 
 def safe_id(text: str) -> str:
@@ -51,11 +69,31 @@ def safe_id(text: str) -> str:
 
 def parse_lms_name(name: str) -> tuple[str, str] | None:
     """``(student id, original file name)`` from an LMS download's file name, or None."""
-    for rx in (BRIGHTSPACE, MOODLE, CANVAS):
+    parsed = parse_lms(name)
+    return None if parsed is None else (safe_id(parsed["id"]), parsed["file"])
+
+
+def parse_lms(name: str) -> dict | None:
+    """What an LMS download's file name says: ``{"lms", "id", "name", "late", "file"}``, or None.
+
+    ``id`` is the raw id of the file name (Canvas: the user id, which its gradebook CSV calls
+    ``ID``; Moodle: the participant number of its grading worksheet's ``Identifier``;
+    Brightspace: the numbers before the name)."""
+    for lms, rx in (("brightspace", BRIGHTSPACE), ("moodle", MOODLE), ("canvas", CANVAS)):
         m = rx.match(name)
         if m:
-            return safe_id(m.group("sid")), m.group("file")
+            who = m.group("login") if lms == "canvas" else m.group("name")
+            return {"lms": lms, "id": m.group("sid"), "name": who,
+                    "late": lms == "canvas" and "_LATE_" in name[:m.start("sid")],
+                    "file": m.group("file")}
     return None
+
+
+def near_miss(name: str, known: list[str]) -> str:
+    """`` (did you mean X?)`` for a misspelled assignment folder, or ``""``."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5) or \
+        [a for a in known if a.startswith(name[:3]) and name[:2].isdigit()][:1]
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def guess_assignment(filename: str, known: list[str]) -> str | None:
@@ -72,8 +110,10 @@ def guess_assignment(filename: str, known: list[str]) -> str | None:
     return None
 
 
-def _extract_zip(path: Path, dest: Path) -> Path:
-    """Extract only notebooks (and nested zips), refusing absolute paths and ``..``."""
+def _extract_zip(path: Path, dest: Path, skipped: list | None = None, label: str = "") -> Path:
+    """Extract only notebooks (and nested zips), refusing absolute paths and ``..``; each entry
+    left out is added to ``skipped`` (``label`` names the zip there)."""
+    skipped = [] if skipped is None else skipped
     with zipfile.ZipFile(path) as zf:
         total = 0
         for info in zf.infolist():
@@ -82,8 +122,10 @@ def _extract_zip(path: Path, dest: Path) -> Path:
                 continue
             parts = Path(name).parts
             if Path(name).is_absolute() or ".." in parts:
+                skipped.append(Skipped(f"{label or path.name}:{name}", "a path outside the zip"))
                 continue
             if not name.lower().endswith((".ipynb", ".zip")):
+                skipped.append(Skipped(f"{label or path.name}:{name}", _not_notebook(name)))
                 continue
             total += info.file_size
             if total > 2_000_000_000:
@@ -93,6 +135,11 @@ def _extract_zip(path: Path, dest: Path) -> Path:
             with zf.open(info) as src, open(out, "wb") as fh:
                 shutil.copyfileobj(src, fh)
     return dest
+
+
+def _not_notebook(name: str) -> str:
+    ext = Path(name).suffix.lower()
+    return f"not a notebook ({ext or 'no extension'} file): hand in the .ipynb file"
 
 
 class IngestError(ValueError):
@@ -122,11 +169,13 @@ def collect(path: Path | str, known: list[str], assignment: str | None = None,
     try:
         if path.is_file() and path.suffix.lower() == ".zip":
             tmp = Path(tempfile.mkdtemp(prefix="submissions-"))
-            path = _extract_zip(path, tmp)
+            path = _extract_zip(path, tmp, skipped)
         if not path.is_dir():
             raise FileNotFoundError(f"no submissions folder or zip at {path}")
+        inner_zips = set()
         for inner in sorted(path.rglob("*.zip")):  # LMS zips inside the download
-            _extract_zip(inner, inner.with_suffix(""))
+            _extract_zip(inner, inner.with_suffix(""), skipped, str(inner.relative_to(path)))
+            inner_zips.add(inner)
         subs: dict[tuple[str, str], Submission] = {}
         raw_ids: dict[str, tuple[str, str]] = {}  # safe id -> (raw id, where it was seen)
 
@@ -140,9 +189,12 @@ def collect(path: Path | str, known: list[str], assignment: str | None = None,
                                   f"{raw!r} ({origin}); rename one of the folders or files")
             return sid
 
-        def add(student, assign, nbname, data, origin, problem=None):
+        def add(student, assign, nbname, data, origin, problem=None, lms=None):
             key = (student, assign or "?")
             sub = subs.setdefault(key, Submission(student, assign))
+            if lms:
+                sub.lms = {k: v for k, v in lms.items() if k != "file"} | {
+                    "late": bool(sub.lms.get("late")) or lms["late"]}
             if nbname in sub.files:
                 # several uploads of the same notebook: the last in name order wins
                 sub.problems.append(f"several files for {nbname}; used {origin}")
@@ -152,11 +204,27 @@ def collect(path: Path | str, known: list[str], assignment: str | None = None,
                 sub.problems.append(problem)
 
         for f in sorted(path.rglob("*")):
-            if ".ipynb_checkpoints" in f.parts or f.name.startswith("._"):
-                continue
             rel = f.relative_to(path)
+            if ".ipynb_checkpoints" in f.parts or f.name.startswith("._"):
+                if f.is_file():
+                    skipped.append(Skipped(str(rel), "an editor's backup copy (Jupyter checkpoint "
+                                                     "or macOS resource file)"))
+                continue
             link = _link_on_the_way(path, rel)
+            if link is None and f.is_dir():
+                if len(rel.parts) == 2 and (f.name in known or f.name == assignment):
+                    continue  # graded: a missing notebook scores 0 (below)
+                if not any(f.iterdir()):
+                    why = "an empty folder"
+                    if len(rel.parts) == 2 and f.name not in known:
+                        why += f"; {f.name!r} is not an assignment of this course" + near_miss(f.name, known)
+                    skipped.append(Skipped(str(rel) + "/", why))
+                continue
             if link is None and f.suffix.lower() != ".ipynb":
+                if f in inner_zips:
+                    continue  # its notebooks were extracted beside it
+                if f.is_file():
+                    skipped.append(Skipped(str(rel), _not_notebook(f.name)))
                 continue
             if link is not None:
                 # A link is not the student's file: an unzipped upload may hold a link to the
@@ -171,7 +239,7 @@ def collect(path: Path | str, known: list[str], assignment: str | None = None,
                     sub.origin.append(str(rel))
                     sub.problems.append(f"skipped {rel}: a symbolic link ({link}), not a file")
                 else:
-                    skipped.append(f"{rel}: a symbolic link ({link}), not a file")
+                    skipped.append(Skipped(str(rel), f"a symbolic link ({link}), not a file"))
                 continue
             if not f.is_file():
                 continue
@@ -180,32 +248,41 @@ def collect(path: Path | str, known: list[str], assignment: str | None = None,
             if len(rel.parts) == 3 and (rel.parts[1] in known or assignment == rel.parts[1]):
                 a = rel.parts[1]
                 if assignment and a != assignment:
+                    skipped.append(Skipped(str(rel), f"assignment {a}, not --assignment {assignment}"))
                     continue
                 add(student_id(rel.parts[0], str(rel)), a, f.name, data, str(rel))
                 continue
             # 2. LMS names, in the file name or in a per-student folder name
-            parsed = parse_lms_name(f.name)
-            if parsed is None and len(rel.parts) >= 2:
-                folder = parse_lms_name(rel.parts[-2] + ("" if rel.parts[-2].endswith("_") else "_"))
-                if folder is not None:
-                    parsed = (folder[0], f.name)
+            lms = parse_lms(f.name)
+            if lms is None and len(rel.parts) >= 2:
+                lms = parse_lms(rel.parts[-2] + ("" if rel.parts[-2].endswith("_") else "_"))
+                if lms is not None:
+                    lms["file"] = f.name
+            parsed = None if lms is None else (safe_id(lms["id"]), lms["file"])
             if parsed is None and len(rel.parts) == 2:  # <student>/<nb>.ipynb
                 parsed = (student_id(rel.parts[0], str(rel)), f.name)
             if parsed is None:
+                if len(rel.parts) == 3:
+                    skipped.append(Skipped(str(rel), f"folder {rel.parts[1]!r} is not an assignment "
+                                           f"of this course{near_miss(rel.parts[1], known)}"))
+                else:
+                    skipped.append(Skipped(str(rel), "cannot tell whose notebook it is (expected "
+                                           "<student>/<assignment>/<notebook>.ipynb or an LMS "
+                                           "download's file name)"))
                 continue
             student, original = parsed
             a = guess_assignment(original, known) or assignment
             if assignment and a != assignment:
                 # a notebook named for another assignment: graded (to 0) against the one asked for
                 add(student, assignment, f"{assignment}.ipynb", data, str(rel),
-                    f"file {original!r} is not a notebook of {assignment}")
+                    f"file {original!r} is not a notebook of {assignment}", lms)
                 continue
             if a is None:
                 add(student, None, original, data, str(rel), f"cannot tell the assignment of "
-                    f"{original!r}; use --assignment")
+                    f"{original!r}; use --assignment", lms)
                 continue
             add(student, a, f"{a}.ipynb" if Path(original).stem.startswith(a) else original,
-                data, str(rel))
+                data, str(rel), lms=lms)
         # <student>/<assignment>/ folders without any notebook: a missing notebook scores 0
         for d in sorted(path.glob("*/*")):
             if d.is_dir() and (d.name in known or d.name == assignment) and \

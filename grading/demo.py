@@ -76,19 +76,30 @@ def run_demo(assignments: list[str] | None = None, jobs: int | None = None, keep
     try:
         for a in chosen:
             shutil.copytree(root / course.SOURCE_DIR / a, tmp / course.SOURCE_DIR / a)
-        print(f"demo course in {tmp}")
-        for line in release(chosen, root=tmp):
-            print(" ", line)
+        print(f"demo course in {tmp}" + ("" if keep else " (deleted at the end; --keep keeps it)"))
+        released = release(chosen, root=tmp)   # the demo's own copy, not the repository's notebooks/
+        print(f"released {len(released)} file(s) of {len(chosen)} assignment(s) into "
+              f"{tmp / course.RELEASE_DIR}")
         make_submissions(tmp, chosen, tmp / "submissions")
         print(f"autograding 3 submissions x {len(chosen)} assignment(s) ...")
         rep = autograde(tmp / "submissions", out=tmp / "graded", jobs=jobs, root=tmp, timeout=timeout)
         print()
         print(grade_table(rep.out))
         print(f"\n({rep.graded} notebooks in {rep.seconds:.0f} s; '+N?' = written answers awaiting "
-              "manual grading)")
+              "manual grading; 'pending' = a total that waits for them)")
+        page = next(iter(sorted((rep.out / "feedback" / "partial").glob("*/*.html"))), None)
+        where = [("grade table (one row per student and assignment)", rep.out / "grades.csv"),
+                 ("every graded question", rep.out / "questions.csv"),
+                 ("files not graded, and why", rep.out / "unmatched.csv"),
+                 ("a feedback page (open it in a browser)", page),
+                 ("the gradebook (nbgrader)", rep.out / "gradebook.db")]
+        print("\n" + ("written:" if keep else "written (deleted when the demo ends; --keep keeps them):"))
+        for what, path in where:
+            if path is not None and path.exists():
+                print(f"  {what}: {path}")
         return 0 if not rep.errors else 1
     finally:
         if keep:
-            print(f"kept {tmp}")
+            print(f"kept the demo course in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,5 +1,7 @@
 """``python -m grading export``: one CSV row per submission of the course gradebook, manual grades
-included (as nbgrader's ``export``, with the autograder's review flags).
+included (as nbgrader's ``export``, with the autograder's review flags); with ``--format
+canvas|brightspace|moodle`` the LMS's grade-import layout instead (``grading.lms``). Either way
+``<out>/grades.csv`` is written again with the gradebook's manual points.
 
 Trusted: runs in the grader's own process.
 """
@@ -7,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import logging
+import sys
 from pathlib import Path
 
 from . import course
-from .state import STATE_FILE, load_state
+from .state import STATE_FILE, load_state, refresh_csvs
 
 log = logging.getLogger("grading.export")
 
@@ -63,7 +66,28 @@ def export_cli(args) -> int:
     if db_url.startswith("sqlite:///") and not Path(db_url[len("sqlite:///"):]).is_file():
         log.error("no gradebook at %s", db_url)
         return 2
-    to = Path(args.to or DEFAULT_TO)
-    n = export_grades(db_url, to, out)
-    print(f"wrote {n} row(s) to {to}")
+    refreshed = refresh_csvs(out, db_url)  # grades.csv of --out, with the manual points
+    fmt = getattr(args, "format", None) or "csv"
+    if fmt == "csv":
+        to = Path(args.to or DEFAULT_TO)
+        n = export_grades(db_url, to, out)
+        print(f"wrote {n} row(s) to {to}")
+    else:
+        from .lms import export_lms
+
+        try:
+            res = export_lms(fmt, out, db_url, args.to, getattr(args, "pending", "blank"))
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        for f in res.files:
+            print(f"wrote {f} ({fmt} grade import, {res.students} student(s))")
+        if res.pending:
+            what = ("left empty (no grade imported)" if getattr(args, "pending", "blank") == "blank"
+                    else "exported with the points graded so far")
+            print(f"{len(res.pending)} submission(s) still have written answers awaiting a grader, "
+                  f"{what}: {', '.join(res.pending[:10])}{' ...' if len(res.pending) > 10 else ''}",
+                  file=sys.stderr)
+    if refreshed:
+        print(f"updated {refreshed}")
     return 0

@@ -6,6 +6,10 @@ assignment's other files are copied back, and files of ``notebooks/<a>`` that th
 not make are removed. ``--check`` regenerates in memory and names every stale, missing or extra
 file of ``notebooks/``.
 
+A released notebook that holds work (outputs, or an answer cell whose placeholder was replaced:
+someone worked in ``notebooks/`` rather than in the student pack) is never overwritten or removed
+without ``--force``: the release stops before writing anything and names each such file.
+
 Trusted: runs in the instructor's process.
 """
 from __future__ import annotations
@@ -105,6 +109,25 @@ def build_release(assignment: str, root: Path = course.REPO_ROOT) -> dict[str, b
     return out
 
 
+def work_in(path: Path) -> str | None:
+    """What work a released notebook on disk holds (outputs, typed answers), or None."""
+    if path.suffix != ".ipynb" or not path.is_file():
+        return None
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        nb_cells = nb["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "it is not a readable notebook"
+    ran = sum(1 for c in nb_cells if c.get("cell_type") == "code"
+              and (c.get("outputs") or c.get("execution_count") is not None))
+    typed = [cells.grade_id(c) or "?" for c in nb_cells if cells.nbgrader(c).get("solution")
+             and ("raise NotImplementedError()" not in cells.source(c) if c.get("cell_type") == "code"
+                  else cells.TEXT_STUB not in cells.source(c))]
+    found = ([f"answers typed into {', '.join(typed[:4])}{' ...' if len(typed) > 4 else ''}"] if typed
+             else []) + ([f"outputs of {ran} code cell(s)"] if ran else [])
+    return "; ".join(found) or None
+
+
 def extra_files(dest: Path, files: dict[str, bytes]) -> list[Path]:
     """The files under ``dest`` (an assignment's release folder) that are not in ``files``."""
     if not dest.is_dir():
@@ -115,16 +138,32 @@ def extra_files(dest: Path, files: dict[str, bytes]) -> list[Path]:
 
 
 def release(assignments: list[str] | None = None, root: Path = course.REPO_ROOT,
-            check: bool = False) -> list[str]:
+            check: bool = False, force: bool = False) -> list[str]:
     """Release (or with ``check`` compare) the given assignments; returns the problems found.
 
     Without ``check`` the files are written, extra files removed, and the list names what changed
-    (``"updated ..."``, ``"removed ..."``).
+    (``"updated ..."``, ``"removed ..."``, ``"overwrote ... (it held ...)"`` with ``force``).
+    A released notebook that holds work raises :class:`ReleaseError` before anything is written,
+    unless ``force``.
     """
     root = Path(root)
     problems, changed = [], []
-    for a in course.resolve_assignments(assignments, root):
-        files = build_release(a, root)
+    built = {a: build_release(a, root) for a in course.resolve_assignments(assignments, root)}
+    held = {}
+    for a, files in built.items():
+        dest = root / course.RELEASE_DIR / a
+        for target in [dest / n for n in files] + extra_files(dest, files):
+            if target.is_file() and target.read_bytes() != files.get(target.relative_to(dest).as_posix()):
+                work = work_in(target)
+                if work:
+                    held[target] = work
+    if held and not check and not force:
+        raise ReleaseError("these released notebooks hold work that the release would overwrite:\n"
+                           + "\n".join(f"  {t.relative_to(root)}: {w}" for t, w in held.items())
+                           + "\nstudents work in the pack (python -m grading pack), not in "
+                           f"{course.RELEASE_DIR}/; move the files away, or run the release again "
+                           "with --force to overwrite them")
+    for a, files in built.items():
         dest = root / course.RELEASE_DIR / a
         for name, data in files.items():
             target = dest / name
@@ -136,11 +175,13 @@ def release(assignments: list[str] | None = None, root: Path = course.REPO_ROOT,
             elif not target.is_file() or target.read_bytes() != data:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
-                changed.append(f"updated {target.relative_to(root)}")
+                changed.append(f"overwrote {target.relative_to(root)} (it held {held[target]})"
+                               if target in held else f"updated {target.relative_to(root)}")
         for f in extra_files(dest, files):
             if check:
                 problems.append(f"extra (not in {course.SOURCE_DIR}/): {f.relative_to(root)}")
             else:
                 f.unlink()
-                changed.append(f"removed {f.relative_to(root)}")
+                changed.append(f"removed {f.relative_to(root)}"
+                               + (f" (it held {held[f]})" if f in held else ""))
     return problems if check else changed

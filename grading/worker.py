@@ -117,7 +117,7 @@ def strip_tracebacks(nb_path: Path, pattern: str) -> tuple[dict[str, str], dict[
         if cells.is_test(cell):
             messages[cells.grade_id(cell)] = msg
         elif msg and msg != STDERR_MESSAGE:
-            other_errors[cells.grade_id(cell) or f"cell {index}"] = msg
+            other_errors[cells.display_name(nb.cells, index)] = msg
     _write(nb, nb_path)
     return messages, other_errors
 

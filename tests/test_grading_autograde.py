@@ -98,9 +98,11 @@ def test_gradebook_is_consistent(graded):
 
 def test_feedback_has_no_hidden_tests_or_solutions(graded):
     pages = sorted((graded["out"] / "feedback").glob(f"*/{A}/{A}.html"))
-    executed = {n for n, (d, _, _) in graded["cases"].items()   # (a kernel that died is graded too)
-                if n not in ("invalid_json", "empty_file", "missing_notebook", "other_assignment")}
-    assert {p.parent.parent.name for p in pages} == executed
+    assert {p.parent.parent.name for p in pages} == set(graded["cases"])  # not run: a page too
+    for name, why in (("empty_file", "empty file"), ("invalid_json", "not valid JSON"),
+                      ("missing_notebook", "missing notebook")):
+        text = (graded["out"] / "feedback" / name / A / f"{A}.html").read_text()
+        assert "This notebook scored 0:" in text and why in text, (name, text[-800:])
     for p in pages:
         text = p.read_text()
         own = p.parent.parent.name == "solution"  # handed in the instructor's notebook itself
@@ -189,11 +191,21 @@ def test_rubric_and_demo_on_the_fixture(capsys):
     print_rubric(A, root=gc.COURSE)
     out = capsys.readouterr().out
     assert "Model answer" in out and "Rubric (2 points)" in out and "never negative" in out
-    assert run_demo(jobs=2, root=gc.COURSE, timeout=TIMEOUT) == 0
+    assert run_demo(jobs=2, root=gc.COURSE, timeout=TIMEOUT, keep=True) == 0
     out = capsys.readouterr().out
     table = {ln.split()[0]: ln.split()[1] for ln in out.splitlines()
              if ln.split() and ln.split()[0] in ("perfect", "partial", "blank")}
     assert table == {"perfect": "3/3", "partial": "0/3", "blank": "0/3"}
+    assert "updated notebooks/" not in out   # the demo's copy is no repository folder
+    where = {ln.split(": ", 1)[0].strip(): Path(ln.split(": ", 1)[1]) for ln in out.splitlines()
+             if ln.startswith("  ") and ": /" in ln}
+    assert where["grade table (one row per student and assignment)"].name == "grades.csv"
+    assert where["a feedback page (open it in a browser)"].suffix == ".html"
+    assert all(p.is_file() for p in where.values()), where   # --keep kept them
+    import shutil
+
+    kept = next(ln for ln in out.splitlines() if ln.startswith("kept the demo course in "))
+    shutil.rmtree(kept.rsplit(" ", 1)[1])
 
 
 def test_student_code_cannot_write_outside_its_job(tmp_path):
@@ -311,3 +323,26 @@ def test_sandboxed_kernel_reads_course_data_in_a_closed_folder(tmp_path, monkeyp
               progress=False)
     row = read_csv(tmp_path / "out" / "grades.csv")[0]
     assert row["auto_score"] == "3", (row["notes"], row["review"])
+
+
+def test_log_lines_are_never_glued_onto_the_progress_bar(tmp_path):
+    """Every log line starts a line of its own, the bar drawn between them (tqdm's logging
+    redirect), also when stderr is a file."""
+    import re
+    import subprocess
+
+    for name in ("perfect", "blank", "empty_file"):
+        gc.write_tree(tmp_path / "subs", [name])
+    cmd = [sys.executable, "-m", "grading", "autograde", str(tmp_path / "subs"), "--jobs", "2",
+           "--root", str(gc.COURSE), "--out", str(tmp_path / "out")]
+    env = dict(course.grading_env(), PYTHONPATH=str(course.REPO_ROOT))
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "%|" in res.stderr                          # the bar was drawn
+    logged = 0
+    for piece in re.split(r"[\r\n]", res.stderr):       # what each carriage return leaves
+        piece = piece.strip()
+        if "INFO grading" in piece or "WARNING grading" in piece:
+            logged += 1
+            assert re.match(r"^(INFO|WARNING) grading", piece), piece   # nothing glued before it
+    assert logged >= 5

@@ -90,3 +90,34 @@ def test_real_release_builds_without_leaks(assignment):
     text = files[f"{assignment}.ipynb"].decode()
     assert release.leaks(text) == []
     assert "BEGIN HIDDEN TESTS" not in text and "_hidden.run" not in text and "gradeprobe" not in text
+
+
+def test_release_never_overwrites_work_without_force(course_copy):
+    """Someone worked in notebooks/ (typed an answer, ran cells): the release says so, writes
+    nothing, and asks for --force; with --force it overwrites and says what the file held."""
+    import json
+
+    nb = course_copy / "notebooks" / A / f"{A}.ipynb"
+    released = nb.read_bytes()
+    work = json.loads(released)
+    answer = next(c for c in work["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "square")
+    answer["source"] = "def square(x):\n    return x * x\n"
+    nb.write_text(json.dumps(work))
+    src = course_copy / "solutions" / A / f"{A}.ipynb"
+    src.write_text(src.read_text().replace("A tiny assignment", "A small assignment"))
+    r = cli("release", "--root", str(course_copy))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"notebooks/{A}/{A}.ipynb: answers typed into square" in r.stderr and "--force" in r.stderr
+    assert json.loads(nb.read_text()) == work                        # nothing written
+    code = next(c for c in work["cells"] if c["cell_type"] == "code")
+    answer["source"] = next(c["source"] for c in json.loads(released)["cells"]   # as released
+                            if c["metadata"].get("nbgrader", {}).get("grade_id") == "square")
+    code["outputs"], code["execution_count"] = [{"output_type": "stream", "name": "stdout",
+                                                 "text": "fast mode: True\n"}], 1
+    nb.write_text(json.dumps(work))
+    with pytest.raises(release.ReleaseError, match="outputs of 1 code cell"):
+        release.release([A], root=course_copy)
+    r = cli("release", "--root", str(course_copy), "--force")
+    assert r.returncode == 0 and f"overwrote notebooks/{A}/{A}.ipynb (it held outputs" in r.stdout
+    assert "A small assignment" in nb.read_text()
+    assert cli("release", "--root", str(course_copy)).returncode == 0   # a clean release: no question

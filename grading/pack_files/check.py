@@ -181,7 +181,7 @@ def report(name: str, nb, tests, others, stopped: bool) -> str:
                  "if the hidden tests agree)")
     lines.append(f"graded after you hand in: the hidden tests of every test cell, and "
                  f"{plural(written_points, 'point')} of written answers "
-                 f"({len(written)} questions)")
+                 f"({len(written)} question{'' if len(written) == 1 else 's'})")
     return "\n".join(lines)
 
 
