@@ -67,14 +67,56 @@ def clean_html(text: str) -> str:
                         protocols={"http", "https", "data", "mailto"}, strip=True)
 
 
+MATHML_NS = "http://www.w3.org/1998/Math/MathML"
+#: The MathML that formulas may become; any other element (latex2mathml passes the text of
+#: ``\\text{<script>...}`` and friends through as markup) turns into plain, escaped text.
+MATHML_TAGS = {"math", "mrow", "mi", "mn", "mo", "ms", "mtext", "mspace", "msub", "msup",
+               "msubsup", "mfrac", "msqrt", "mroot", "mover", "munder", "munderover", "mtable",
+               "mtr", "mtd", "mstyle", "mpadded", "mphantom", "menclose", "mfenced", "merror",
+               "mmultiscripts", "mprescripts", "none", "semantics"}
+#: Presentation attributes only: no ``href`` (latex2mathml keeps ``\\href{javascript:...}``).
+MATHML_ATTRIBUTES = {"display", "mathvariant", "stretchy", "fence", "separator", "separators",
+                     "form", "lspace", "rspace", "minsize", "maxsize", "largeop", "movablelimits",
+                     "accent", "accentunder", "linethickness", "columnalign", "rowalign",
+                     "columnspacing", "rowspacing", "columnlines", "rowlines", "frame", "width",
+                     "height", "depth", "displaystyle", "scriptlevel", "notation", "symmetric",
+                     "open", "close", "align"}
+
+
+def safe_mathml(markup: str) -> str | None:
+    """``markup`` with only :data:`MATHML_TAGS` and :data:`MATHML_ATTRIBUTES` left, every other
+    element as its escaped text; None when it is not well-formed XML."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(markup)
+    except ET.ParseError:
+        return None
+    for el in root.iter():
+        tag = el.tag.rpartition("}")[2] if isinstance(el.tag, str) else ""
+        if tag not in MATHML_TAGS:
+            text = "".join(el.itertext())
+            for child in list(el):
+                el.remove(child)
+            el.tag, el.text = f"{{{MATHML_NS}}}mtext", text
+            el.attrib.clear()
+        for name in list(el.attrib):
+            if name.rpartition("}")[2] not in MATHML_ATTRIBUTES:
+                del el.attrib[name]
+    ET.register_namespace("", MATHML_NS)
+    return ET.tostring(root, encoding="unicode")
+
+
 def latex_to_mathml(tex: str, display: bool) -> str:
-    """MathML for ``tex``; the LaTeX source in ``<code>`` when it cannot be converted."""
+    """MathML for ``tex`` (cleaned by :func:`safe_mathml`); the LaTeX source in ``<code>`` when it
+    cannot be converted."""
     from latex2mathml.converter import convert
 
     try:
-        return convert(tex.strip(), display="block" if display else "inline")
+        markup = safe_mathml(convert(tex.strip(), display="block" if display else "inline"))
     except Exception:  # noqa: BLE001  (any LaTeX it does not know: shown as source, not lost)
-        return f'<code class="tex">{html.escape(tex)}</code>'
+        markup = None
+    return markup if markup is not None else f'<code class="tex">{html.escape(tex)}</code>'
 
 
 def render_markdown(text: str) -> str:
