@@ -11,7 +11,7 @@ tasks to another, and sends Python values both ways. README "Grading on a cluste
 
 What travels: each task carries one prepared job (the sanitized notebooks, already scanned and
 marked by the coordinator; the assignment's template files and template gradebook; the limits),
-and returns the :class:`~grading.worker.WorkerResult`, the graded notebooks and the feedback
+and returns the :class:`~grading.worker.WorkerResult`, the graded notebooks
 pages as bytes. A Dask worker grades exactly as a local slot does (``grading.jobs.run_job``: a
 fresh job folder, its own kernel in the bubblewrap sandbox under a uid of its own, the memory
 cgroup), from its own copy of the course (``helpers/``, ``gradeprobe/``, ``grading/``), its venv

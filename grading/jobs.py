@@ -43,7 +43,7 @@ class Job:
     notes: list[str]
     flags: list[str]
     result: WorkerResult | None = None       # None: nothing to run (every notebook scores 0)
-    files: dict[str, bytes] = field(default_factory=dict)  # "feedback/<nb>", "autograded/<nb>"
+    files: dict[str, bytes] = field(default_factory=dict)  # "autograded/<nb>"
     wall_seconds: float | None = None
     memory_peak_mb: float | None = None     # the kernel's peak memory (as root, from its cgroup)
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds (see Report.timings)
@@ -214,12 +214,11 @@ def run_job(job: Job, index: int, workdir: Path, mode: str, timeout: int | None,
         else:
             job.result = WorkerResult(tool_error=f"grading worker died (exit {died}) without a result")
         job.wall_seconds = round(time.perf_counter() - t0, 2)
-        job.files = {}  # the graded notebooks and the feedback, before the job folder goes
-        for kind, paths in (("feedback", job.result.feedback), ("autograded", job.result.autograded)):
-            for nb_name, path in paths.items():
-                p = Path(path)
-                if p.is_file() and job_dir in p.parents:
-                    job.files[f"{kind}/{nb_name}"] = p.read_bytes()
+        job.files = {}  # the graded notebooks, before the job folder goes
+        for nb_name, path in job.result.autograded.items():
+            p = Path(path)
+            if p.is_file() and job_dir in p.parents:
+                job.files[f"autograded/{nb_name}"] = p.read_bytes()
         job.memory_peak_mb = limits.peak_mb(cgroup) if cgroup else None
         for phase, sec in job.result.timings.items():
             if isinstance(sec, (int, float)):

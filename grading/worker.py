@@ -6,7 +6,7 @@ nbgrader starts from here (confined as ``grading.isolation`` arranges).
 ``python -m grading.worker JOB`` where ``JOB`` (prepared by ``grading.jobs``) holds ``course/``
 (the assignment's ``solutions/`` copy, a copy of the template ``gradebook.db`` and the sanitized
 ``submitted/<student>/<assignment>/*.ipynb``), ``kernels/`` (the grading kernelspec) and
-``job.json``. It runs nbgrader's autograde and generate_feedback there and writes ``result.json``,
+``job.json``. It runs nbgrader's autograde there and writes ``result.json``,
 a :class:`WorkerResult`: the grades read back from the job's own gradebook plus each test cell's
 failure message. Only the parent process writes the course gradebook.
 
@@ -56,14 +56,13 @@ class WorkerResult:
     messages: dict[str, dict[str, str]] = field(default_factory=dict)      # nb -> test cell -> error
     cell_errors: dict[str, dict[str, str]] = field(default_factory=dict)   # nb -> other cell -> error
     autograded: dict[str, str] = field(default_factory=dict)  # nb -> graded notebook in the job
-    feedback: dict[str, str] = field(default_factory=dict)    # nb -> feedback page in the job
     failure: str | None = None     # why nbgrader could not grade the submission (its own doing)
     tool_error: str | None = None  # why the grading tool could not grade it (never the student's)
     kernel_started: bool = True    # False: the kernel died before any cell, worth another try
     seconds: float = 0.0
     #: where the worker's seconds went (``grading.autograde`` sums them per run): ``setup`` (the
     #: API, the checks' plans), ``kernel_start``, ``cells``, ``nbgrader`` (autograde's own work
-    #: around the kernel), ``verdicts``, ``feedback``, ``read_grades``; ``slowest_cells``
+    #: around the kernel), ``verdicts``, ``read_grades``; ``slowest_cells``
     timings: dict = field(default_factory=dict)
 
     @property
@@ -227,16 +226,8 @@ def grade_job(job: Path) -> WorkerResult:
         result.autograded[nb_path.stem] = str(nb_path)
     t2 = time.perf_counter()
     timings["verdicts"] = round(t2 - t1, 3)
-    if res["success"]:
-        with course.quiet_nbgrader():
-            fb = api.generate_feedback(a, s, force=True)
-        if not fb["success"]:
-            print(f"generate_feedback failed: {(fb.get('error') or fb.get('log') or '')[-2000:]}",
-                  file=sys.stderr)
-        for html in sorted((root / "feedback" / s / a).glob("*.html")):
-            result.feedback[html.stem] = str(html)
-    t3 = time.perf_counter()
-    timings["feedback"] = round(t3 - t2, 3)
+    # No nbgrader generate_feedback here: the parent renders the course's own pages from the
+    # graded notebook and the gradebook (grading.feedback_html), which saved about 1 s per job.
     with course.quiet_nbgrader(), api.gradebook as gb:
         try:
             sub = gb.find_submission(a, s)
@@ -251,7 +242,7 @@ def grade_job(job: Path) -> WorkerResult:
                                       comments.get(g.name))
                     for g in snb.grades}
     result.seconds = round(time.perf_counter() - t0, 2)
-    timings["read_grades"] = round(time.perf_counter() - t3, 3)
+    timings["read_grades"] = round(time.perf_counter() - t2, 3)
     return result
 
 
