@@ -111,21 +111,22 @@ def trap_globals(p: Probe, fn: str, args: Sequence, kwargs: dict, wrong: dict, r
 
 
 def expect_no_globals(trapped: Outcome, control: Outcome, names: Sequence[str], fn: str, context: str = "",
-                      rtol: float = 1e-6, atol: float = 1e-7) -> None:
-    """The result did not change when the notebook globals ``names`` were bound to wrong values."""
+                      rtol: float = 1e-6, atol: float = 1e-7, hint: str | None = None) -> None:
+    """The result did not change when the notebook globals ``names`` were bound to wrong values
+    (``hint``: the likely cause, when the notebook has a more precise one)."""
     listed = ", ".join(f"`{n}`" for n in names)
     if control.raised:
         return  # the call fails on its own: judged by the check's other cases
     if trapped.raised:
         raise CheckFailed(
             f"{fn}{context} raised an error when the notebook's globals {listed} held other values "
-            f"than its arguments:\n{trapped.error}\nLikely cause: the function reads a notebook global (or a "
-            f"hard-coded T) instead of its arguments; take T from the schedule it is given (T = len(beta)).")
+            f"than its arguments:\n{trapped.error}\nLikely cause: " + (hint or "the function reads a notebook global "
+            "(or a hard-coded T) instead of its arguments; take T from the schedule it is given (T = len(beta))."))
     if not same_value(trapped.value, control.value, rtol=rtol, atol=atol):
         raise CheckFailed(
             f"{fn}{context} returned another result when the notebook's globals {listed} held other "
-            f"values than its arguments.\nLikely cause: the function uses a notebook global instead of its "
-            f"argument (e.g. the global alpha_bar or T); compute everything from the arguments it is given.")
+            f"values than its arguments.\nLikely cause: " + (hint or "the function uses a notebook global instead of "
+            "its argument (e.g. the global alpha_bar or T); compute everything from the arguments it is given."))
 
 
 # ------------------------------------------------------------------------------------------------
