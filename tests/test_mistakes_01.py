@@ -18,6 +18,7 @@ returned noise other than the one used; the cosine schedule without its offset s
 from __future__ import annotations
 
 import nbformat
+import torch
 import pytest
 
 from grading import cells
@@ -499,3 +500,82 @@ def test_family_mistakes_three_per_family():
     for family, *_ in FAMILY_MISTAKES.values():
         per_family[family] = per_family.get(family, 0) + 1
     assert all(per_family.get(f, 0) >= 3 for f in (1, 2, 3, 4)), per_family
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15, family 8: a visible assert that fails first names the likely cause too
+# ----------------------------------------------------------------------------------------------
+HIDDEN_END = "### END " + "HIDDEN TESTS"
+
+
+def visible_part(test_gid: str) -> str:
+    """The visible asserts of a test cell: what a student's own run executes."""
+    return NOTEBOOK.cells[test_gid].split(HIDDEN_END, 1)[1]
+
+
+VISIBLE = {
+    # mistake name (in MISTAKES or FAMILY_MISTAKES), test cell, words of the visible message
+    "q_sample: alpha_bar instead of sqrt(alpha_bar)": ("test_q_sample", "alpha_bar instead of its square root"),
+    "q_sample: 1 - alpha_bar instead of sqrt(1 - alpha_bar)": ("test_q_sample", "1 - alpha_bar instead of its square root"),
+    "q_sample: one t for the whole batch": ("test_q_sample", "one time t[0] is used for the whole batch"),
+    "forward_step: beta instead of sqrt(beta)": ("test_forward_step", "beta instead of sqrt(beta)"),
+    "alphas_from_betas: cumsum instead of cumprod": ("test_alphas_from_betas", "cumsum instead of torch.cumprod"),
+    "alphas_from_betas: product only up to t - 1": ("test_alphas_from_betas", "stops at t - 1"),
+    "linear_beta_schedule: arange misses beta_end": ("test_linear_beta_schedule", "one step short of beta_end"),
+    "cosine_beta_schedule: no offset s": ("test_cosine_beta_schedule", "offset s is missing"),
+    "cosine_beta_schedule: no clip": ("test_cosine_beta_schedule", "not clipped"),
+    "F4 linear schedule in float64": ("test_linear_beta_schedule", "float64 tensor made inside"),
+}
+
+
+def _source(name: str) -> tuple[str, str]:
+    if name in MISTAKES:
+        grade_id, old, new, _, _ = MISTAKES[name]
+        return grade_id, patch(grade_id, old, new)
+    _, grade_id, source, _, _ = FAMILY_MISTAKES[name]
+    return grade_id, source
+
+
+@pytest.mark.parametrize("name", sorted(VISIBLE))
+def test_visible_assert_names_the_cause(name):
+    from helpers.checks import VisibleTestFailed
+
+    test_gid, words = VISIBLE[name]
+    grade_id, source = _source(name)
+    ns = namespace({grade_id: source})
+    ns["x_0"] = torch.rand(5, 1, 32, 32) * 2 - 1  # the notebook's digits, as far as the visible tests go
+    with pytest.raises(VisibleTestFailed) as err:
+        exec(compile(visible_part(test_gid), f"<{test_gid}>", "exec"), ns)  # noqa: S102
+    assert "Likely cause" in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_visible_asserts_pass_on_the_solution():
+    ns = namespace()
+    ns["x_0"] = torch.rand(5, 1, 32, 32) * 2 - 1
+    for gid in TEST_CELLS:
+        exec(compile(visible_part(gid), f"<{gid}>", "exec"), ns)  # noqa: S102
+
+
+@pytest.mark.slow
+def test_runner_student_q_sample_alpha_bar_mistake_names_the_cause():
+    """As a student runs it: the released notebook (no hidden tests), every answer filled in, q_sample with
+    alpha_bar instead of its square root. The visible assert fails first and its message names the cause."""
+    from notebook_support import REPO
+
+    released = REPO / "notebooks" / "01_forward_process" / "01_forward_process.ipynb"
+    replace = {gid: NOTEBOOK.cells[gid] for gid in ANSWERS}
+    replace["q_sample"] = _source("q_sample: alpha_bar instead of sqrt(alpha_bar)")[1]
+    res, table = run_cells(released, replace=replace, stop_after="test_q_sample")
+    r = res["test_q_sample"]
+    assert not r.passed and r.points == 0, table
+    assert "Likely cause: alpha_bar instead of its square root" in r.message, r.message
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_correct_variant_passes_the_visible_asserts(name):
+    grade_id, source = CORRECT[name]
+    ns = namespace({grade_id: source})
+    ns["x_0"] = torch.rand(5, 1, 32, 32) * 2 - 1
+    cells_of = [gid for gid in TEST_CELLS if gid.startswith(f"test_{grade_id}")]
+    for gid in cells_of:
+        exec(compile(visible_part(gid), f"<{gid}>", "exec"), ns)  # noqa: S102

@@ -459,3 +459,27 @@ def test_family_mistakes_three_per_family():
     for family, *_ in FAMILY_MISTAKES.values():
         per_family[family] = per_family.get(family, 0) + 1
     assert all(per_family.get(f, 0) >= 3 for f in (1, 2, 3, 4, 5)), per_family
+
+
+# ------------------------------------------------------------------------------------------ issue 15, family 8
+
+HIDDEN_END = "### END " + "HIDDEN TESTS"
+VISIBLE = {
+    # mistake (MISTAKES), test cell, words of the visible message
+    "embedding halves swapped": ("test_timestep_embedding", "halves are swapped"),
+    "embedding frequencies -i/dim": ("test_timestep_embedding", "max_period ** (-i / dim)"),
+    "sum instead of mean": ("test_ddpm_loss", "sum of squared errors instead of their mean"),
+    "ema decay swapped": ("test_ema_update", "decay and 1 - decay are swapped"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VISIBLE))
+def test_visible_assert_names_the_cause(case):
+    from helpers.checks import VisibleTestFailed
+
+    test_gid, words = VISIBLE[case]
+    name, make, _ = MISTAKES[case]
+    ns = namespace(**{name: make()})
+    with pytest.raises(VisibleTestFailed) as err:
+        exec(compile(NOTEBOOK.cells[test_gid].split(HIDDEN_END, 1)[1], test_gid, "exec"), ns)  # noqa: S102
+    assert "Likely cause" in str(err.value) and words in str(err.value), str(err.value)

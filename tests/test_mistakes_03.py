@@ -525,3 +525,28 @@ def ddim_sample(model, x_T, alpha_bar, num_steps=50, eta=0.0, generator=None):
 def test_family_correct_alternative_keeps_full_marks(case):
     _, gid, src = case
     run_check(gid, {gid: textwrap.dedent(src)})
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 15, family 8: a visible assert that fails first names the likely cause too
+# ------------------------------------------------------------------------------------------------
+HIDDEN_END = "### END " + "HIDDEN TESTS"
+VISIBLE = [
+    # mistake (MISTAKES), test cell, words of the visible message
+    ("step_sigma_beta", "test_p_sample_step", "sigma_t = beta_t"),
+    ("beta_tilde_wrapped_index", "test_posterior_variance", "wrapped index"),
+    ("beta_tilde_with_alpha_bar_t", "test_posterior_variance", "alpha_bar[t] used where alpha_bar[t - 1] belongs"),
+    ("ddim_alpha_bar_minus_one", "test_ddim_step", "LAST value"),
+]
+
+
+@pytest.mark.parametrize("case", VISIBLE, ids=[v[0] for v in VISIBLE])
+def test_visible_assert_names_the_cause(case):
+    from helpers.checks import VisibleTestFailed
+
+    name, test_gid, words = case
+    _, gid, src, _, _ = _case(name)
+    ns = namespace({gid: src})
+    with pytest.raises(VisibleTestFailed) as err:
+        exec(compile(SOLUTION.cells[test_gid].split(HIDDEN_END, 1)[1], test_gid, "exec"), ns)  # noqa: S102
+    assert "Likely cause" in str(err.value) and words in str(err.value), str(err.value)
