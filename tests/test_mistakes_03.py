@@ -467,6 +467,21 @@ def ddim_sample(model, x_T, alpha_bar, num_steps=50, eta=0.0, generator=None):
 ]
 
 
+FAMILY_GROUP = ["p_sample_step_scales_z_in_place", "posterior_variance_numpy_float64", "p_sample_loop_keeps_the_graph",
+                "ddim_step_x0_hat_in_place", "ddim_sample_restarts_the_generator", "sdedit_with_beta_tilde"]
+
+
+@pytest.mark.slow
+def test_runner_family_mistakes_lose_points_in_their_cells():
+    """One mistake of families 1, 2, 4 and 6 in each answer cell at once: every test cell loses its points."""
+    cases = {m[1]: m for m in FAMILY_MISTAKES}
+    replace = {cases[n][2]: cases[n][3] for n in FAMILY_GROUP}
+    res, table = run_cells(NOTEBOOK, replace=replace)
+    for gid in replace:
+        r = res[f"test_{gid}"]
+        assert not r.passed and r.points == 0, f"test_{gid} should lose its points: {r}\n{table}"
+
+
 @pytest.mark.parametrize("case", FAMILY_MISTAKES, ids=[m[1] for m in FAMILY_MISTAKES])
 def test_family_mistake_loses_points_with_its_cause(case):
     _, _, gid, src, question, words = case
