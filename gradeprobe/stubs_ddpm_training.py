@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["AffineNoiseNet", "CountingSGD", "ExactDeltaNet", "OneShotBatches", "SmallNet"]
+__all__ = ["AffineNoiseNet", "BufferedNet", "CountingSGD", "ExactDeltaNet", "OneShotBatches", "SmallNet"]
 
 
 class AffineNoiseNet(nn.Module):
@@ -113,5 +113,17 @@ class SmallNet(nn.Sequential):
         super().__init__(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
         own = self.state_dict()
         # a 0-d tensor of the plan (num_batches_tracked) arrives with shape (1,): give it its own shape
+        self.load_state_dict({k: torch.as_tensor(v).reshape(own[k].shape) if k in own else v
+                              for k, v in state.items()})
+
+
+class BufferedNet(SmallNet):
+    """:class:`SmallNet` with one more floating-point buffer of its own, ``shift`` (2,) (a registered
+    statistic outside any BatchNorm: an EMA must copy it too)."""
+
+    def __init__(self, state: dict):
+        nn.Sequential.__init__(self, nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+        self.register_buffer("shift", torch.zeros(2))
+        own = self.state_dict()
         self.load_state_dict({k: torch.as_tensor(v).reshape(own[k].shape) if k in own else v
                               for k, v in state.items()})

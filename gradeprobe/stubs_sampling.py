@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from .stubs import StubModel, time_batch
+from torch import nn
 
-__all__ = ["FixedNoiseModel"]
+from .stubs import GaussianDataModel, StubModel, time_batch
+
+__all__ = ["FixedNoiseModel", "ParamGaussianModel"]
 
 
 class FixedNoiseModel(StubModel):
@@ -26,3 +28,16 @@ class FixedNoiseModel(StubModel):
         scale = (1 + idx / 1000).reshape(-1, *([1] * (x.dim() - 1))).to(device=x.device)
         xd = x.to(torch.float64)
         return ((0.6 * torch.sin(2 * xd) + 0.3) * scale).to(x.dtype)
+
+
+class ParamGaussianModel(GaussianDataModel):
+    """The Gaussian-data predictor ``sqrt(1 - alpha_bar[t]) x_t`` times a learnable ``scale`` (1.0): a
+    network with parameters, whose output carries an autograd graph unless sampling runs under
+    ``torch.no_grad()``."""
+
+    def __init__(self, alpha_bar: torch.Tensor):
+        super().__init__(alpha_bar)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x, t, *rest):
+        return super().forward(x, t) * self.scale.to(x.dtype)

@@ -257,15 +257,51 @@ def evaluate(model, batches, alpha_bar, generator=None):
     losses, weights = zip(*parts)
     return float(np.average(losses, weights=weights))
 '''),
-    "ema with lerp and averaged buffers (state_dict)": ("ema_update", '''
+    "ema with lerp, buffers copied by name (state_dict)": ("ema_update", '''
 def ema_update(ema_model, model, decay=0.999):
     with torch.no_grad():
         for p_ema, p in zip(ema_model.parameters(), model.parameters()):
             p_ema.lerp_(p, 1 - decay)
         msd = model.state_dict()
         for k, b in ema_model.named_buffers():
-            if b.is_floating_point():  # averaged like the parameters (timm's ModelEmaV2 does this)
-                b.mul_(decay).add_(msd[k], alpha=1 - decay)
+            if b.is_floating_point():
+                b.copy_(msd[k])
+'''),
+    "ema with torch.lerp into .data, buffers through state_dict": ("ema_update", '''
+def ema_update(ema_model, model, decay=0.999):
+    own = dict(model.named_parameters())
+    for name, p_ema in ema_model.named_parameters():
+        p_ema.data = torch.lerp(p_ema.data, own[name].data, 1 - decay)
+    state = ema_model.state_dict()
+    for name, b in model.named_buffers():
+        if b.dtype.is_floating_point:
+            state[name].copy_(b)
+'''),
+    "train_step: Tensor.normal_ and multinomial times": ("train_step", '''
+def train_step(model, optimizer, x_0, alpha_bar, generator=None):
+    T = len(alpha_bar)
+    noise = torch.empty_like(x_0).normal_(generator=generator)
+    t = torch.multinomial(torch.ones(T), x_0.shape[0], replacement=True, generator=generator)
+    loss = ddpm_loss(model, x_0, t, noise, alpha_bar)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+'''),
+    "evaluate: NumPy generator seeded from the torch generator, float64 sums": ("evaluate", '''
+def evaluate(model, batches, alpha_bar, generator=None):
+    rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
+    mode = model.training
+    model.eval()
+    total, n = np.float64(0), 0
+    with torch.no_grad():
+        for x_0, _ in batches:
+            t = torch.from_numpy(rng.integers(0, len(alpha_bar), size=x_0.shape[0]))
+            noise = torch.from_numpy(rng.standard_normal(tuple(x_0.shape))).to(x_0.dtype)
+            total += np.float64(ddpm_loss(model, x_0, t, noise, alpha_bar).item()) * x_0.shape[0]
+            n += x_0.shape[0]
+    model.train(mode)
+    return float(total / n)
 '''),
 }
 
@@ -316,3 +352,134 @@ def test_runner_loss_mistake_loses_points(run_notebook):
     r = res["test_ddpm_loss"]
     assert not r.passed and r.points == 0
     assert re.search(r"fed x_0", r.message), r.message
+
+
+# ------------------------------------------------------------------------------------------ issue 15: families
+
+def _body(name: str, src: str) -> str:
+    return NOTEBOOK.body(name, src)
+
+
+TS_DRAWS = ("t = torch.randint(0, T, (B,), generator=generator, device=draw_on).to(x_0.device)  # (B,)\n"
+            "    noise = torch.randn(x_0.shape, generator=generator, device=draw_on, dtype=x_0.dtype).to(x_0.device)"
+            "  # (B, C, H, W)")
+FAMILY_MISTAKES = {
+    # name: (family, graded function, buggy source, regex of the message)
+    # 1. generator discipline
+    "F1 train_step reseeds the global RNG": (1, "train_step", lambda: mutate(
+        "train_step", TS_DRAWS, "if generator is not None:\n        torch.manual_seed(generator.initial_seed())\n"
+        "    t = torch.randint(0, T, (B,))\n    noise = torch.randn_like(x_0)"), r"changed torch's global random state"),
+    "F1 train_step: a new generator of the same seed": (1, "train_step", lambda: mutate(
+        "train_step", "draw_on = generator.device if generator is not None else x_0.device",
+        "draw_on = x_0.device\n    if generator is not None:\n"
+        "        generator = torch.Generator().manual_seed(generator.initial_seed())"),
+        r"continue the generator's stream"),
+    "F1 evaluate draws t without the generator": (1, "evaluate", lambda: mutate(
+        "evaluate", "t = torch.randint(0, T, (B,), generator=generator, device=draw_on)",
+        "t = torch.randint(0, T, (B,), device=draw_on)"), r"changed torch's global random state"),
+    "F1 evaluate restarts the generator at every call": (1, "evaluate", lambda: mutate(
+        "evaluate", "    was_training = model.training\n",
+        "    was_training = model.training\n    if generator is not None:\n"
+        "        generator = torch.Generator().manual_seed(generator.initial_seed())\n"),
+        r"continue the generator's stream"),
+    # 2. inputs left alone
+    "F2 ddpm_loss scales the noise in place": (2, "ddpm_loss", lambda: mutate(
+        "ddpm_loss", "x_t = q_sample(x_0, t, alpha_bar, noise)  # (B, C, H, W)",
+        "ab = alpha_bar[t].view(-1, 1, 1, 1)\n    x_t = ab.sqrt() * x_0 + noise.mul_((1 - ab).sqrt())"),
+        r"changed its input `noise` in place"),
+    "F2 ddpm_loss noises x_0 in place": (2, "ddpm_loss", lambda: mutate(
+        "ddpm_loss", "x_t = q_sample(x_0, t, alpha_bar, noise)  # (B, C, H, W)",
+        "ab = alpha_bar[t].view(-1, 1, 1, 1)\n    x_t = x_0.mul_(ab.sqrt()).add_((1 - ab).sqrt() * noise)"),
+        r"changed its input `x_0` in place"),
+    "F2 train_step takes the square root of alpha_bar in place": (2, "train_step", lambda: mutate(
+        "train_step", "    optimizer.zero_grad()\n    loss = ddpm_loss(model, x_0, t, noise, alpha_bar)",
+        "    optimizer.zero_grad()\n    sqrt_ab = alpha_bar.sqrt_()\n"
+        "    x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x_0 + (1 - sqrt_ab[t] ** 2).sqrt().view(-1, 1, 1, 1) * noise\n"
+        "    loss = F.mse_loss(model(x_t, t), noise)"), r"changed its input `alpha_bar` in place"),
+    # 3. arguments, not globals
+    "F3 train_step takes T from the global beta": (3, "train_step", lambda: mutate(
+        "train_step", "B, T = x_0.shape[0], alpha_bar.shape[0]", "B, T = x_0.shape[0], beta.shape[0]"),
+        r"T not taken from the alpha_bar argument"),
+    "F3 evaluate takes T from the global beta": (3, "evaluate", lambda: mutate(
+        "evaluate", "    T = alpha_bar.shape[0]\n", "    T = len(beta)\n"), r"T not taken from the alpha_bar argument"),
+    "F3 ddpm_loss with the notebook's alpha_bar": (3, "ddpm_loss", lambda: _body("ddpm_loss", '''
+ab = globals()["alpha_bar"].to(x_0.device)
+x_t = q_sample(x_0, t, ab, noise)
+return F.mse_loss(model(x_t, t), noise)
+'''), r"notebook's globals"),
+    # 4. result types
+    "F4 evaluate returns a tensor": (4, "evaluate", lambda: mutate("evaluate", "    return total / count",
+                                                                "    return torch.tensor(total / count)"),
+                                     r"Python float"),
+    "F4 train_step draws float times": (4, "train_step", lambda: mutate(
+        "train_step", "t = torch.randint(0, T, (B,), generator=generator, device=draw_on).to(x_0.device)",
+        "t = torch.floor(torch.rand(B, generator=generator, device=draw_on) * T)"), r"torch\.long"),
+    "F4 train_step returns a NumPy array": (4, "train_step", lambda: mutate(
+        "train_step", "return loss.item()", "return loss.detach().numpy()"), r"Python float"),
+    # 5. EMA: floating-point buffers are copied
+    "F5 ema averages the buffers like the parameters": (5, "ema_update", lambda: _body("ema_update", '''
+with torch.no_grad():
+    for p_ema, p in zip(ema_model.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1 - decay)
+    msd = model.state_dict()
+    for k, b in ema_model.named_buffers():
+        if b.is_floating_point():  # averaged like the parameters (timm's ModelEmaV2 does this)
+            b.mul_(decay).add_(msd[k], alpha=1 - decay)
+'''), r"averaged like the parameters"),
+    "F5 ema averages every float entry of the state_dict": (5, "ema_update", lambda: _body("ema_update", '''
+msd = model.state_dict()
+with torch.no_grad():
+    for k, v in ema_model.state_dict().items():
+        if v.dtype.is_floating_point:
+            v.mul_(decay).add_(msd[k], alpha=1 - decay)
+'''), r"averaged like the parameters"),
+    "F5 ema copies only BatchNorm's running statistics": (5, "ema_update", lambda: _body("ema_update", '''
+with torch.no_grad():
+    for p_ema, p in zip(ema_model.parameters(), model.parameters()):
+        p_ema.mul_(decay).add_(p, alpha=1 - decay)
+    for m_ema, m in zip(ema_model.modules(), model.modules()):
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m_ema.running_mean.copy_(m.running_mean)
+            m_ema.running_var.copy_(m.running_var)
+'''), r"registered statistic.*not only BatchNorm"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAMILY_MISTAKES))
+def test_family_mistake_loses_points_with_its_cause(case):
+    _, name, make, pattern = FAMILY_MISTAKES[case]
+    ns = namespace(**{name: make()})
+    with pytest.raises(CheckFailed) as err:
+        run_check(name, ns)
+    assert re.search(pattern, str(err.value), re.S), f"{case}: the message does not name the cause:\n{err.value}"
+
+
+def test_family_mistakes_three_per_family():
+    per_family = {}
+    for family, *_ in FAMILY_MISTAKES.values():
+        per_family[family] = per_family.get(family, 0) + 1
+    assert all(per_family.get(f, 0) >= 3 for f in (1, 2, 3, 4, 5)), per_family
+
+
+# ------------------------------------------------------------------------------------------ issue 15, family 8
+
+HIDDEN_END = "### END " + "HIDDEN TESTS"
+VISIBLE = {
+    # mistake (MISTAKES), test cell, words of the visible message
+    "embedding halves swapped": ("test_timestep_embedding", "halves are swapped"),
+    "embedding frequencies -i/dim": ("test_timestep_embedding", "max_period ** (-i / dim)"),
+    "sum instead of mean": ("test_ddpm_loss", "sum of squared errors instead of their mean"),
+    "ema decay swapped": ("test_ema_update", "decay and 1 - decay are swapped"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VISIBLE))
+def test_visible_assert_names_the_cause(case):
+    from helpers.checks import VisibleTestFailed
+
+    test_gid, words = VISIBLE[case]
+    name, make, _ = MISTAKES[case]
+    ns = namespace(**{name: make()})
+    with pytest.raises(VisibleTestFailed) as err:
+        exec(compile(NOTEBOOK.cells[test_gid].split(HIDDEN_END, 1)[1], test_gid, "exec"), ns)  # noqa: S102
+    assert "Likely cause" in str(err.value) and words in str(err.value), str(err.value)

@@ -166,7 +166,7 @@ def p_sample_step(model, x_t, t, beta, z):
     mean = abp.sqrt() * b / (1 - ab_t) * x0_hat + (1 - b).sqrt() * (1 - abp) / (1 - ab_t) * x_t.double()
     if t > 0:
         mean = mean + b.sqrt() * z.double()
-    return mean
+    return mean.to(x_t.dtype)
 '''),
     ("step_posterior_mean_float32", "p_sample_step", '''
 def p_sample_step(model, x_t, t, beta, z):
@@ -200,7 +200,7 @@ def posterior_variance(beta):
     for t in range(len(b)):
         ab_prev, ab = ab, ab * (1 - b[t])
         out[t] = (1 - ab_prev) / (1 - ab) * b[t]
-    return torch.from_numpy(out)
+    return torch.from_numpy(out).to(beta.dtype)
 '''),
     ("loop_noise_first_scaled_z", "p_sample_loop", '''
 def p_sample_loop(model, x_T, beta, variance="beta", record_every=100, generator=None):
@@ -235,8 +235,8 @@ def p_sample_loop(model, x_T, beta, variance="beta", record_every=100, generator
             if t > 0:
                 x = x + var[t].sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype)
             if t % record_every == 0:
-                hist.append(x.cpu())
-    return x, hist
+                hist.append(x.to(x_T.dtype).cpu())
+    return x.to(x_T.dtype), hist
 '''),
     ("ddim_step_float64_other_form", "ddim_step", '''
 def ddim_step(model, x_t, t, t_prev, alpha_bar, eta=0.0, z=None):
@@ -348,3 +348,220 @@ def test_runner_mistakes_lose_points_in_their_cells(group):
     for _, gid, _, _, _ in cases:
         r = res[f"test_{gid}"]
         assert not r.passed and r.points == 0, f"test_{gid} should lose its points: {r}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 15: the families of mistakes that used to keep full marks (1 generator discipline, 2 inputs
+# changed in place, 3 globals instead of arguments, 4 result types, 6 the variance of every step)
+# ------------------------------------------------------------------------------------------------
+_ALT = {a[0]: textwrap.dedent(a[2]) for a in ALTERNATIVES}
+_SDEDIT_INLINE = _ALT["sdedit_inline_other_draw_order"]
+_SDEDIT_LOOP = _ALT["sdedit_through_p_sample_loop_on_truncated_schedule"]
+_NO_GRAD = "    with torch.no_grad():\n"
+
+
+def _without_no_grad(src: str, body_indent: str = "        ") -> str:
+    """``src`` with its ``with torch.no_grad():`` block run with gradients on."""
+    assert "with torch.no_grad():" in src
+    return src.replace("with torch.no_grad():", "if True:")
+
+
+FAMILY_MISTAKES = [
+    # (family, id, answer cell, source, check, words of the message)
+    # 1. generator discipline
+    (1, "sdedit_reseeds_the_global_rng", "sdedit",
+     mutate("sdedit", ("    _, alpha_bar = alphas_from_betas(beta)\n",
+                       "    _, alpha_bar = alphas_from_betas(beta)\n    if generator is not None:\n"
+                       "        torch.manual_seed(generator.initial_seed())\n"),
+            ("torch.randn(x_0.shape, generator=generator, dtype=x_0.dtype)", "torch.randn_like(x_0)"),
+            ("torch.randn(x.shape, generator=generator, dtype=x.dtype)", "torch.randn_like(x)")),
+     "sdedit", "changed torch's global random state"),
+    (1, "ddim_sample_restarts_the_generator", "ddim_sample",
+     mutate("ddim_sample", ("    x = x_T\n", "    x = x_T\n    if generator is not None:\n"
+                                             "        generator = torch.Generator().manual_seed(generator.initial_seed())\n")),
+     "ddim_sample", "continue the generator's stream"),
+    (1, "sdedit_q_sample_noise_from_numpy", "sdedit",
+     mutate("sdedit", ("noise = torch.randn(x_0.shape, generator=generator, dtype=x_0.dtype).to(x_0.device)",
+                       "noise = torch.from_numpy(np.random.standard_normal(tuple(x_0.shape))).to(x_0.dtype)")),
+     "sdedit", "NumPy's global random state"),
+    (1, "p_sample_loop_z_with_randn_like", "p_sample_loop",
+     mutate("p_sample_loop", ("z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)",
+                              "z = torch.randn_like(x)")),
+     "p_sample_loop", "generator"),
+    # 2. inputs left alone
+    (2, "p_sample_loop_updates_x_T_in_place", "p_sample_loop",
+     mutate("p_sample_loop", ("            x = mean + sigma[t] * z\n", "            x.copy_(mean + sigma[t] * z)\n"),
+            ("        else:\n            x = mean\n", "        else:\n            x.copy_(mean)\n")),
+     "p_sample_loop", "`x_T` in place"),
+    (2, "p_sample_step_scales_z_in_place", "p_sample_step",
+     mutate("p_sample_step", ("return mean + torch.sqrt(beta[t]) * z", "return mean + z.mul_(torch.sqrt(beta[t]))")),
+     "p_sample_step", "changed its input `z` in place"),
+    (2, "ddim_step_x0_hat_in_place", "ddim_step",
+     mutate("ddim_step", ("x0_hat = (x_t - torch.sqrt(1 - ab_t) * eps) / torch.sqrt(ab_t)",
+                          "x0_hat = x_t.sub_(torch.sqrt(1 - ab_t) * eps).div_(torch.sqrt(ab_t))")),
+     "ddim_step", "changed its input `x_t` in place"),
+    (2, "sdedit_noises_x_0_in_place", "sdedit",
+     mutate("sdedit", ("x = q_sample(x_0, t, alpha_bar, noise)",
+                       "ab = alpha_bar[t_start]\n    x = x_0.mul_(ab.sqrt()).add_((1 - ab).sqrt() * noise)")),
+     "sdedit", "changed its input `x_0` in place"),
+    # 3. arguments, not the notebook's globals
+    (3, "p_sample_step_uses_the_global_alpha_bar", "p_sample_step",
+     mutate("p_sample_step", ("    alpha_bar = torch.cumprod(alpha, dim=0)  # (T,)\n", "")),
+     "p_sample_step", "notebook's globals"),
+    (3, "p_sample_loop_uses_the_global_T", "p_sample_loop",
+     mutate("p_sample_loop", ("    T = beta.shape[0]\n", "")),
+     "p_sample_loop", "notebook's globals"),
+    (3, "sdedit_uses_the_global_alpha_bar", "sdedit",
+     mutate("sdedit", ("    _, alpha_bar = alphas_from_betas(beta)\n", "")),
+     "sdedit", "notebook's globals"),
+    (3, "ddim_sample_uses_the_global_T", "ddim_sample",
+     mutate("ddim_sample", ("    T = alpha_bar.shape[0]\n", "")),
+     "ddim_sample", "notebook's globals"),
+    (3, "posterior_variance_uses_the_global_alpha_bar", "posterior_variance",
+     mutate("posterior_variance", ("    alpha_bar = torch.cumprod(1 - beta, dim=0)  # (T,)\n", "")),
+     "posterior_variance", "global alpha_bar"),
+    # 4. result types
+    (4, "p_sample_step_float64_result", "p_sample_step",
+     _ALT["step_posterior_mean_gather_float64"].replace("return mean.to(x_t.dtype)", "return mean"),
+     "p_sample_step", "float64 tensor for float32 inputs"),
+    (4, "posterior_variance_numpy_float64", "posterior_variance",
+     _ALT["beta_tilde_numpy_loop"].replace("torch.from_numpy(out).to(beta.dtype)", "torch.from_numpy(out)"),
+     "posterior_variance", "float64 tensor for a float32 beta"),
+    (4, "p_sample_loop_inline_float64_result", "p_sample_loop",
+     _ALT["loop_inline_float64"].replace("return x.to(x_T.dtype), hist", "return x, hist")
+     .replace("hist.append(x.to(x_T.dtype).cpu())", "hist.append(x.cpu())"),
+     "p_sample_loop", "float64 tensor for float32 inputs"),
+    (4, "p_sample_loop_keeps_the_graph", "p_sample_loop", _without_no_grad(_ALT["loop_inline_float64"]),
+     "p_sample_loop", "autograd graph"),
+    (4, "sdedit_keeps_the_graph", "sdedit", _without_no_grad(_SDEDIT_INLINE), "sdedit", "autograd graph"),
+    (4, "ddim_sample_keeps_the_graph", "ddim_sample", '''
+def ddim_sample(model, x_T, alpha_bar, num_steps=50, eta=0.0, generator=None):
+    T = len(alpha_bar)
+    taus = torch.linspace(T - 1, 0, num_steps).round().long().tolist()
+    x = x_T
+    for i, t in enumerate(taus):
+        a_t = alpha_bar[t]
+        a_p = alpha_bar[taus[i + 1]] if i + 1 < len(taus) else torch.tensor(1.0)
+        eps = model(x, torch.full((x.shape[0],), t, dtype=torch.long))
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        s = eta * ((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)).sqrt()
+        x = a_p.sqrt() * x0 + (1 - a_p - s ** 2).clamp(min=0).sqrt() * eps
+        if eta > 0 and i + 1 < len(taus):
+            x = x + s * torch.randn(x.shape, generator=generator)
+    return x
+''', "ddim_sample", "autograd graph"),
+    # 6. the variance of every step
+    (6, "sdedit_with_beta_tilde", "sdedit",
+     _SDEDIT_INLINE.replace("x = x + b[t].sqrt() * zs[t]",
+                            "x = x + ((1 - ab[t - 1]) / (1 - ab[t]) * b[t]).sqrt() * zs[t]"),
+     "sdedit", "beta_tilde"),
+    (6, "sdedit_through_p_sample_loop_with_beta_tilde", "sdedit",
+     _SDEDIT_LOOP.replace("beta[: t_start + 1], generator=generator)",
+                          "beta[: t_start + 1], variance=\"beta_tilde\", generator=generator)"),
+     "sdedit", "beta_tilde"),
+    (6, "sdedit_sigma_beta", "sdedit", _SDEDIT_INLINE.replace("x = x + b[t].sqrt() * zs[t]", "x = x + b[t] * zs[t]"),
+     "sdedit", "sigma_t = beta_t"),
+    (6, "p_sample_loop_sigma_of_the_next_step", "p_sample_loop",
+     _ALT["loop_inline_float64"].replace("x = x + var[t].sqrt()", "x = x + var[t - 1].sqrt()"),
+     "p_sample_loop", "variance"),
+]
+
+
+FAMILY_GROUP = ["p_sample_step_scales_z_in_place", "posterior_variance_numpy_float64", "p_sample_loop_keeps_the_graph",
+                "ddim_step_x0_hat_in_place", "ddim_sample_restarts_the_generator", "sdedit_with_beta_tilde"]
+
+
+@pytest.mark.slow
+def test_runner_family_mistakes_lose_points_in_their_cells():
+    """One mistake of families 1, 2, 4 and 6 in each answer cell at once: every test cell loses its points."""
+    cases = {m[1]: m for m in FAMILY_MISTAKES}
+    replace = {cases[n][2]: cases[n][3] for n in FAMILY_GROUP}
+    res, table = run_cells(NOTEBOOK, replace=replace)
+    for gid in replace:
+        r = res[f"test_{gid}"]
+        assert not r.passed and r.points == 0, f"test_{gid} should lose its points: {r}\n{table}"
+
+
+@pytest.mark.parametrize("case", FAMILY_MISTAKES, ids=[m[1] for m in FAMILY_MISTAKES])
+def test_family_mistake_loses_points_with_its_cause(case):
+    _, _, gid, src, question, words = case
+    with pytest.raises(AssertionError) as info:
+        run_check(question, {gid: src})
+    assert words.lower() in str(info.value).lower(), f"message does not name the cause ({words!r}):\n{info.value}"
+
+
+def test_family_mistakes_three_per_family():
+    per_family = {}
+    for family, *_ in FAMILY_MISTAKES:
+        per_family[family] = per_family.get(family, 0) + 1
+    assert all(per_family.get(f, 0) >= 3 for f in (1, 2, 3, 4, 6)), per_family
+
+
+FAMILY_ALTERNATIVES = [
+    ("sdedit_normal_and_every_z_up_front", "sdedit", '''
+def sdedit(model, x_0, t_start, beta, generator=None):
+    _, alpha_bar = alphas_from_betas(beta)
+    zs = [torch.empty_like(x_0).normal_(generator=generator) for _ in range(t_start + 1)]
+    noise = torch.empty_like(x_0).normal_(generator=generator)
+    x = q_sample(x_0, torch.full((x_0.shape[0],), t_start, dtype=torch.long), alpha_bar, noise)
+    for k, s in enumerate(range(t_start, -1, -1)):
+        x = p_sample_step(model, x, s, beta, zs[k])
+    return x
+'''),
+    ("p_sample_loop_no_grad_decorator", "p_sample_loop", '''
+@torch.no_grad()
+def p_sample_loop(model, x_T, beta, variance="beta", record_every=100, generator=None):
+    T = len(beta)
+    sigma2 = {"beta": beta, "beta_tilde": posterior_variance(beta), "none": torch.zeros_like(beta)}[variance]
+    x, history = x_T, []
+    for t in range(T - 1, -1, -1):
+        z = torch.empty_like(x).normal_(generator=generator) if t > 0 else torch.zeros_like(x)
+        x = p_sample_step(model, x, t, beta, torch.zeros_like(x)) + sigma2[t].sqrt() * z
+        if t % record_every == 0:
+            history.append(x.cpu().clone())
+    return x, history
+'''),
+    ("ddim_sample_numpy_generator_seeded_from_torch", "ddim_sample", '''
+def ddim_sample(model, x_T, alpha_bar, num_steps=50, eta=0.0, generator=None):
+    rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
+    T = alpha_bar.shape[0]
+    taus = np.round(np.linspace(T - 1, 0, num_steps)).astype(int).tolist()
+    x = x_T
+    for i, t in enumerate(taus):
+        t_prev = taus[i + 1] if i + 1 < len(taus) else -1
+        z = torch.from_numpy(rng.standard_normal(tuple(x.shape))).to(x.dtype) if eta > 0 and t_prev >= 0 else None
+        x = ddim_step(model, x, t, t_prev, alpha_bar, eta=eta, z=z)
+    return x
+'''),
+]
+
+
+@pytest.mark.parametrize("case", FAMILY_ALTERNATIVES, ids=[a[0] for a in FAMILY_ALTERNATIVES])
+def test_family_correct_alternative_keeps_full_marks(case):
+    _, gid, src = case
+    run_check(gid, {gid: textwrap.dedent(src)})
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 15, family 8: a visible assert that fails first names the likely cause too
+# ------------------------------------------------------------------------------------------------
+HIDDEN_END = "### END " + "HIDDEN TESTS"
+VISIBLE = [
+    # mistake (MISTAKES), test cell, words of the visible message
+    ("step_sigma_beta", "test_p_sample_step", "sigma_t = beta_t"),
+    ("beta_tilde_wrapped_index", "test_posterior_variance", "wrapped index"),
+    ("beta_tilde_with_alpha_bar_t", "test_posterior_variance", "alpha_bar[t] used where alpha_bar[t - 1] belongs"),
+    ("ddim_alpha_bar_minus_one", "test_ddim_step", "LAST value"),
+]
+
+
+@pytest.mark.parametrize("case", VISIBLE, ids=[v[0] for v in VISIBLE])
+def test_visible_assert_names_the_cause(case):
+    from helpers.checks import VisibleTestFailed
+
+    name, test_gid, words = case
+    _, gid, src, _, _ = _case(name)
+    ns = namespace({gid: src})
+    with pytest.raises(VisibleTestFailed) as err:
+        exec(compile(SOLUTION.cells[test_gid].split(HIDDEN_END, 1)[1], test_gid, "exec"), ns)  # noqa: S102
+    assert "Likely cause" in str(err.value) and words in str(err.value), str(err.value)

@@ -29,7 +29,9 @@ from grading.hidden import CheckFailed, as_array, close, expect, first_match, ma
 from grading.records import TensorRecord, type_name
 from grading.reference import ddpm_training as ref
 from grading.reference import forward_process as ref01
-from grading.verdict import Outcome, Probe, trusted
+from grading.discipline import (expect_global_rng_untouched, expect_no_globals, same_value,
+                                trap_globals)
+from grading.verdict import Outcome, Probe, expect_unchanged, trusted
 
 __all__ = ["CHECKS"]
 
@@ -43,6 +45,26 @@ def _f64(x) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x.astype(np.float64)
     return x.detach().cpu().to(torch.float64).numpy()
+
+
+_GLOBAL_NAMES = ("T", "beta", "alpha_bar")
+
+
+def _notebook_globals() -> dict:
+    """Wrong values for the notebook's globals T, beta and alpha_bar (the course's 1000-step linear
+    schedule), bound while a trap call runs with a short schedule of its own."""
+    beta = ref01.linear_beta_schedule(1000)
+    return {"T": 1000, "beta": beta, "alpha_bar": ref01.alphas_from_betas(beta)[1]}
+
+
+def _consistent_globals(alpha_bar: torch.Tensor) -> dict:
+    return {"T": int(alpha_bar.shape[0]), "beta": 1 - alpha_bar / torch.cat([torch.ones(1), alpha_bar[:-1]]),
+            "alpha_bar": alpha_bar}
+
+
+def _seen_draws(out: Outcome, model) -> list:
+    """The (t, x_t) the recording stub model saw in one call: what the call drew."""
+    return [(c.get("t"), c.get("x")) for c in out.model_calls(model)]
 
 
 def _fmt(x: float) -> str:
@@ -217,8 +239,13 @@ def check_ddpm_loss(p: Probe):
     out = p.call("ddpm_loss", model, x_0, t, noise, alpha_bar, what=shown, keep=True)
     back = p.method(out, "backward", what="loss.backward() on the loss returned by ddpm_loss")
     state = p.inspect(model, "the stub model after loss.backward()")
+    # the notebook's globals T, beta, alpha_bar bound to the 1000-step schedule, then to this one
+    trap = [p.call("ddpm_loss", p.stub("ddpm_training.AffineNoiseNet", T=T), x_0, t, noise, alpha_bar, what=shown,
+                   bind=bind) for bind in (_notebook_globals(), _consistent_globals(alpha_bar))]
     yield
 
+    expect_no_globals(*trap, _GLOBAL_NAMES, "ddpm_loss", " (a 50-step alpha_bar)")
+    expect_unchanged(out, {"model": None, "x_0": x_0, "t": t, "noise": noise, "alpha_bar": alpha_bar}, "ddpm_loss")
     loss = out.value
     expect(isinstance(loss, TensorRecord),
            f"{shown} must return a 0-d torch.Tensor (so that loss.backward() works), got {type_name(loss)}.",
@@ -226,6 +253,7 @@ def check_ddpm_loss(p: Probe):
     expect(len(loss.shape) == 0,
            f"{shown} must return a 0-d tensor (a single number), got shape {tuple(loss.shape)}.",
            hint="take the mean over every element: ((noise - eps_pred) ** 2).mean() or F.mse_loss(eps_pred, noise)")
+    # (a float64 loss is accepted: it back-propagates into float32 parameters alike)
     calls = out.model_calls(model)
     expect(len(calls) >= 1, f"{shown} never called model(x_t, t).")
     _check_unconditional(calls, shown)
@@ -341,9 +369,22 @@ def check_train_step(p: Probe):
     m = p.stub("ddpm_training.AffineNoiseNet", record=True, T=T)
     plain = p.call("train_step", m, p.stub("ddpm_training.CountingSGD", model=m, lr=lr), x_0, alpha_bar,
                    what="train_step(model, optimizer, x_0, alpha_bar) without a generator")
+
+    def fresh_call(generator, **kw):
+        mm = p.stub("ddpm_training.AffineNoiseNet", record=True, T=T)
+        return mm, p.call("train_step", mm, p.stub("ddpm_training.CountingSGD", model=mm, lr=lr), x_0[:64],
+                          alpha_bar, generator=generator, what=shown, **kw)
+
+    # one generator for two calls continues its stream; a fresh one of the same seed reproduces
+    g = p.generator(13)
+    stream = [fresh_call(gen) for gen in (g, g, p.generator(13))]
+    # the notebook's globals T, beta, alpha_bar bound to the 1000-step schedule, then to this one
+    trap = [fresh_call(p.generator(14), bind=bind, global_seed=3)
+            for bind in (_notebook_globals(), _consistent_globals(alpha_bar))]
     yield
 
     ret = _as_scalar_float(_short_schedule_value(main, T), shown)
+    expect_unchanged(main, {"model": None, "optimizer": None, "x_0": x_0, "alpha_bar": alpha_bar}, "train_step")
     calls = main.model_calls(model)
     expect(len(calls) >= 1, f"{shown} never called model(x_t, t).")
     _check_unconditional(calls, shown)
@@ -431,6 +472,32 @@ def check_train_step(p: Probe):
            f"torch.randn(x_0.shape, generator=generator) must both get it).")
     # and without one it still works (global RNG)
     _as_scalar_float(_short_schedule_value(plain, T), "train_step without a generator")
+    _judge_draw_discipline(main, [r for _, r in runs], stream, trap, "train_step", T)
+
+
+def _judge_draw_discipline(main: Outcome, seeded: list, stream: list, trap: list, fn: str, T: int) -> None:
+    """Families 1 and 3 for a function that draws t and the noise (train_step, evaluate): the global
+    random states are left alone, one generator continues its stream, the same seed reproduces, and
+    the draws do not change when the notebook's globals hold another schedule."""
+    for o in [main] + seeded + [o for _, o in stream]:
+        expect_global_rng_untouched(o, fn)
+    first, second, fresh = (_seen_draws(o, m) for m, o in stream)
+    expect(not same_value(first, second, rtol=0, atol=0),
+           f"{fn}: two calls with the same generator object drew the same t and noise; the second call must "
+           f"continue the generator's stream.",
+           hint="the function reseeds (torch.manual_seed(generator.initial_seed()), a new torch.Generator of the "
+                "same seed) instead of drawing from `generator` itself.")
+    expect(same_value(first, fresh),
+           f"{fn}: a generator seeded like the first one did not reproduce its draws of t and noise.",
+           hint="a draw that does not come from `generator`: pass generator=generator to torch.randint and "
+                "torch.randn.")
+    hint = ("T not taken from the alpha_bar argument (T = alpha_bar.shape[0]), or the notebook's global alpha_bar "
+            "or beta used instead of the argument alpha_bar.")
+    (m_w, trapped), (m_r, control) = trap
+    expect_no_globals(trapped, control, _GLOBAL_NAMES, fn, f" (a {T}-step alpha_bar)", hint=hint)
+    if not control.raised and not same_value(_seen_draws(trapped, m_w), _seen_draws(control, m_r)):
+        raise CheckFailed(f"{fn} (a {T}-step alpha_bar) fed the model other t or x_t when the notebook's globals "
+                          f"`T`, `beta`, `alpha_bar` held the 1000-step schedule.\nLikely cause: {hint}")
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -449,6 +516,18 @@ def check_evaluate(p: Probe):
     batches = p.stub("ddpm_training.OneShotBatches", c=c, sizes=sizes)  # like a generator over batches
     shown = "evaluate(model, batches, alpha_bar, generator) with batches of sizes 40, 40, 40, 5"
     out = p.call("evaluate", model, batches, alpha_bar, p.generator(6), what=shown)
+
+    def fresh_call(generator, **kw):
+        mm = p.stub("ddpm_training.ExactDeltaNet", record=True, c=c, alpha_bar=alpha_bar,
+                    offsets=[[n, v] for n, v in offsets.items()], train_shift=shift)
+        bb = p.stub("ddpm_training.OneShotBatches", c=c, sizes=[40, 5])
+        return mm, p.call("evaluate", mm, bb, alpha_bar, generator, what=shown, **kw)
+
+    g = p.generator(7)
+    stream = [fresh_call(gen) for gen in (g, g, p.generator(7))]
+    seeded = [fresh_call(p.generator(8), global_seed=gs)[1] for gs in (1, 2)]
+    trap = [fresh_call(p.generator(9), bind=bind, global_seed=3)
+            for bind in (_notebook_globals(), _consistent_globals(alpha_bar))]
     yield
 
     ret = _as_scalar_float(_short_schedule_value(out, T), shown)
@@ -473,6 +552,8 @@ def check_evaluate(p: Probe):
     per_batch = np.array([offsets[n] ** 2 for n in sizes])
     want = float(np.sum(weights * per_batch) / weights.sum())
     if math.isclose(ret, want, rel_tol=1e-3, abs_tol=1e-6):
+        _judge_draw_discipline(out, seeded, stream, trap, "evaluate", T)
+        expect_unchanged(out, {"model": None, "batches": None, "alpha_bar": alpha_bar}, "evaluate")
         return
     variants = {
         "the batch means were averaged with equal weights; the last batch is smaller, so weight each "
@@ -494,8 +575,9 @@ def check_evaluate(p: Probe):
 
 # ----------------------------------------------------------------------------- ema_update
 
-def _small_state(g: torch.Generator, tracked: int) -> dict:
-    """A state_dict of ``stubs.SmallNet`` (Linear, BatchNorm1d, Linear) with random values from ``g``."""
+def _small_state(g: torch.Generator, tracked: int, shift: bool = False) -> dict:
+    """A state_dict of ``stubs.SmallNet`` (Linear, BatchNorm1d, Linear) with random values from ``g``
+    (with ``shift``: of ``stubs.BufferedNet``, which has a float buffer ``shift`` of its own)."""
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
     with torch.no_grad():
         for q in net.parameters():
@@ -503,7 +585,10 @@ def _small_state(g: torch.Generator, tracked: int) -> dict:
         net[1].running_mean.copy_(torch.randn(4, generator=g))
         net[1].running_var.copy_(torch.rand(4, generator=g) + 0.5)
         net[1].num_batches_tracked.fill_(tracked)
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if shift:
+        state["shift"] = torch.randn(2, generator=g)
+    return state
 
 
 def _state_arrays(state: Outcome, what: str) -> tuple[dict, dict]:
@@ -554,11 +639,20 @@ def _judge_ema(out: Outcome, decay, m0: dict, e0: dict, model_state: Outcome, em
         if not isinstance(b, TensorRecord) or not b.is_floating_point:
             continue
         want = _f64(m0[k])
-        averaged = d * _f64(e0[k]) + (1 - d) * want  # averaging buffers like parameters is accepted too
-        expect(close(_f64(b), want, atol=1e-6, rtol=0) or close(_f64(b), averaged, atol=1e-6, rtol=1e-5),
-               f"{shown}: the floating-point buffer {k!r} (a BatchNorm running statistic) must be copied from "
-               f"`model`, it is off by {_fmt(max_abs_diff(_f64(b), want))}.",
-               hint="for b_ema, b in zip(ema_model.buffers(), model.buffers()): b_ema.copy_(b)")
+        if close(_f64(b), want, atol=1e-6, rtol=0):
+            continue
+        averaged = d * _f64(e0[k]) + (1 - d) * want
+        kind = "a BatchNorm running statistic" if k.startswith("1.") else "a registered statistic"
+        if close(_f64(b), averaged, atol=1e-6, rtol=1e-5):
+            cause = ("the buffers were averaged like the parameters (e.g. a loop over state_dict() that lerps every "
+                     "float entry); the spec copies floating-point buffers: b_ema.copy_(b)")
+        elif close(_f64(b), _f64(e0[k]), atol=1e-6, rtol=0):
+            cause = ("the buffer was not updated: copy every floating-point buffer, not only BatchNorm's "
+                     "(for b_ema, b in zip(ema_model.buffers(), model.buffers()): b_ema.copy_(b))")
+        else:
+            cause = "for b_ema, b in zip(ema_model.buffers(), model.buffers()): b_ema.copy_(b)"
+        raise CheckFailed(f"{shown}: the floating-point buffer {k!r} ({kind}) must be copied from `model`, it is off "
+                          f"by {_fmt(max_abs_diff(_f64(b), want))}.\nLikely cause: {cause}.")
     for k, rec in e_params.items():
         expect(not rec.grad_fn,
                f"{shown}: the EMA parameter {k!r} is now the result of an autograd graph; update it in place "
@@ -570,9 +664,11 @@ def check_ema_update(p: Probe):
     cases = []
     for i, decay in enumerate((0.9, 0.75, None)):  # None: the default decay = 0.999
         g = p.gen(10 + i)
-        m0, e0 = _small_state(g, 1), _small_state(g, 2)
-        model = p.stub("ddpm_training.SmallNet", state=m0)
-        ema = p.stub("ddpm_training.SmallNet", state=e0)
+        buffered = decay == 0.75  # one case with a float buffer outside BatchNorm
+        m0, e0 = _small_state(g, 1, buffered), _small_state(g, 2, buffered)
+        kind = "ddpm_training.BufferedNet" if buffered else "ddpm_training.SmallNet"
+        model = p.stub(kind, state=m0)
+        ema = p.stub(kind, state=e0)
         if decay is None:
             out = p.call("ema_update", ema, model, what="ema_update(ema_model, model)")
         else:

@@ -25,6 +25,8 @@ from grading.hidden import (INDEXING_ERROR_HINTS, CheckFailed, as_array, as_tens
                             expect, match_variants)
 from grading.records import TensorRecord
 from grading.reference import forward_process as ref
+from grading.discipline import (expect_dtype_kept, expect_global_rng_untouched, expect_no_globals, expect_stream,
+                                trap_globals)
 from grading.verdict import Outcome, Probe, expect_unchanged, trusted
 
 # ----------------------------------------------------------------------------------------------
@@ -33,9 +35,14 @@ from grading.verdict import Outcome, Probe, expect_unchanged, trusted
 _F64 = np.float64
 
 
+_HINTS = INDEXING_ERROR_HINTS + (
+    ("is not defined", "the function uses a name that is none of its arguments (a notebook global such as "
+                       "alpha_bar or T?): compute it from the arguments (T = beta.shape[0])."),)
+
+
 def ask(p: Probe, fn: str, *args, what=None, **kwargs) -> Outcome:
     """``p.call`` with a likely cause added for the indexing errors students meet most."""
-    return p.call(fn, *args, what=what, error_hints=INDEXING_ERROR_HINTS, **kwargs)
+    return p.call(fn, *args, what=what, error_hints=_HINTS, **kwargs)
 
 
 def _per_example(coef: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -46,6 +53,24 @@ def _per_example(coef: np.ndarray, like: np.ndarray) -> np.ndarray:
 def _random_beta(T: int, g: torch.Generator, low: float = 0.02, high: float = 0.3) -> torch.Tensor:
     """A float32 schedule whose neighbouring values differ a lot (so off-by-one errors show)."""
     return (low + (high - low) * torch.rand(T, generator=g, dtype=torch.float64)).float()  # (T,)
+
+
+def _notebook_globals(T: int = 1000) -> dict:
+    """Wrong values for the notebook's globals of the same names as the arguments (the course's
+    T = 1000 linear schedule, other images, noise and times), bound while a trap call runs."""
+    beta = ref.linear_beta_schedule(T)
+    alpha, alpha_bar = ref.alphas_from_betas(beta)
+    return {"T": T, "beta": beta, "alpha": alpha, "alpha_bar": alpha_bar,
+            "x_0": torch.zeros(2, 1, 2, 2), "noise": torch.zeros(2, 1, 2, 2), "t": torch.zeros(2, dtype=torch.long)}
+
+
+_GLOBAL_NAMES = ("T", "beta", "alpha", "alpha_bar")
+
+
+def _consistent_globals(beta: torch.Tensor) -> dict:
+    """The same globals bound to values that agree with a call's own schedule ``beta``."""
+    alpha, alpha_bar = ref.alphas_from_betas(beta)
+    return {"T": int(beta.shape[0]), "beta": beta, "alpha": alpha, "alpha_bar": alpha_bar}
 
 
 def _inputs(shape: tuple, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +85,8 @@ def _inputs(shape: tuple, g: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
 # ----------------------------------------------------------------------------------------------
 @trusted
 def check_linear_beta_schedule(p: Probe):
-    cases = [{}, {"T": 10, "beta_start": 1e-3, "beta_end": 0.05}, {"T": 2}]
+    cases = [{}, {"T": 10, "beta_start": 1e-3, "beta_end": 0.05}, {"T": 2}, {"T": 37},
+             {"T": 200, "beta_start": 1e-3, "beta_end": 0.04}]
     outs = [ask(p, "linear_beta_schedule", **kwargs,
                 what=f"linear_beta_schedule({', '.join(f'{k}={v}' for k, v in kwargs.items())})")
             for kwargs in cases]
@@ -71,6 +97,8 @@ def check_linear_beta_schedule(p: Probe):
         want = np.linspace(args["beta_start"], args["beta_end"], T, dtype=_F64)
         label = out.what
         got = as_tensor_array(out.value, label, shape=(T,))
+        expect_dtype_kept(out.value, "torch.float32", label, source="the course's schedules",
+                          rule="where the schedule is a float32 tensor (T,)")
         variants = [
             ("the schedule stops one step short of beta_end (torch.arange(beta_start, beta_end, "
              "step) or torch.linspace(beta_start, beta_end, T + 1)[:-1]): it must reach beta_end "
@@ -83,6 +111,8 @@ def check_linear_beta_schedule(p: Probe):
         if kwargs:
             variants.append(("the arguments are ignored (the defaults are hard-coded); use T, "
                              "beta_start and beta_end.", np.linspace(1e-4, 0.02, 1000)))
+            variants.append(("beta_start and beta_end are hard-coded (1e-4 and 0.02); use the arguments.",
+                             np.linspace(1e-4, 0.02, T)))
         match_variants(got, want, variants, label, atol=1e-7, rtol=1e-5,
                        context=f" (expected {T} values from {args['beta_start']} to {args['beta_end']})")
 
@@ -100,14 +130,21 @@ def _cosine_variant(T: int, s: float, max_beta: float | None) -> np.ndarray:
 @trusted
 def check_cosine_beta_schedule(p: Probe):
     cases = [({}, 1000, 0.008, 0.999), ({"T": 50}, 50, 0.008, 0.999),
-             ({"T": 20, "s": 0.1, "max_beta": 0.5}, 20, 0.1, 0.5)]
+             ({"T": 20, "s": 0.1, "max_beta": 0.5}, 20, 0.1, 0.5), ({"T": 37}, 37, 0.008, 0.999),
+             ({"T": 200}, 200, 0.008, 0.999)]
     outs = [ask(p, "cosine_beta_schedule", **kwargs,
                 what=f"cosine_beta_schedule({', '.join(f'{k}={v}' for k, v in kwargs.items())})")
             for kwargs, *_ in cases]
     yield
     for (kwargs, T, s, max_beta), out in zip(cases, outs):
         label = out.what
+        if isinstance(out.value, TensorRecord) and out.value.shape == (1000,) and T != 1000:
+            raise CheckFailed(f"{label} returned 1000 values, expected {T}.\nLikely cause: T is hard-coded "
+                              f"(or a notebook global): use the argument T.")
         got = as_tensor_array(out.value, label, shape=(T,))
+        expect_dtype_kept(out.value, "torch.float32", label, source="the course's schedules",
+                          rule="where the schedule is a float32 tensor (T,) (compute in float64 if you like, "
+                               "then return .to(torch.float32))")
         want = ref.cosine_beta_schedule(T, s, max_beta).double().numpy()
         steps = np.arange(T + 1, dtype=_F64)
         f = np.cos(((steps / T) + s) / (1 + s) * math.pi / 2) ** 2
@@ -122,6 +159,10 @@ def check_cosine_beta_schedule(p: Probe):
             ("the clip value is hard-coded; use the max_beta argument.",
              _cosine_variant(T, s, 0.999)),
             ("the offset is hard-coded; use the s argument.", _cosine_variant(T, 0.008, max_beta)),
+            ("T is hard-coded (1000) inside f(t) = cos(((t / T) + s) / (1 + s) * pi / 2) ** 2; use the argument T.",
+             None if T == 1000 else np.minimum(1 - np.cos(((steps[1:] / 1000) + s) / (1 + s) * math.pi / 2) ** 2
+                                               / np.cos(((steps[:-1] / 1000) + s) / (1 + s) * math.pi / 2) ** 2,
+                                               max_beta)),
             ("this is alpha_bar = f(t) / f(0) (for t = 1..T), not beta; "
              "beta[i] = 1 - alpha_bar(i + 1) / alpha_bar(i).", f[1:] / f[0]),
             ("this is alpha_bar = f(t) / f(0) (for t = 0..T-1), not beta; "
@@ -158,8 +199,11 @@ def check_cosine_beta_schedule(p: Probe):
 def check_alphas_from_betas(p: Probe):
     cases = [("a random schedule of 12 steps", _random_beta(12, p.gen(1))),
              ("the linear schedule of 1000 steps", ref.linear_beta_schedule(1000)),
-             ("a float64 schedule of 5 steps", _random_beta(5, p.gen(2)).double())]
-    outs = [ask(p, "alphas_from_betas", beta, what=f"alphas_from_betas({label})") for label, beta in cases]
+             ("a float64 schedule of 5 steps", _random_beta(5, p.gen(2)).double()),
+             ("a random schedule of 37 steps", _random_beta(37, p.gen(6)))]
+    # the notebook's globals beta, alpha, alpha_bar and T bound to the 1000-step schedule meanwhile
+    outs = [ask(p, "alphas_from_betas", beta, what=f"alphas_from_betas({label})", bind=_notebook_globals())
+            for label, beta in cases]
     yield
     for (label, beta), call_out in zip(cases, outs):
         T = beta.shape[0]
@@ -169,8 +213,16 @@ def check_alphas_from_betas(p: Probe):
                f"alphas_from_betas should return a pair (alpha, alpha_bar), got "
                f"{type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
                + ".")
+        if T != 1000 and any(isinstance(o, TensorRecord) and o.shape == (1000,) for o in out):
+            raise CheckFailed(f"alphas_from_betas({label}) returned 1000 values, expected {T}.\nLikely cause: "
+                              f"the notebook's global beta (or T) is used instead of the argument beta.")
         alpha = as_tensor_array(out[0], "alpha (the first output)", shape=(T,))
         alpha_bar = as_tensor_array(out[1], "alpha_bar (the second output)", shape=(T,))
+        dt = str(beta.dtype)
+        expect_dtype_kept(out[0], dt, f"alphas_from_betas({label}): alpha", source="beta",
+                          rule=f"for a {dt.removeprefix('torch.')} beta; both outputs keep beta's dtype")
+        expect_dtype_kept(out[1], dt, f"alphas_from_betas({label}): alpha_bar", source="beta",
+                          rule=f"for a {dt.removeprefix('torch.')} beta; both outputs keep beta's dtype")
         b = beta.double().numpy()
         a = 1 - b
         want_ab = np.cumprod(a)
@@ -249,11 +301,20 @@ def check_forward_step(p: Probe):
         inputs.append((t, x_prev, noise))
         outs.append(ask(p, "forward_step", x_prev, t, beta, noise,
                         what=f"forward_step(x_prev, t, beta, noise) with {label}"))
+    # a 37-step schedule while the notebook's globals hold the 1000-step one (then consistent ones)
+    beta37 = _random_beta(37, p.gen(7))
+    t37 = torch.tensor([0, 36, 20, 5], dtype=torch.long)
+    x37, n37 = _inputs((4, 1, 2, 3), p.gen(8))
+    trap = trap_globals(p, "forward_step", (x37, t37, beta37, n37), {}, _notebook_globals(),
+                        _consistent_globals(beta37), "forward_step(x_prev, t, beta, noise) with a 37-step beta",
+                        error_hints=INDEXING_ERROR_HINTS)
     yield
+    expect_no_globals(*trap, _GLOBAL_NAMES, "forward_step", " (a 37-step beta)")
     for (label, beta, times, shape), (t, x_prev, noise), call_out in zip(cases, inputs, outs):
         out = call_out.value
         expect_unchanged(call_out, {"x_prev": x_prev, "t": t, "beta": beta, "noise": noise}, "forward_step")
         got = as_tensor_array(out, "x_t returned by forward_step", shape=shape)
+        expect_dtype_kept(out, "torch.float32", f"forward_step with {label}", source="x_prev")
         want = ref.forward_step(x_prev, t, beta, noise).double().numpy()
         b = beta.double().numpy()
         tn = t.numpy()
@@ -322,11 +383,26 @@ def check_q_sample(p: Probe):
         inputs.append((t, x_0, noise))
         outs.append(ask(p, "q_sample", x_0, t, ab, noise,
                         what=f"q_sample(x_0, t, alpha_bar, noise) with {label}"))
+    # a 37-step alpha_bar while the notebook's globals hold the 1000-step schedule
+    beta37 = _random_beta(37, p.gen(9))
+    ab37 = torch.cumprod(1 - beta37, 0)
+    t37 = torch.tensor([0, 36, 20, 5], dtype=torch.long)
+    x37, n37 = _inputs((4, 1, 2, 3), p.gen(10))
+    trap = trap_globals(p, "q_sample", (x37, t37, ab37, n37), {}, _notebook_globals(),
+                        _consistent_globals(beta37), "q_sample(x_0, t, alpha_bar, noise) with a 37-step alpha_bar",
+                        error_hints=INDEXING_ERROR_HINTS)
+    # float64 inputs stay float64
+    x64, n64 = (v.double() for v in _inputs((3, 1, 2, 2), p.gen(11)))
+    out64 = ask(p, "q_sample", x64, torch.tensor([1, 7, 19]), random_ab.double(), n64,
+                what="q_sample with float64 inputs")
     yield
+    expect_no_globals(*trap, _GLOBAL_NAMES, "q_sample", " (a 37-step alpha_bar)")
+    expect_dtype_kept(out64.value, "torch.float64", "q_sample with float64 inputs", source="x_0")
     for (label, ab, times, shape), (t, x_0, noise), call_out in zip(cases, inputs, outs):
         out = call_out.value
         expect_unchanged(call_out, {"x_0": x_0, "t": t, "alpha_bar": ab, "noise": noise}, "q_sample")
         got = as_tensor_array(out, "x_t returned by q_sample", shape=shape)
+        expect_dtype_kept(out, "torch.float32", f"q_sample with {label}", source="x_0")
         want = ref.q_sample(x_0, t, ab, noise).double().numpy()
         variants = _q_variants(x_0.double().numpy(), ab.double().numpy(), t.numpy(),
                                noise.double().numpy())
@@ -486,9 +562,21 @@ def check_generate_noisy_samples(p: Probe):
     x_c, _ = _inputs((20000, 1, 1, 2), p.gen(35))
     label_c = "generate_noisy_samples(x_0 (20000, 1, 1, 2), linear beta of 1000 steps, generator)"
     out_c = ask(p, "generate_noisy_samples", x_c, beta, generator=p.generator(36), what=label_c, wrap=_BLOCKS)
+    # 4. a 37-step schedule while the notebook's globals hold the 1000-step one (generators of one
+    # seed and the global random state seeded alike for both calls)
+    beta37 = _random_beta(37, p.gen(37), low=0.01, high=0.2)
+    x_d, _ = _inputs((600, 1, 2, 2), p.gen(38))
+    label_d = "generate_noisy_samples(x_0 (600, 1, 2, 2), a 37-step beta, generator)"
+    trap = trap_globals(p, "generate_noisy_samples", (x_d, beta37), {}, _notebook_globals(),
+                        _consistent_globals(beta37), label_d, generators=(p.generator(39), p.generator(39)),
+                        global_seed=5)
     yield
 
-    expect_unchanged(out_a, {"x_0": x_a, "beta": beta}, "generate_noisy_samples")
+    expect_no_globals(*trap, _GLOBAL_NAMES, "generate_noisy_samples", " (a 37-step beta)")
+    for o, x, b in ((out_a, x_a, beta), (out_b, x_b, beta10), (out_c, x_c, beta)):
+        expect_unchanged(o, {"x_0": x, "beta": b}, "generate_noisy_samples")
+    for k, rec in enumerate(out_a.value[:2] if isinstance(out_a.value, (tuple, list)) else ()):
+        expect_dtype_kept(rec, "torch.float32", f"generate_noisy_samples: {('x_t', 'noise')[k]}", source="x_0")
     x_t, noise, t = _unpack_noisy(out_a.value, x_a, 1000, label_a)
     _noisy_relation(out_a, x_a, beta, x_t, noise, t, label_a)
 
@@ -499,6 +587,9 @@ def check_generate_noisy_samples(p: Probe):
     x_t, noise, t = _unpack_noisy(out_c.value, x_c, 1000, label_c)
     _noisy_relation(out_c, x_c, beta, x_t, noise, t, label_c)
     _time_statistics(t, 1000, label_c)
+    # the 37-step schedule: t uniform over its 37 steps (the relation is judged on the runs above)
+    _, _, t = _unpack_noisy(trap[1].value, x_d, 37, label_d)
+    _time_statistics(t, 37, label_d)
     label = label_c
     # The noise is standard normal (40 thousand values: standard error of the mean 0.005).
     m, sd = float(noise.mean()), float(noise.std())
@@ -553,6 +644,10 @@ def check_generate_noisy_samples_2(p: Probe):
     other = ask(p, "generate_noisy_samples", x_0, beta, generator=p.generator(42), what=label, wrap=_BLOCKS)
     default = ask(p, "generate_noisy_samples", x_0, beta,
                   what="generate_noisy_samples(x_0, beta) without a generator", wrap=_BLOCKS)
+    # one generator for two calls continues its stream; a fresh one of the same seed reproduces
+    g = p.generator(43)
+    stream = [ask(p, "generate_noisy_samples", x_0, beta, generator=gen, what=label)
+              for gen in (g, g, p.generator(43))]
     yield
 
     arrays = [_unpack_noisy(o.value, x_0, 1000, label) for o in same]
@@ -572,6 +667,9 @@ def check_generate_noisy_samples_2(p: Probe):
                 "of its own.")
     # The default generator=None must work too.
     _unpack_noisy(default.value, x_0, 1000, "generate_noisy_samples(x_0, beta)")
+    for o in same + [other] + stream:
+        expect_global_rng_untouched(o, "generate_noisy_samples")
+    expect_stream(*(o.value for o in stream), "generate_noisy_samples")
 
 
 CHECKS = {

@@ -41,6 +41,8 @@ from gradeprobe.stubs_sampling import FixedNoiseModel
 from grading.hidden import (CheckFailed, as_array, as_tensor_array, close, describe_diff, expect,
                             match_variants)
 from grading.records import TensorRecord, float_array, type_name
+from grading.discipline import (expect_dtype_kept, expect_global_rng_untouched, expect_no_globals, expect_no_graph,
+                                expect_stream, trap_globals)
 from grading.verdict import Outcome, Probe, WrappedCall, expect_unchanged, trusted
 
 # ----------------------------------------------------------------------------------------------
@@ -55,6 +57,26 @@ def _linear_beta(T: int = 1000) -> torch.Tensor:
 def _short_beta(T: int = 10, low: float = 0.05, high: float = 0.5) -> torch.Tensor:
     """A short schedule with large betas: the sigma conventions differ by a lot in few steps."""
     return torch.linspace(low, high, T, dtype=torch.float32)  # (T,)
+
+
+_GLOBAL_NAMES = ("T", "beta", "alpha", "alpha_bar")
+
+
+def _notebook_globals() -> dict:
+    """Wrong values for the notebook's globals T, beta, alpha and alpha_bar: the course's 1000-step
+    linear schedule, bound while a trap call runs with a schedule of its own."""
+    beta = _linear_beta(1000)
+    return {"T": 1000, "beta": beta, "alpha": 1 - beta, "alpha_bar": torch.cumprod(1 - beta, 0)}
+
+
+def _consistent_globals(beta: torch.Tensor) -> dict:
+    """The same globals bound to values that agree with a call's own schedule ``beta``."""
+    return {"T": int(beta.shape[0]), "beta": beta, "alpha": 1 - beta, "alpha_bar": torch.cumprod(1 - beta, 0)}
+
+
+def _beta37(g: torch.Generator) -> torch.Tensor:
+    """A 37-step schedule (random, increasing): no step count of the course's."""
+    return torch.sort(0.01 + 0.2 * torch.rand(37, generator=g)).values  # (37,)
 
 
 def _images(shape: tuple, g: torch.Generator) -> torch.Tensor:
@@ -205,6 +227,29 @@ def _describe_steps(steps: list[int]) -> str:
     return f"[{', '.join(map(str, steps[:4]))}, ..., {', '.join(map(str, steps[-3:]))}] ({len(steps)} calls)"
 
 
+def _expect_step_variances(resids: list[tuple[int, np.ndarray]], sigma2: np.ndarray, label: str, what: str,
+                           alternatives: list[tuple[str, np.ndarray]]) -> None:
+    """Family 6: the noise each step added (``resids``: ``(t, x_{t-1} - mean_t)`` for the steps t > 0) has
+    the variance ``sigma2[t]``, step by step (a figure pooled over hundreds of steps hides beta_tilde,
+    which differs from beta only at the first steps); a step that fits one of ``alternatives``
+    (``(likely cause, sigma^2 per step)``) names it."""
+    for t, r in resids:
+        want = float(sigma2[t])
+        if not want > 0 or r.size < 64:
+            continue
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = float(np.mean(np.square(r)))
+        sd = want * math.sqrt(2.0 / r.size)
+        if math.isfinite(v) and abs(v - want) <= 6 * sd + 1e-12:
+            continue
+        cause = next((name for name, s2 in alternatives
+                      if math.isfinite(v) and abs(v - float(s2[t])) <= 6 * float(s2[t]) * math.sqrt(2.0 / r.size) + 1e-12),
+                     None)
+        raise CheckFailed(f"{what}: the noise added at step t = {t} has variance {v:.4g}, expected sigma_t^2 = {label} "
+                          f"= {want:.4g} (the variance is checked at every step)."
+                          + (f"\nLikely cause: {cause}" if cause else ""))
+
+
 def _stat_close(got: float, want: float, sd: float, k: float = 5.0) -> bool:
     return abs(got - want) <= k * sd
 
@@ -326,7 +371,12 @@ def check_p_sample_step(p: Probe):
     out1 = p.call("p_sample_step", oracle, x1, 1, sb, torch.zeros_like(x1), what="p_sample_step(...)", keep=True)
     out0 = p.call("p_sample_step", oracle, out1, 0, sb, _noise((2, 1, 4, 4), p.gen(6)).double(),
                   what="p_sample_step(..., t=0, ...)")
+    # a 37-step schedule while the notebook's globals hold the 1000-step one (then consistent ones)
+    b37 = _beta37(p.gen(7))
+    trap = trap_globals(p, "p_sample_step", (plain, x, 20, b37, z), {}, _notebook_globals(), _consistent_globals(b37),
+                        "p_sample_step(model, x_t, t=20, beta, z) with a 37-step beta")
     yield
+    expect_no_globals(*trap, _GLOBAL_NAMES, "p_sample_step", " (a 37-step beta)")
 
     again, first = (as_tensor_array(o.value, "p_sample_step(...)") for o in twice)
     expect(close(again, first, atol=0, rtol=0),
@@ -334,7 +384,8 @@ def check_p_sample_step(p: Probe):
            hint="the step must use the z it is given, not draw fresh noise itself.")
     for t, out in zip(times, outs):
         got = as_tensor_array(out.value, f"p_sample_step(..., t={t}, ...)", shape=shape)
-        expect_unchanged(out, {"model": None, "x_t": x, "t": None, "beta": None, "z": z}, "p_sample_step")
+        expect_unchanged(out, {"model": None, "x_t": x, "t": None, "beta": beta, "z": z}, "p_sample_step")
+        expect_dtype_kept(out.value, "torch.float32", f"p_sample_step(..., t={t}, ...)", source="x_t")
         steps = _visited_calls(out.model_calls(model), shape[0], "p_sample_step")
         expect(len(steps) >= 1, f"p_sample_step(t={t}) never called the model.")
         expect(all(s == t for s in steps),
@@ -345,6 +396,8 @@ def check_p_sample_step(p: Probe):
                        context=f" at t = {t} (T = 1000, linear schedule, a fixed noise prediction)")
     for t, out in zip(times64, outs64):
         got = as_tensor_array(out.value, f"p_sample_step(..., t={t}, ...) with float64 inputs", shape=shape)
+        expect_dtype_kept(out.value, "torch.float64", f"p_sample_step(..., t={t}, ...) with float64 inputs",
+                          source="x_t")
         want, variants = _step_variants(x64.numpy(), _eps_fixed(x64, t), z64.numpy(), t, sb.numpy())
         match_variants(got, want, variants, "p_sample_step", atol=1e-6, rtol=1e-6,
                        context=f" at t = {t} (float64, a 10-step schedule with beta from 0.05 to 0.5)")
@@ -386,12 +439,23 @@ def _bt_variants(beta: np.ndarray):
 def check_posterior_variance(p: Probe):
     cases = ((_short_beta(10).double(), "a 10-step float64 schedule (beta 0.05 to 0.5)", 1e-7),
              (_linear_beta(1000), "the linear schedule, T = 1000, float32", 3e-3))
-    outs = [p.call("posterior_variance", beta, what=f"posterior_variance(beta) on {label}") for beta, label, _ in cases]
+    cases = cases + ((_beta37(p.gen(1)), "a random 37-step float32 schedule", 1e-4),)
+    # the notebook's globals T, beta, alpha, alpha_bar hold the 1000-step schedule meanwhile
+    hints = (("must match the size of tensor", "a (T,) tensor of another length was mixed in: the notebook's global "
+              "alpha_bar (or alpha, T) used instead of values computed from the argument beta?"),)
+    outs = [p.call("posterior_variance", beta, what=f"posterior_variance(beta) on {label}", bind=_notebook_globals(),
+                   error_hints=hints) for beta, label, _ in cases]
     yield
     for (beta, label, rtol), out in zip(cases, outs):
         T = beta.shape[0]
+        if T != 1000 and isinstance(out.value, TensorRecord) and out.value.shape == (1000,):
+            raise CheckFailed(f"posterior_variance(beta) on {label} returned 1000 values, expected {T}.\nLikely "
+                              f"cause: the notebook's global alpha_bar (or T) is used instead of the argument beta.")
         got = as_tensor_array(out.value, "posterior_variance(beta)", shape=(T,))
         expect_unchanged(out, {"beta": beta}, "posterior_variance")
+        dt = str(beta.dtype)
+        expect_dtype_kept(out.value, dt, f"posterior_variance(beta) on {label}", source="beta",
+                          rule=f"for a {dt.removeprefix('torch.')} beta; beta_tilde keeps beta's dtype")
         b64 = beta.double().numpy()
         want, variants = _bt_variants(b64)
         expect(abs(got[0]) <= 1e-12 or not close(got[1:], want[1:], atol=1e-12, rtol=rtol),
@@ -584,20 +648,38 @@ def check_p_sample_loop(p: Probe):
     sb = _short_beta(10)
     ab_s = torch.cumprod(1 - sb.double(), 0)
     gauss = p.stub("gaussian", alpha_bar=ab_s)
+    gauss_rec = p.stub("gaussian", record=True, alpha_bar=ab_s)  # its inputs give the noise of every step
     # (the statistics on 65536 values are taken from runs that do not record p_sample_step; runs on a
     # quarter of the pixels record it, to see whether the loop's own step was right on its calls)
     big, mid = (16, 1, 64, 64), (16, 1, 32, 32)
     x_big, x_mid = _noise(big, p.gen(14)), _noise(mid, p.gen(16))
     options = ("beta", "beta_tilde")
     outs_gauss = [(_ask_loop(p, gauss, x_big, sb, v, 100, 4, f"p_sample_loop(..., variance={v!r})", wrap=()),
-                   _ask_loop(p, gauss, x_mid, sb, v, 100, 4, f"p_sample_loop(..., variance={v!r})"))
+                   _ask_loop(p, gauss_rec, x_mid, sb, v, 100, 4, f"p_sample_loop(..., variance={v!r})"))
                   for v in options]
     # 4. the generator: same seed, same samples (whatever the global random state); another seed, other samples
     small = (2, 1, 8, 8)
     x_small = _noise(small, p.gen(15))
     outs_gen = [_ask_loop(p, gauss, x_small, sb, "beta", 100, seed, "p_sample_loop(...)", global_seed=gs)
                 for seed, gs in ((7, 1), (7, 2), (8, 3))]
+    g = p.generator(9)
+    stream = [p.call("p_sample_loop", gauss, x_small, sb, variance="beta", record_every=100, generator=gen,
+                     what="p_sample_loop(..., generator)", wrap=_LOOP_BLOCKS) for gen in (g, g, p.generator(9))]
+    # 5. result types: float32 kept, no autograd graph with a network that has parameters
+    b37 = _beta37(p.gen(17))
+    ab37 = torch.cumprod(1 - b37.double(), 0)
+    param = p.stub("sampling.ParamGaussianModel", alpha_bar=ab37)
+    x37 = _noise(small, p.gen(18))
+    typed = p.call("p_sample_loop", param, x37, b37, variance="beta", record_every=10, generator=p.generator(10),
+                   what="p_sample_loop(model with parameters, x_T, a 37-step beta)")
+    # 6. a 37-step schedule while the notebook's globals hold the 1000-step one (then consistent ones)
+    trap = trap_globals(p, "p_sample_loop", (gauss37 := p.stub("gaussian", alpha_bar=ab37), x37, b37),
+                        {"variance": "beta_tilde", "record_every": 10}, _notebook_globals(), _consistent_globals(b37),
+                        "p_sample_loop(model, x_T, a 37-step beta, variance='beta_tilde')",
+                        generators=(p.generator(11), p.generator(11)), global_seed=4)
     yield
+    expect_no_globals(*trap, _GLOBAL_NAMES, "p_sample_loop", " (a 37-step beta)")
+    expect_unchanged(out1, {"model": None, "x_T": x_T, "beta": beta}, "p_sample_loop")
 
     expect(not _changed(out1, 1, x_T), "p_sample_loop changed x_T in place.",
            hint="an in-place update of x (`x -= ...`) while x is still the caller's x_T; start with x = x_T "
@@ -712,6 +794,18 @@ def check_p_sample_loop(p: Probe):
                 f"p_sample_loop(variance={variance!r}) on Gaussian data (x_0 ~ N(0, I), exact noise predictor, "
                 f"10 steps with beta from 0.05 to 0.5): the output's mean square should be {want:.4f} "
                 f"({label}), got {var:.4f}." + (f"\nLikely cause: {hint}." if hint else ""))
+        if loop.blocks_right():  # family 6: the variance of every step, from the recorded model inputs
+            xs = [_a64(c["x"]) for c in out_mid.model_calls(gauss_rec)]
+            if len(xs) == len(sb64):
+                visited = list(range(len(sb64) - 1, -1, -1))
+                resids = [(t, xs[k + 1] - math.sqrt(1 - sb64[t]) * xs[k]) for k, t in enumerate(visited[:-1])]
+                others = [("sigma_t^2 = beta_tilde_t: variance='beta' must use beta_t", bt),
+                          ("sigma_t^2 = beta_t: variance='beta_tilde' must use posterior_variance(beta)", sb64),
+                          ("sigma_t = beta_t (the variance squared): sigma_t must be sqrt(beta_t)", sb64 ** 2),
+                          ("the noise of step t uses another step's sigma (e.g. sigma[t - 1] or a reversed "
+                           "schedule)", np.roll(s2, 1))]
+                _expect_step_variances(resids, s2, label.removeprefix("sigma_t^2 = "), what,
+                                       [o for o in others if o[1] is not s2])
     expect(finals["beta"].shape != finals["beta_tilde"].shape
            or not close(finals["beta"], finals["beta_tilde"], atol=1e-6, rtol=0),
            "p_sample_loop gave the same output for variance='beta' and variance='beta_tilde'.",
@@ -726,6 +820,14 @@ def check_p_sample_loop(p: Probe):
     expect(not close(a1, a3, atol=1e-6, rtol=0),
            "p_sample_loop gave the same samples for generators with different seeds (variance='beta').",
            hint="no noise is drawn (or the variance option is ignored).")
+    for o in outs_gen + stream:
+        expect_global_rng_untouched(o, "p_sample_loop")
+    expect_stream(*(_Loop(o, x_small, sb, ("gauss", ab_sn), "beta", "p_sample_loop(..., generator)").value
+                    for o in stream), "p_sample_loop")
+    res = typed.value
+    x0_typed = res[0] if isinstance(res, tuple) and res else res
+    expect_dtype_kept(x0_typed, "torch.float32", "p_sample_loop", source="x_T")
+    expect_no_graph(res, "p_sample_loop(model with parameters, ...)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -794,7 +896,14 @@ def check_ddim_step(p: Probe):
         x_t = ab64[t].sqrt() * c + (1 - ab64[t]).sqrt() * _noise((2, 1, 4, 4), p.gen(24 + t)).double()
         outs_delta.append(p.call("ddim_step", oracle, x_t, t, -1, ab64, eta=0.0, z=None,
                                  what=f"ddim_step(..., t={t}, t_prev=-1, ...)"))
+    # a 37-step alpha_bar while the notebook's globals hold the 1000-step schedule
+    b37 = _beta37(p.gen(25))
+    ab37 = torch.cumprod(1 - b37, 0)
+    plain = p.stub("sampling.FixedNoiseModel")
+    trap = trap_globals(p, "ddim_step", (plain, x, 30, 20, ab37), {"eta": 0.5, "z": z}, _notebook_globals(),
+                        _consistent_globals(b37), "ddim_step(model, x_t, t=30, t_prev=20, a 37-step alpha_bar, eta=0.5, z)")
     yield
+    expect_no_globals(*trap, _GLOBAL_NAMES, "ddim_step", " (a 37-step alpha_bar)")
 
     for (t, t_prev, eta, zz), out in zip(cases, outs):
         label = out.what
@@ -807,7 +916,9 @@ def check_ddim_step(p: Probe):
                     "alpha_bar_prev = 1." if t_prev == -1 else
                     "\nLikely cause: a negative number under a square root; clamp 1 - ab_prev - sigma^2 at 0."))
         got = as_tensor_array(value, label, shape=shape)
-        expect(not _changed(out, 1, x), "ddim_step changed x_t in place.")
+        expect_unchanged(out, {"model": None, "x_t": x, "t": None, "t_prev": None, "alpha_bar": ab_t, "eta": None,
+                               "z": zz}, "ddim_step")
+        expect_dtype_kept(value, "torch.float32", label, source="x_t")
         steps = _visited_calls(out.model_calls(model), shape[0], "ddim_step")
         expect(len(steps) >= 1 and all(s == t for s in steps),
                f"{label} called the model at t = {sorted(set(steps))}; expected t = {t}.")
@@ -941,7 +1052,26 @@ def check_ddim_sample(p: Probe):
     outs3 = [p.call("ddim_sample", model, x_T3, ab_t, num_steps=10, eta=1.0, generator=p.generator(seed),
                     what="ddim_sample(..., eta=1)", wrap=wrap, global_seed=gs)
              for model, seed, gs in ((rec3, 3, 1), (g_model, 3, 2), (g_model, 4, 3))]
+    # 4. families 1-4: the stream of one generator, a 37-step schedule with the notebook's globals bound to
+    # the 1000-step one, float32 kept and no autograd graph with a network that has parameters
+    small = (2, 1, 4, 4)
+    x_s = _noise(small, p.gen(34))
+    g = p.generator(5)
+    stream = [p.call("ddim_sample", g_model, x_s, ab_t, num_steps=5, eta=1.0, generator=gen,
+                     what="ddim_sample(..., eta=1, generator)", wrap=wrap) for gen in (g, g, p.generator(5))]
+    b37 = _beta37(p.gen(35))
+    ab37 = torch.cumprod(1 - b37, 0)
+    trap = trap_globals(p, "ddim_sample", (p.stub("gaussian", alpha_bar=ab37.double()), x_s, ab37),
+                        {"num_steps": 8, "eta": 0.5}, _notebook_globals(), _consistent_globals(b37),
+                        "ddim_sample(model, x_T, a 37-step alpha_bar, num_steps=8, eta=0.5)",
+                        generators=(p.generator(6), p.generator(6)), global_seed=4)
+    typed = p.call("ddim_sample", p.stub("sampling.ParamGaussianModel", alpha_bar=ab37.double()), x_s, ab37,
+                   num_steps=8, eta=1.0, generator=p.generator(7),
+                   what="ddim_sample(model with parameters, x_T, alpha_bar, num_steps=8, eta=1)")
     yield
+    expect_no_globals(*trap, _GLOBAL_NAMES, "ddim_sample", " (a 37-step alpha_bar)")
+    for _, _, x_T, _, out in part1:
+        expect_unchanged(out, {"model": None, "x_T": x_T, "alpha_bar": ab_t}, "ddim_sample")
 
     ab = ab64.numpy()
     c64 = c.double().numpy()
@@ -997,6 +1127,12 @@ def check_ddim_sample(p: Probe):
            f"{v:.4f} (sigma of eq. 16 at every step but the last), got {var:.4f}.",
            hint="sigma(eta) = eta * sqrt((1 - ab_prev) / (1 - ab_t)) * sqrt(1 - ab_t / ab_prev), "
                 "with z drawn fresh at every step.")
+    for o in outs3 + stream:
+        expect_global_rng_untouched(o, "ddim_sample")
+    expect_stream(*(_DdimRun(o, x_s, ("gauss", ab), "ddim_sample(..., eta=1, generator)").value for o in stream),
+                  "ddim_sample")
+    expect_dtype_kept(typed.value, "torch.float32", "ddim_sample", source="x_T")
+    expect_no_graph(typed.value, "ddim_sample(model with parameters, ...)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1018,16 +1154,32 @@ def check_sdedit(p: Probe):
                                                 what=what, wrap=wrap)))
     # reproducible with the generator (the global random state seeded differently before each call)
     m = p.stub("sampling.FixedNoiseModel")
-    repro = [p.call("sdedit", m, x_0, 50, beta, generator=p.generator(seed), what="sdedit(...)", global_seed=gs)
-             for seed, gs in ((9, 1), (9, 2), (10, 3))]
+    repro = [p.call("sdedit", m, x_0, 50, beta, generator=p.generator(seed), what="sdedit(...)", global_seed=gs,
+                    wrap=wrap) for seed, gs in ((9, 1), (9, 2), (10, 3))]
+    # families 1-4: one generator continues its stream; a 37-step schedule with the notebook's globals bound to
+    # the 1000-step one; float32 kept and no autograd graph with a network that has parameters
+    small = (2, 1, 4, 4)
+    x_s = _images(small, p.gen(41))
+    g = p.generator(11)
+    stream = [p.call("sdedit", m, x_s, 20, beta, generator=gen, what="sdedit(..., generator)", wrap=wrap)
+              for gen in (g, g, p.generator(11))]
+    b37 = _beta37(p.gen(42))
+    ab37 = torch.cumprod(1 - b37.double(), 0)
+    trap = trap_globals(p, "sdedit", (p.stub("gaussian", alpha_bar=ab37), x_s, 30, b37), {}, _notebook_globals(),
+                        _consistent_globals(b37), "sdedit(model, x_0, t_start=30, a 37-step beta)",
+                        generators=(p.generator(12), p.generator(12)), global_seed=4)
+    typed = p.call("sdedit", p.stub("sampling.ParamGaussianModel", alpha_bar=ab37), x_s, 30, b37,
+                   generator=p.generator(13), what="sdedit(model with parameters, x_0, 30, a 37-step beta)")
     yield
+    expect_no_globals(*trap, _GLOBAL_NAMES, "sdedit", " (a 37-step beta)")
 
     b64 = beta.double().numpy()
     ab = np.cumprod(1 - b64)
     x0 = x_0.double().numpy()
     for t_start, rec, what, out in runs:
         raw = _tensor(out.value, f"the result of {what}", shape=shape)
-        expect(not _changed(out, 1, x_0), "sdedit changed x_0 in place.")
+        expect_unchanged(out, {"model": None, "x_0": x_0, "t_start": None, "beta": beta}, "sdedit")
+        expect_dtype_kept(out.value, "torch.float32", what, source="x_0")
         calls = _step_calls(out.wrapped("p_sample_step"), _P_NAMES, shape, what)
         if calls is not None:
             steps = [c["t"] for c in calls]
@@ -1074,7 +1226,7 @@ def check_sdedit(p: Probe):
                 f"+ sqrt(1 - alpha_bar[t_start]) noise; its normalised residual has std {std:.3f} (expected 1) and "
                 f"correlation {corr:.3f} with x_0 (expected 0)." + (f"\nLikely cause: {hint}" if hint else ""))
         # every step: next input = mean of the step + sqrt(beta_t) z; the output = mean of the last step
-        resid = []
+        resid, per_step = [], []
         for k, t in enumerate(want_steps):
             eps = _eps_fixed(xs[k], t)
             mean = (xs[k] - b64[t] / math.sqrt(1 - ab[t]) * eps) / math.sqrt(1 - b64[t])
@@ -1085,6 +1237,14 @@ def check_sdedit(p: Probe):
                        f"{describe_diff(got, mean)}.", hint="noise added at the last step.")
             else:
                 resid.append(((nxt - mean) / math.sqrt(b64[t])).reshape(-1))
+                per_step.append((t, nxt - mean))
+        abp = np.concatenate([[1.0], ab[:-1]])
+        _expect_step_variances(
+            per_step, b64, "beta_t", what,
+            [("sigma_t^2 = beta_tilde_t (posterior_variance) at the first steps; SDEdit's ancestral steps use "
+              "sigma_t^2 = beta_t (Algorithm 2).", (1 - abp) / (1 - ab) * b64),
+             ("sigma_t = beta_t (the variance squared): sigma_t must be sqrt(beta_t).", b64 ** 2),
+             ("no noise at this step: z must be added at every step t > 0.", 0 * b64 + 1e-300)])
         if resid:
             r = np.concatenate(resid)
             std = float(r.std())
@@ -1092,12 +1252,35 @@ def check_sdedit(p: Probe):
                    f"{what}: each step must be x_{{t-1}} = mean + sqrt(beta_t) z (Algorithm 2); the added noise "
                    f"divided by sqrt(beta_t) has std {std:.3f}, expected 1.",
                    hint="the steps must be Algorithm 2's ancestral steps with sigma_t = sqrt(beta_t) and fresh z.")
+    for o in repro + stream:
+        expect_global_rng_untouched(o, "sdedit")
+    expect_stream(*(_sdedit_value(o, x_s, 20, b64) for o in stream), "sdedit")
+    expect_dtype_kept(typed.value, "torch.float32", "sdedit", source="x_0")
+    expect_no_graph(typed.value, "sdedit(model with parameters, ...)")
     o1, o2, o3 = (as_tensor_array(o.value, "sdedit(...)") for o in repro)
     expect(close(o1, o2, atol=1e-7, rtol=0),
            "sdedit gave different results for two generators with the same seed.",
            hint="draw every noise (the q_sample noise and each z) with the generator.")
     expect(not close(o1, o3, atol=1e-6, rtol=0),
            "sdedit gave the same result for generators with different seeds.")
+
+
+def _sdedit_value(out: Outcome, x_0: torch.Tensor, t_start: int, b64: np.ndarray) -> np.ndarray:
+    """What an sdedit call with the FixedNoiseModel returned, replayed with a correct p_sample_step when
+    it composed the student's own (a step's mistake is judged in the step's cell)."""
+    shape = tuple(x_0.shape)
+    raw = _tensor(out.value, "the result of sdedit(...)", shape=shape)
+    calls = _step_calls(out.wrapped("p_sample_step"), _P_NAMES, shape, "sdedit")
+    if calls is None:
+        return raw
+
+    def step(k, b):
+        c = calls[k]
+        z = _a64(c.get("z"))
+        o, mean = _p_step(("fixed",), b, c["t"], b64, z if z is not None and z.shape == b.shape else None)
+        return o, mean, 1.0
+
+    return _recompose([c["x"] for c in calls], [c["out"] for c in calls], None, raw, step)[-1]
 
 
 CHECKS = {
