@@ -181,10 +181,11 @@ def test_no_graded_test_depends_on_a_slow_cell(tmp_path):
     not_full = {a: (r["auto_score"], r["auto_max"], r["notes"]) for a, r in rows.items()
                 if float(r["auto_score"]) != float(r["auto_max"]) or float(r["auto_max"]) == 0}
     assert not_full == {}
-    left_out = 0
+    left_out = tagged = 0
     for a in real:
         src = course.read_json(root / course.SOURCE_DIR / a / f"{a}.ipynb")
         slow_ids = {c["id"] for c in src["cells"] if cells.SLOW_TAG in c["metadata"].get("tags", [])}
+        tagged += len(slow_ids)
         graded = course.read_json(tmp_path / "out" / "autograded" / "perfect" / a / f"{a}.ipynb")
         for c in graded["cells"]:
             if c["cell_type"] == "code" and c.get("id") in slow_ids:
@@ -192,4 +193,4 @@ def test_no_graded_test_depends_on_a_slow_cell(tmp_path):
                 left_out += 1
             elif c["cell_type"] == "code" and cells.is_test(c):
                 assert c["execution_count"], (a, cells.grade_id(c))
-    assert left_out == 31   # the slow cells of the six notebooks
+    assert left_out == tagged >= 30   # every slow cell of the six notebooks (32 today) left out
