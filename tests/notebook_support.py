@@ -93,6 +93,17 @@ class SolutionNotebook:
             src = src.replace(old, new)
         return src
 
+    def source(self, gid: str, edits: str | list[tuple[str, str]]) -> str:
+        """An answer cell's source: ``edits`` itself when it is a whole source, else the solution's
+        cell with each ``(old, new)`` edit applied (:meth:`mutate_many`)."""
+        return edits if isinstance(edits, str) else self.mutate_many(gid, *edits)
+
+    def assert_caught(self, gid: str, edits, words: str, what) -> None:
+        """The check of ``gid`` fails the mistaken cell and its message names the cause ``words``."""
+        message = self.check_message(gid, {gid: self.source(gid, edits)})
+        assert message is not None, f"the check {gid!r} passed the mistake: {what}"
+        assert words in message, f"{what}: the message does not name the cause {words!r}:\n{message}"
+
     def body(self, gid: str, new_body: str) -> str:
         """The answer cell with its solution region replaced by ``new_body`` (indented 4 spaces)."""
         head, rest = self.cells[gid].split(f"    {BEGIN}\n")

@@ -264,16 +264,13 @@ FAMILY_MISTAKES = {
 }
 
 
-def _family_source(grade_id, edits):
-    return edits if isinstance(edits, str) else NOTEBOOK.mutate_many(grade_id, *edits)
+_family_source = NOTEBOOK.source
 
 
 @pytest.mark.parametrize("key", sorted(FAMILY_MISTAKES), ids=lambda k: f"{k[0]}-{k[1]}")
 def test_family_mistake_is_caught_with_its_cause(key):
     grade_id, edits, words = FAMILY_MISTAKES[key]
-    message = check_message(grade_id, {grade_id: _family_source(grade_id, edits)})
-    assert message is not None, f"the check {grade_id!r} passed the mistake: {key}"
-    assert words in message, f"{key}: the message does not name the cause {words!r}:\n{message}"
+    NOTEBOOK.assert_caught(grade_id, edits, words, key)
 
 
 FAMILY_CORRECT = {
