@@ -13,6 +13,11 @@ of a run is autograde's own (templates, the sandbox probe, every job, the CSVs).
 It prints notebooks per minute per configuration, the ratios, the per-core throughput against
 the issue's baseline (9.1 s per notebook at --jobs 2 on this 2-core machine), where the seconds
 of a job go (``Report.timings``, per job), and how many cores grade 6,000 notebooks in an hour.
+
+``--baseline REV`` also grades the same demo students with the code of commit ``REV`` (e.g. the
+commit before issue 17's work), in the same run and at ``--jobs 2``: that version's own release
+and demo submissions, in a ``git archive`` copy of ``REV`` imported through ``PYTHONPATH`` (the
+grading kernels it starts import it too), so "today" is measured on this machine, not quoted.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,12 +64,58 @@ def grade(subs: Path, root: Path, out: Path, **kw):
     return rep
 
 
+#: Run by the baseline's own Python path: the calls exist unchanged in every version since the demo.
+BASELINE_SCRIPT = r"""
+import json, shutil, sys
+from pathlib import Path
+from grading import course
+from grading.autograde import autograde
+from grading.demo import make_submissions
+from grading.release import release
+tmp, jobs, students, assignments = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4:]
+assert Path(course.__file__).resolve().is_relative_to(Path.cwd().resolve()), course.__file__
+for a in assignments:
+    shutil.copytree(course.REPO_ROOT / course.SOURCE_DIR / a, tmp / course.SOURCE_DIR / a)
+release(assignments, root=tmp)
+make_submissions(tmp, assignments, tmp / "subs")
+for d in (tmp / "subs").iterdir():
+    if d.name not in students:
+        shutil.rmtree(d)
+rep = autograde(tmp / "subs", out=tmp / "out", root=tmp, jobs=jobs, progress=False, force=True)
+print(json.dumps({"graded": rep.graded, "seconds": rep.seconds, "errors": rep.errors}))
+"""
+
+
+def grade_baseline(rev: str, tmp: Path, assignments: list[str], students: list[str], jobs: int) -> dict:
+    """Grade the demo students with the code of commit ``rev`` (see the module docstring)."""
+    tree = tmp / "baseline-code"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(course.REPO_ROOT), "archive", rev], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    for shared in ("data", "checkpoints"):  # ignored by git: the course's own, read by the kernels
+        if (course.REPO_ROOT / shared).exists():
+            (tree / shared).symlink_to(course.REPO_ROOT / shared)
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    r = subprocess.run([sys.executable, "-c", BASELINE_SCRIPT, str(tmp / "baseline-course"), str(jobs),
+                        ",".join(students)] + assignments, cwd=tree, env=env, capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"the baseline {rev} failed:\n{r.stderr[-3000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if out["errors"]:
+        raise SystemExit(f"the baseline {rev} reported errors: {out['errors']}")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--assignments", nargs="*", default=None, help="ids or numbers (default: all six)")
     p.add_argument("--students", nargs="*", default=["perfect", "partial", "blank"])
     p.add_argument("--no-dask", action="store_true", help="only the local pool")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--baseline", default=None, metavar="REV",
+                   help="also grade the same students with commit REV's code at --jobs 2")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -95,6 +147,15 @@ def main(argv=None) -> int:
                                          for k, v in sorted(rep.timings.items())}}
             print(f"{name:>16}: {rep.graded} notebooks in {rep.seconds:6.1f} s = {per_min:5.2f} per minute "
                   f"({rep.seconds / rep.graded:.2f} s each)", flush=True)
+        if args.baseline:
+            base = grade_baseline(args.baseline, tmp, assignments, args.students, 2)
+            per_min = base["graded"] / base["seconds"] * 60
+            results[f"baseline {args.baseline} --jobs 2"] = {
+                "graded": base["graded"], "seconds": round(base["seconds"], 1),
+                "notebooks_per_minute": round(per_min, 2)}
+            print(f"{'baseline --jobs 2':>16}: {base['graded']} notebooks in {base['seconds']:6.1f} s = "
+                  f"{per_min:5.2f} per minute ({base['seconds'] / base['graded']:.2f} s each; "
+                  f"the code of {args.baseline})", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()
@@ -109,6 +170,10 @@ def main(argv=None) -> int:
     per_core = rate["local --jobs 2"] / 2
     print(f"  per core at --jobs 2: {per_core:.2f} notebooks/min against {base_per_core:.2f} before "
           f"(9.1 s per notebook at --jobs 2): {per_core / base_per_core:.2f}x")
+    if args.baseline:
+        old = rate[f"baseline {args.baseline} --jobs 2"]
+        print(f"  --jobs 2 against the code of {args.baseline} on the same demo students, this run: "
+              f"{rate['local --jobs 2']:.2f} / {old:.2f} per minute = {rate['local --jobs 2'] / old:.2f}x")
     print("\nwhere a job's seconds go (local --jobs 1, mean per notebook)")
     for k, v in results["local --jobs 1"]["per_job"].items():
         if v >= 0.005:

@@ -96,9 +96,10 @@ class Builder:
 
 
 def command(home: str, cmd: list[str], uid: int | None, gid: int | None,
-            readable: list[str] = (), shm_bytes: int = SHM_BYTES) -> list[str]:
+            readable: list[str] = (), shm_bytes: int = SHM_BYTES, info_fd: int | None = None) -> list[str]:
     """The bubblewrap command that runs ``cmd`` (the kernel) in its allow-listed world, with the
-    ``readable`` files (the data and checkpoints the home links to) read-only at their own paths.
+    ``readable`` files (the data and checkpoints the home links to) read-only at their own paths;
+    ``info_fd``: where bubblewrap writes the sandbox's pid (``grading.zygote`` enters it).
 
     As root (``uid`` given), ``setpriv`` drops to ``uid:gid`` inside, with no capabilities and
     ``no_new_privs``; without root, bubblewrap's user namespace keeps the grader's uid."""
@@ -125,6 +126,8 @@ def command(home: str, cmd: list[str], uid: int | None, gid: int | None,
           "--die-with-parent", "--new-session"]
     if uid is None:
         ns.append("--unshare-user")
+    if info_fd is not None:
+        ns += ["--info-fd", str(info_fd)]
     env = ["--unsetenv", "JPY_PARENT_PID",  # no parent to poll in a pid namespace of its own
            "--setenv", "PYTHONPATH", COURSE_PATH, "--chdir", home]
     inner = list(cmd)

@@ -27,6 +27,7 @@ a script into its own page.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import re
 from dataclasses import dataclass
@@ -119,6 +120,9 @@ def latex_to_mathml(tex: str, display: bool) -> str:
     return markup if markup is not None else f'<code class="tex">{html.escape(tex)}</code>'
 
 
+# Cached: the instructions (markdown) and the given code are the same in every student's notebook,
+# and rendering them (math, sanitizing, highlighting) was the largest cost of a feedback page.
+@functools.lru_cache(maxsize=8192)
 def render_markdown(text: str) -> str:
     """Markdown (with LaTeX math) as sanitized HTML with the math as MathML."""
     from nbconvert.filters import markdown2html_mistune
@@ -149,6 +153,7 @@ def without_hidden_tests(src: str) -> str:
     return "\n".join(out).strip("\n")
 
 
+@functools.lru_cache(maxsize=8192)
 def _code(src: str) -> str:
     from pygments import highlight
     from pygments.formatters import HtmlFormatter

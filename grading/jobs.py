@@ -179,6 +179,8 @@ def _lay_out(job: Job, job_dir: Path, mode: str, uid: int, timeout: int | None,
          "env": env, "kernel_manager": kernel_manager, "job_dir": str(job_dir),
          "probe_dir": str(home / "probe"), "probe_rel": "home/probe",
          "memory_cgroup": cgroup, "memory_mb": job_limits.memory_mb if job_limits else 0,
+         # kernels forked from the worker's warm template into this sandbox (grading.zygote)
+         "warm_kernels": mode == "bwrap" and bool(job_limits and job_limits.warm_kernels),
          "notebook_timeout": job_limits.notebook_timeout if job_limits else 0}))
     os.chmod(job_dir, 0o711)
     os.chmod(course_dir, 0o711)

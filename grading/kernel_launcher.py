@@ -14,15 +14,22 @@ it ``setpriv`` drops to ``U:G`` with no capabilities and ``no_new_privs`` before
 
 ``--home H`` alone: no sandbox (the ``none`` isolation mode).
 
+With ``GRADING_ZYGOTE`` set (the worker's warm-kernel server, ``grading.zygote``) and a uid, the
+kernel is not started cold: bubblewrap builds the same sandbox around a placeholder, and the
+server forks a process that enters it as ``U`` and becomes the kernel. Should that fail before
+the kernel ran, the kernel starts cold as above.
+
 ``--probe`` runs a self-test instead of the kernel (once per autograde run): the ``--protect``
 paths must be invisible, ``grading`` must not import, and only the kernel's own loopback exists.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 
 PROBE = r"""
@@ -65,6 +72,49 @@ def _link_targets(home: str) -> list[str]:
             if os.path.islink(path) and os.path.exists(path):
                 targets.append(os.path.realpath(path))
     return targets
+
+
+def _warm_kernel(sock: str, home: str, uid: int, gid: int, cgroup: str | None, env: dict,
+                 kernel_args: list[str], readable: list[str], shm_bytes: int,
+                 max_processes: int, probe: str | None = None) -> int:
+    """The kernel forked by the warm-kernel server into this job's sandbox (``grading.zygote``);
+    returns its exit status. ``OSError``: nothing ran (start it cold). ``probe``: Python source
+    run there in place of the kernel, with ``kernel_args`` as its ``sys.argv[1:]`` (tests)."""
+    from grading import bwrap, zygote
+
+    info_r, info_w = os.pipe()
+    holder = ["/bin/sh", "-c", "echo ready; exec sleep infinity"]  # holds the sandbox open
+    argv = bwrap.command(home, holder, uid, gid, readable=readable, shm_bytes=shm_bytes,
+                         info_fd=info_w)
+    proc = subprocess.Popen(argv, env=env, pass_fds=(info_w,), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE)
+    os.close(info_w)
+    try:
+        if proc.stdout.readline().strip() != b"ready":
+            raise OSError(f"the sandbox did not start (bubblewrap exit {proc.poll()})")
+        text = b""
+        while True:  # bubblewrap's JSON: {"child-pid": <the sandbox's pid 1, as seen here>}
+            chunk = os.read(info_r, 4096)
+            text += chunk
+            try:
+                pid = int(json.loads(text)["child-pid"])
+                break
+            except ValueError:
+                if not chunk:
+                    raise OSError(f"bubblewrap gave no sandbox pid: {text[:200]!r}") from None
+        kernel_env = {k: v for k, v in env.items() if k not in ("JPY_PARENT_PID", zygote.ENV_SOCKET)}
+        kernel_env["PYTHONPATH"] = bwrap.COURSE_PATH
+        request = {"pid": pid, "uid": uid, "gid": gid, "cgroup": cgroup, "home": home,
+                   "env": kernel_env, "args": kernel_args,
+                   "rlimits": {"RLIMIT_CORE": 0, "RLIMIT_FSIZE": MAX_FILE_BYTES,
+                               "RLIMIT_NPROC": max_processes}}
+        if probe is not None:
+            request["probe"] = probe
+        return zygote.spawn(sock, request)
+    finally:
+        os.close(info_r)
+        proc.kill()
+        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,6 +166,16 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, OSError):
             pass
         env.update(USER="student", LOGNAME="student")
+    sock = os.environ.get("GRADING_ZYGOTE")
+    if args.bwrap and args.uid is not None and sock and not args.probe:
+        try:
+            code = _warm_kernel(sock, home, args.uid, gid, args.cgroup, env, cmd[3:],
+                                _link_targets(home), args.shm_mb * 2**20, args.max_processes)
+        except OSError as exc:
+            print(f"grading: warm kernel unavailable ({exc}); starting it cold", file=sys.stderr)
+        else:
+            sys.stdout.flush()
+            os._exit(code)
     if args.bwrap:
         from grading import bwrap
 

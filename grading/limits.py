@@ -120,6 +120,8 @@ class JobLimits:
         self.max_processes = int(other.get("max_processes", 512))
         self.shm_mb = int(other.get("shm_mb", 64))
         self.max_notebook_bytes = int(float(other.get("max_notebook_mb", 20)) * 1_000_000)
+        #: kernels forked from a template that has imported torch (``grading.zygote``; root only)
+        self.warm_kernels = bool(other.get("warm_kernels", True))
 
     def __repr__(self) -> str:
         memory = f"{self.memory_mb} MB of memory" if self.memory_mb else "no memory limit"

@@ -65,6 +65,10 @@ c.CourseExecute.memory_limit_mb = 4096
 c.CourseLimits.max_processes = 512    # processes and threads of a job's uid (the kernel has ~40)
 c.CourseLimits.shm_mb = 64            # its private /dev/shm (and /tmp is 256 MB)
 c.CourseLimits.max_notebook_mb = 20   # a submitted notebook without its outputs
+# Each kernel is a fresh process forked from a template that has imported torch, in the same
+# bubblewrap sandbox as a cold one (grading/zygote.py): about 3 s of CPU less per notebook.
+# Only as root (isolation mode bwrap); False starts every kernel cold.
+c.CourseLimits.warm_kernels = True
 
 # Warnings on stderr (Python/PyTorch/NumPy) must not cost the points of a passing test cell:
 # nbgrader gives 0 to any test cell with stderr output unless IgnorePattern removes it.

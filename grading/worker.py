@@ -246,11 +246,36 @@ def grade_job(job: Path) -> WorkerResult:
     return result
 
 
+#: This worker's warm-kernel server (``grading.zygote``), started with its first job that asks
+#: for warm kernels and kept for the next ones.
+_zygote = None
+
+
+def _warm_kernels(wanted: bool) -> None:
+    """Make this worker's kernel launchers fork from the warm-kernel server (or start cold)."""
+    global _zygote
+    from . import zygote
+
+    if not wanted:
+        os.environ.pop(zygote.ENV_SOCKET, None)
+        return
+    if _zygote is None or not _zygote.alive():
+        try:
+            _zygote = zygote.Zygote(env={k: v for k, v in os.environ.items() if k != zygote.ENV_SOCKET})
+        except (OSError, RuntimeError) as exc:
+            print(f"grading: no warm kernels ({exc}); kernels start cold", file=sys.stderr)
+            _zygote = None
+            os.environ.pop(zygote.ENV_SOCKET, None)
+            return
+    os.environ[zygote.ENV_SOCKET] = _zygote.socket
+
+
 def run_one(job: Path) -> None:
     """Grade one job folder and write its ``result.json`` (errors included, never raised)."""
     spec = json.loads((job / "job.json").read_text())
     for key, value in (spec.get("env") or {}).items():
         os.environ[key] = value
+    _warm_kernels(bool(spec.get("warm_kernels")))
     try:
         result = grade_job(job)
     except Exception as exc:  # noqa: BLE001  (reported to the parent, never fatal to others)
@@ -267,13 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--serve":
         out = sys.stdout
         sys.stdout = sys.stderr  # nothing but the protocol on the real stdout
-        for line in sys.stdin:
-            job = line.strip()
-            if not job:
-                continue
-            run_one(Path(job))
-            out.write(f"DONE {job}\n")
-            out.flush()
+        try:
+            for line in sys.stdin:
+                job = line.strip()
+                if not job:
+                    continue
+                run_one(Path(job))
+                out.write(f"DONE {job}\n")
+                out.flush()
+        finally:
+            if _zygote is not None:
+                _zygote.close()
         return 0
     run_one(Path(argv[0]))
     return 0
