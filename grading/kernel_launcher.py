@@ -55,6 +55,19 @@ MAX_PROCESSES = 512                  # per uid, i.e. per job (the course config 
 MAX_FILE_BYTES = 512 * 1024 * 1024   # one file the kernel writes
 
 
+#: The grader's environment variables a kernel gets (prefixes, then names): the course's own,
+#: nbgrader's, threads, locale, time zone. Nothing else of the grader's environment (tokens, a
+#: database URL, cloud credentials) reaches the student's code, whose process can read it.
+KERNEL_ENV_PREFIXES = ("DIFFUSION_", "GRADEPROBE_", "NBGRADER_", "JPY_", "OMP_", "MKL_", "OPENBLAS_", "LC_")
+KERNEL_ENV_NAMES = ("PATH", "PYTHONPATH", "LANG", "LANGUAGE", "TZ", "TERM", "PYTHONHASHSEED", "MPLBACKEND",
+                    "PYDEVD_DISABLE_FILE_VALIDATION", "HOME", "USER", "LOGNAME")
+
+
+def kernel_environment(environ) -> dict[str, str]:
+    """The part of ``environ`` a kernel may see (see :data:`KERNEL_ENV_PREFIXES`)."""
+    return {k: v for k, v in environ.items() if k in KERNEL_ENV_NAMES or k.startswith(KERNEL_ENV_PREFIXES)}
+
+
 def _limits() -> None:
     for lim, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, MAX_FILE_BYTES)):
         try:
@@ -136,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cgroup:  # the job's memory limit (grading.limits): the kernel cannot leave it
         with open(os.path.join(args.cgroup, "cgroup.procs"), "w") as fh:
             fh.write(str(os.getpid()))
-    env = dict(os.environ)
+    env = kernel_environment(os.environ)
     env.update(HOME=home, TMPDIR=home, MPLCONFIGDIR=os.path.join(home, ".mpl"),
                XDG_CACHE_HOME=os.path.join(home, ".cache"), IPYTHONDIR=os.path.join(home, ".ipython"),
                JUPYTER_RUNTIME_DIR=home)

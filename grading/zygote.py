@@ -22,8 +22,9 @@ parent, which waits for it, is inside that namespace too and runs as ``nobody``:
 kernel's parent, it is no process the kernel may signal. No mount is made here: the mount work
 stays bubblewrap's.
 
-The template process (:data:`SERVER`) is started with the worker's own environment (the one a
-cold kernel gets), imports only third-party modules (:data:`PRELOAD`; never ``grading``,
+The template process (:data:`SERVER`) is started with the environment a cold kernel gets
+(``kernel_launcher.kernel_environment``: a kernel can read its template's through
+``/proc/self/environ``), imports only third-party modules (:data:`PRELOAD`; never ``grading``,
 ``helpers`` or a notebook), and keeps no secret: what a kernel inherits from its memory is
 those modules and the uids and folders of earlier jobs. It listens on a Unix socket in a
 folder only its user can enter and serves only its own user (``SO_PEERCRED``).
@@ -255,8 +256,11 @@ class Zygote:
     def __init__(self, env: dict[str, str] | None = None, preload=PRELOAD, start_timeout: float = 120):
         self.dir = Path(tempfile.mkdtemp(prefix="zygote-"))  # 0700: only the grader enters
         self.socket = str(self.dir / "s")
-        base = dict(os.environ if env is None else env)
-        base.pop(ENV_SOCKET, None)
+        from .kernel_launcher import kernel_environment
+
+        # A kernel can read the template's starting environment (/proc/self/environ): it gets what
+        # a cold kernel gets, no more.
+        base = kernel_environment(os.environ if env is None else env)
         # What a cold kernel's Python gets from bubblewrap and the launcher: its PYTHONPATH, and a
         # matplotlib folder of the template's own (the font cache is built there once).
         from .bwrap import COURSE_PATH
