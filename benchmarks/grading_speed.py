@@ -10,7 +10,8 @@ and a Dask cluster of 1 and of 2 single-threaded workers on loopback (``grading.
 LoopbackCluster``; the cluster's start is not counted, a cluster outlives many runs). The time
 of a run is autograde's own (templates, the sandbox probe, every job, the CSVs).
 
-It prints notebooks per minute per configuration, the ratios, the per-core throughput against
+It prints notebooks per minute per configuration (with the cores the run kept busy, from
+``/proc/stat``: the coordinator, Dask's scheduler and workers and the kernels all count), the ratios, the per-core throughput against
 the issue's baseline (9.1 s per notebook at --jobs 2 on this 2-core machine), where the seconds
 of a job go (``Report.timings``, per job), and how many cores grade 6,000 notebooks in an hour.
 
@@ -53,6 +54,14 @@ def make_course(tmp: Path, assignments: list[str], students: list[str]) -> Path:
         if d.name not in students:
             shutil.rmtree(d)
     return tmp / "subs"
+
+
+def busy_cores() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, wall seconds) now, from /proc/stat: the cores a
+    run kept busy are the difference of two readings (every process counts, Dask's too)."""
+    fields = [float(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), time.monotonic()
 
 
 def grade(subs: Path, root: Path, out: Path, **kw):
@@ -133,6 +142,7 @@ def main(argv=None) -> int:
             configs += [("dask 1 worker", {"workers": 1}), ("dask 2 workers", {"workers": 2})]
         for name, cfg in configs:
             out = tmp / f"out-{len(results)}"
+            busy0 = busy_cores()
             if "workers" in cfg:
                 from grading.cluster import LoopbackCluster
 
@@ -141,12 +151,14 @@ def main(argv=None) -> int:
             else:
                 rep = grade(subs, tmp / "course", out, jobs=cfg["jobs"])
             per_min = rep.graded / rep.seconds * 60
+            busy1 = busy_cores()
+            cores = (busy1[0] - busy0[0]) / (busy1[1] - busy0[1])
             results[name] = {"graded": rep.graded, "seconds": round(rep.seconds, 1),
-                             "notebooks_per_minute": round(per_min, 2),
+                             "notebooks_per_minute": round(per_min, 2), "cores_busy": round(cores, 2),
                              "per_job": {k: round(v / max(1, rep.graded), 3)
                                          for k, v in sorted(rep.timings.items())}}
             print(f"{name:>16}: {rep.graded} notebooks in {rep.seconds:6.1f} s = {per_min:5.2f} per minute "
-                  f"({rep.seconds / rep.graded:.2f} s each)", flush=True)
+                  f"({rep.seconds / rep.graded:.2f} s each; {cores:.2f} of {os.cpu_count()} cores busy)", flush=True)
         if args.baseline:
             base = grade_baseline(args.baseline, tmp, assignments, args.students, 2)
             per_min = base["graded"] / base["seconds"] * 60
@@ -164,7 +176,10 @@ def main(argv=None) -> int:
     print("\nratios")
     print(f"  local --jobs 2 / --jobs 1:   {rate['local --jobs 2'] / rate['local --jobs 1']:.2f}x")
     if "dask 2 workers" in rate:
-        print(f"  dask 2 workers / 1 worker:   {rate['dask 2 workers'] / rate['dask 1 worker']:.2f}x")
+        one = results["dask 1 worker"]["cores_busy"]
+        print(f"  dask 2 workers / 1 worker:   {rate['dask 2 workers'] / rate['dask 1 worker']:.2f}x "
+              f"(one worker's run kept {one:.2f} cores busy: on {os.cpu_count()} cores at most "
+              f"{os.cpu_count() / one:.2f}x)")
         print(f"  dask 1 worker / local -j 1:  {rate['dask 1 worker'] / rate['local --jobs 1']:.2f}x")
     base_per_core = 60 / BASELINE_S_PER_NB_AT_2 / 2
     per_core = rate["local --jobs 2"] / 2
