@@ -23,6 +23,7 @@ grading kernels it starts import it too), so "today" is measured on this machine
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import math
@@ -73,24 +74,19 @@ def grade(subs: Path, root: Path, out: Path, **kw):
     return rep
 
 
-#: Run by the baseline's own Python path: the calls exist unchanged in every version since the demo.
-BASELINE_SCRIPT = r"""
+#: Run by the baseline's own Python (its ``grading`` first on the path), around the source of
+#: :func:`make_course`: the calls it makes exist unchanged in every version since the demo.
+BASELINE_HEAD = r"""
 import json, shutil, sys
 from pathlib import Path
 from grading import course
 from grading.autograde import autograde
-from grading.demo import make_submissions
-from grading.release import release
 tmp, jobs, students, assignments = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4:]
 assert Path(course.__file__).resolve().is_relative_to(Path.cwd().resolve()), course.__file__
-for a in assignments:
-    shutil.copytree(course.REPO_ROOT / course.SOURCE_DIR / a, tmp / course.SOURCE_DIR / a)
-release(assignments, root=tmp)
-make_submissions(tmp, assignments, tmp / "subs")
-for d in (tmp / "subs").iterdir():
-    if d.name not in students:
-        shutil.rmtree(d)
-rep = autograde(tmp / "subs", out=tmp / "out", root=tmp, jobs=jobs, progress=False, force=True)
+"""
+BASELINE_TAIL = r"""
+subs = make_course(tmp, assignments, students)
+rep = autograde(subs, out=tmp / "out", root=tmp, jobs=jobs, progress=False, force=True)
 print(json.dumps({"graded": rep.graded, "seconds": rep.seconds, "errors": rep.errors}))
 """
 
@@ -106,7 +102,8 @@ def grade_baseline(rev: str, tmp: Path, assignments: list[str], students: list[s
         if (course.REPO_ROOT / shared).exists():
             (tree / shared).symlink_to(course.REPO_ROOT / shared)
     env = dict(os.environ, PYTHONPATH=str(tree))
-    r = subprocess.run([sys.executable, "-c", BASELINE_SCRIPT, str(tmp / "baseline-course"), str(jobs),
+    script = BASELINE_HEAD + inspect.getsource(make_course) + BASELINE_TAIL
+    r = subprocess.run([sys.executable, "-c", script, str(tmp / "baseline-course"), str(jobs),
                         ",".join(students)] + assignments, cwd=tree, env=env, capture_output=True,
                        text=True)
     if r.returncode != 0:
