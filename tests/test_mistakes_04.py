@@ -274,8 +274,6 @@ FAMILY_MISTAKES = {
 }
 
 
-_family_source = NOTEBOOK.source
-
 
 @pytest.mark.parametrize("key", sorted(FAMILY_MISTAKES), ids=lambda k: f"{k[0]}-{k[1]}")
 def test_family_mistake_is_caught_with_its_cause(key):
@@ -379,7 +377,7 @@ def test_runner_mistakes_lose_points_in_their_cells(group):
     for n in names:
         if isinstance(n, tuple):
             gid, edits, _ = FAMILY_MISTAKES[n]
-            replace[gid] = _family_source(gid, edits)
+            replace[gid] = NOTEBOOK.source(gid, edits)
         else:
             replace[MISTAKES[n][0]] = patch(*MISTAKES[n][:3])
     res, table = _run(replace)

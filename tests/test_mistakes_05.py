@@ -264,8 +264,6 @@ FAMILY_MISTAKES = {
 }
 
 
-_family_source = NOTEBOOK.source
-
 
 @pytest.mark.parametrize("key", sorted(FAMILY_MISTAKES), ids=lambda k: f"{k[0]}-{k[1]}")
 def test_family_mistake_is_caught_with_its_cause(key):
@@ -348,7 +346,7 @@ def test_runner_mistakes_lose_points_in_their_cells(group):
     for n in names:
         if isinstance(n, tuple):
             gid, edits, _ = FAMILY_MISTAKES[n]
-            replace[gid] = _family_source(gid, edits)
+            replace[gid] = NOTEBOOK.source(gid, edits)
         else:
             replace[MISTAKES[n][0]] = patch(*MISTAKES[n][:3])
     res, table = _run(replace)
@@ -409,11 +407,11 @@ def test_visible_assert_names_the_cause(name):
 
 def test_a_float64_guided_eps_costs_only_its_own_cell():
     gid, edits, _ = FAMILY_MISTAKES[("4", "guided: weights as a float64 tensor")]
-    assert check_message("p_sample_loop_cfg", {gid: _family_source(gid, edits)}) is None
+    assert check_message("p_sample_loop_cfg", {gid: NOTEBOOK.source(gid, edits)}) is None
 
 
 @pytest.mark.parametrize("key", [("2", "guided: x_t scaled in place for the batched pass"),
                                  ("2", "guided: labels overwritten with the null label and restored")])
 def test_guided_eps_changing_its_inputs_costs_only_its_own_cell(key):
     gid, edits, _ = FAMILY_MISTAKES[key]
-    assert check_message("p_sample_loop_cfg", {gid: _family_source(gid, edits)}) is None
+    assert check_message("p_sample_loop_cfg", {gid: NOTEBOOK.source(gid, edits)}) is None

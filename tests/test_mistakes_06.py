@@ -343,8 +343,6 @@ FAMILY_MISTAKES = {
 }
 
 
-_family_source = NOTEBOOK.source
-
 
 @pytest.mark.parametrize("key", sorted(FAMILY_MISTAKES), ids=lambda k: f"{k[0]}-{k[1]}")
 def test_family_mistake_is_caught_with_its_cause(key):
@@ -504,7 +502,7 @@ def test_runner_family_mistakes_lose_the_points_of_their_cells():
     known pixels replaced once per level lose their own cells' points, and only those."""
     keys = [("4", "score: sigma as float64"), ("4", "annealed_langevin: no torch.no_grad"),
             ("7", "inpaint: known pixels replaced once per level, not after each step")]
-    replace = {FAMILY_MISTAKES[k][0]: _family_source(FAMILY_MISTAKES[k][0], FAMILY_MISTAKES[k][1]) for k in keys}
+    replace = {FAMILY_MISTAKES[k][0]: NOTEBOOK.source(FAMILY_MISTAKES[k][0], FAMILY_MISTAKES[k][1]) for k in keys}
     res = _run(replace)
     for gid in ANSWERS:
         cell = f"test_{gid}"
@@ -516,6 +514,6 @@ def test_runner_family_mistakes_lose_the_points_of_their_cells():
 
 def test_a_float64_score_costs_only_its_own_cell():
     gid, edits, _ = FAMILY_MISTAKES[("4", "score: sigma as float64")]
-    src = _family_source(gid, edits)
+    src = NOTEBOOK.source(gid, edits)
     for check in ("dsm_loss", "annealed_langevin", "inpaint"):
         assert check_message(check, {gid: src}) is None, check
