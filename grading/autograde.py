@@ -56,7 +56,7 @@ from . import course, datacache, isolation, limits
 from .collect import Skipped, collect
 from .course import ToolError
 from .feedback import write_pages
-from .jobs import Job, WorkerSlot, prepare, run_job_with_retry, submission_digest
+from .jobs import Job, WorkerSlot, prepare, run_job_with_retry, submission_digest, warm_kernels
 from .results import build_rows, write_gradebook
 from .state import grade_table, load_state, save_state, write_csvs
 from .submitted import keep_submitted
@@ -195,6 +195,16 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
         log.info("grading on the Dask cluster at %s", scheduler)
     log.info("limits: %r", job_limits)
     redirect = contextlib.ExitStack()
+    all_slots: list[WorkerSlot] = []
+    if scheduler is None and (force or any(
+            not (state["submissions"].get(f"{s.student}/{s.assignment}") or {}).get("digest")
+            for s in subs)):
+        # The slots' workers start now (nbgrader's imports, the warm-kernel template: seconds of
+        # their own), while this process builds the templates; a run with nothing new to grade
+        # starts them only if a resubmission turns up.
+        all_slots = [WorkerSlot(workdir) for _ in range(min(jobs, len(subs)))]
+        for sl in all_slots:
+            sl.warm(warm_kernels(mode, job_limits))
     try:
         templates = _templates(subs, root, workdir, db_url)
         if db_url.startswith("sqlite:///") and Path(db_url[len("sqlite:///"):]).is_file():
@@ -281,7 +291,11 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
                 run_on_cluster(scheduler, to_run, timeout, job_limits, done)
         else:
             slots: queue.Queue = queue.Queue()
-            all_slots = [WorkerSlot(workdir) for _ in range(min(jobs, max(1, len(to_run))))]
+            n_slots = min(jobs, max(1, len(to_run)))
+            for sl in all_slots[n_slots:]:  # started for submissions that turned out unchanged
+                sl.close()
+            all_slots[n_slots:] = []
+            all_slots += [WorkerSlot(workdir) for _ in range(n_slots - len(all_slots))]
             uids = isolation.UidPool() if mode in isolation.CONFINED else None
             for sl in all_slots:
                 slots.put(sl)
@@ -304,14 +318,14 @@ def autograde(submissions: Path | str, out: Path | str = "autograded", assignmen
                     finish(j)
                     if bar is not None:
                         bar.update(1)
-            for sl in all_slots:
-                sl.close()
         if bar is not None:
             bar.close()
         redirect.close()
         write_csvs(out, state, db_url)
     finally:
         redirect.close()
+        for sl in all_slots:
+            sl.close()
         save_state(out, state)  # also when the run stops half-way: what was graded stays graded
         shutil.rmtree(workdir, ignore_errors=True)
     report.seconds = time.perf_counter() - t_start

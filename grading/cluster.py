@@ -18,6 +18,9 @@ cgroup), from its own copy of the course (``helpers/``, ``gradeprobe/``, ``gradi
 and its data folder. It writes no gradebook, CSV or feedback of the course: the coordinating
 process alone does (``grading.autograde``), after each result arrives.
 
+Workers started with ``--preload grading.cluster`` (:func:`dask_setup`) probe their sandbox and
+start a warm grading slot as they join, before any job comes.
+
 A worker that dies mid-job loses no grade: the scheduler gives its task to another worker, at most
 once (the coordinator sets the scheduler's ``allowed-failures`` to 1); a job whose second worker
 dies too comes back as a tool error (the run exits 1, and the next run grades it again).
@@ -39,12 +42,14 @@ from typing import Callable
 from . import course, datacache, isolation, limits
 from .collect import Submission
 from .course import ToolError
-from .jobs import Job, WorkerSlot, run_job_with_retry
+from .jobs import Job, WorkerSlot, run_job_with_retry, warm_kernels
 from .template import Template
 from .worker import WorkerResult
 
 log = logging.getLogger("grading.autograde")
 
+#: What ``dask worker --preload`` is given, so that a worker gets ready as it joins (:func:`dask_setup`).
+PRELOAD = "grading.cluster"
 #: How many workers may die while holding one job before it is reported (Dask's
 #: ``distributed.scheduler.allowed-failures``): one retry elsewhere.
 ALLOWED_FAILURES = 1
@@ -224,8 +229,54 @@ def _worker_state() -> _WorkerState:
         return _state
 
 
+def dask_setup(worker=None) -> None:
+    """``dask worker --preload grading.cluster``: get the worker ready for grading as it joins
+    (the sandbox probe, a grading slot with nbgrader imported and its warm-kernel template), so
+    that a run's first jobs do not wait for it. In a thread: the worker joins the cluster at once,
+    and a job that arrives meanwhile waits until the slot is ready, then takes it. Without the
+    preload the first job does all this itself."""
+    global _preloaded
+    _preloaded = True
+    threading.Thread(target=_get_ready, name="grading-warm-up", daemon=True).start()
+
+
+def _get_ready() -> None:
+    try:
+        st = _worker_state()
+        sl = st.slot()
+        # the course config of this worker's copy of the course (a job's limits say it again)
+        sl.warm(warm_kernels(st.mode, limits.JobLimits(course.REPO_ROOT)))
+        sl.wait_warm()
+        st.slots.put(sl)
+    except Exception as exc:  # noqa: BLE001  (the first job gets ready itself)
+        log.warning("the Dask worker could not get ready for grading: %s: %s", type(exc).__name__, exc)
+    finally:
+        _ready.set()
+
+
+#: Set in a Dask worker once :func:`dask_setup`'s warm-up has ended (see :func:`worker_ready`);
+#: a job that comes before waits for it (its slot is the one being warmed).
+_ready = threading.Event()
+_preloaded = False
+READY_WAIT_S = 300
+
+
+def worker_ready() -> dict | None:
+    """Run on a Dask worker (``client.run``): None while its preload's warm-up goes on, then its
+    isolation mode and how many grading slots wait ready (their worker started and warmed)."""
+    if not _ready.is_set():
+        return None
+    st = _state
+    slots = list(st.slots.queue) if st is not None else []
+    return {"isolation": st.why if st is not None else None,
+            "ready_slots": sum(1 for sl in slots if sl.proc is not None and sl.proc.poll() is None
+                               and sl.warming is None)}
+
+
 def grade_remote(payload: dict) -> dict:
     """The Dask task: grade one job as a local slot does and return what the coordinator needs."""
+    if _preloaded:
+        _ready.wait(READY_WAIT_S)
     st = _worker_state()
     tpl = st.template(payload["template"])
     st.warm(payload.get("loaders") or [])
@@ -285,13 +336,19 @@ class LoopbackCluster:
         for i in range(n_workers):
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1",
-                 "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1",
+                 "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1", "--preload", PRELOAD,
                  "--local-directory", str(self.dir / f"w{i}")],
                 stdout=logs[i + 1], stderr=subprocess.STDOUT, env=env, cwd=str(self.dir)))
         from distributed import Client
 
         with Client(self.address, timeout="60s") as client:
             client.wait_for_workers(n_workers, timeout=start_timeout)
+            # and until each has got ready for grading (the preload's probe and warm slot)
+            while not all(v is not None for v in client.run(worker_ready).values()):
+                if time.monotonic() > deadline + start_timeout:
+                    self.close()
+                    raise ToolError(f"the Dask workers did not get ready (logs: {self.dir})")
+                time.sleep(0.2)
 
     def __enter__(self) -> "LoopbackCluster":
         return self

@@ -30,7 +30,7 @@ from .sanitize import sanitize
 from .slow import SlowCells, mark_left_out
 from .tamper import scan_notebook
 from .template import Template
-from .worker import RESULT_FILE, WorkerResult
+from .worker import RESULT_FILE, WARM, WorkerResult
 
 
 @dataclass
@@ -95,6 +95,7 @@ class WorkerSlot:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
+        self.warming: str | None = None  # the answer to the warm-up, while it has not come
         self.log = open(workdir / f"worker-{id(self)}.log", "ab")
 
     def _start(self) -> None:
@@ -103,6 +104,26 @@ class WorkerSlot:
         self.proc = subprocess.Popen([sys.executable, "-m", "grading.worker", "--serve"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, env=env, cwd=str(self.workdir))
+
+    def warm(self, kernels: bool) -> None:
+        """Start the worker now and let it get ready (``grading.worker.warm_up``) while the parent
+        goes on; the first job's answer comes after it. Best effort: a worker that died is
+        started again by :meth:`run`."""
+        try:
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            self.warming = f"DONE {WARM} {int(kernels)}"
+            self.proc.stdin.write(f"{WARM} {int(kernels)}\n".encode())
+            self.proc.stdin.flush()
+        except OSError:
+            self.proc, self.warming = None, None
+
+    def wait_warm(self) -> None:
+        """Wait until the worker has got ready (or died: :meth:`run` starts another)."""
+        while self.warming and self.proc is not None:
+            line = self.proc.stdout.readline()
+            if not line or line.decode(errors="replace").strip() == self.warming:
+                self.warming = None
 
     def run(self, job_dir: Path) -> int | None:
         """Send one job; returns None when done, or the worker's exit code if it died."""
@@ -121,7 +142,10 @@ class WorkerSlot:
                     code = self.proc.wait()
                     self.proc = None
                     return code
-                if line.decode(errors="replace").strip() == f"DONE {job_dir}":
+                text = line.decode(errors="replace").strip()
+                if text == self.warming:
+                    self.warming = None
+                elif text == f"DONE {job_dir}":
                     return None
         return -1
 
@@ -133,6 +157,12 @@ class WorkerSlot:
             except Exception:  # noqa: BLE001
                 self.proc.kill()
         self.log.close()
+
+
+def warm_kernels(mode: str | None, job_limits: limits.JobLimits | None) -> bool:
+    """Whether a job's kernel is forked from its worker's warm template (``grading.zygote``):
+    in the uid sandbox (root), unless the course config turns it off."""
+    return mode == "bwrap" and bool(job_limits and job_limits.warm_kernels)
 
 
 def _scratch_links(src: Path, dest: Path) -> None:
@@ -180,7 +210,7 @@ def _lay_out(job: Job, job_dir: Path, mode: str, uid: int, timeout: int | None,
          "probe_dir": str(home / "probe"), "probe_rel": "home/probe",
          "memory_cgroup": cgroup, "memory_mb": job_limits.memory_mb if job_limits else 0,
          # kernels forked from the worker's warm template into this sandbox (grading.zygote)
-         "warm_kernels": mode == "bwrap" and bool(job_limits and job_limits.warm_kernels),
+         "warm_kernels": warm_kernels(mode, job_limits),
          "notebook_timeout": job_limits.notebook_timeout if job_limits else 0}))
     os.chmod(job_dir, 0o711)
     os.chmod(course_dir, 0o711)

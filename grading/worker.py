@@ -270,6 +270,21 @@ def _warm_kernels(wanted: bool) -> None:
     os.environ[zygote.ENV_SOCKET] = _zygote.socket
 
 
+#: The line (then `` 1`` or `` 0``: with or without warm kernels) that asks a ``--serve``
+#: worker to get ready before its first job; it answers ``DONE`` and the line, as for a job (a
+#: job is an absolute path).
+WARM = "WARM"
+
+
+def warm_up(kernels: bool) -> None:
+    """Do now what a slot's first job would otherwise wait for: nbgrader's imports and, with
+    ``kernels``, the warm-kernel template (a few seconds, while the parent still builds templates)."""
+    import nbformat  # noqa: F401
+    from nbgrader.apps import NbGraderAPI  # noqa: F401
+
+    _warm_kernels(kernels)
+
+
 def run_one(job: Path) -> None:
     """Grade one job folder and write its ``result.json`` (errors included, never raised)."""
     spec = json.loads((job / "job.json").read_text())
@@ -287,7 +302,8 @@ def run_one(job: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``worker JOB`` grades one job; ``worker --serve`` grades the job folders read from stdin,
     one per line, answering ``DONE <folder>`` on stdout after each (one process per --jobs slot,
-    so nbgrader is imported once per slot, not once per student)."""
+    so nbgrader is imported once per slot, not once per student); a :data:`WARM` line gets it
+    ready first."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--serve":
         out = sys.stdout
@@ -297,7 +313,13 @@ def main(argv: list[str] | None = None) -> int:
                 job = line.strip()
                 if not job:
                     continue
-                run_one(Path(job))
+                if job.startswith(WARM):
+                    try:
+                        warm_up(job.split()[-1] == "1")
+                    except Exception:  # noqa: BLE001  (the first job starts them itself)
+                        traceback.print_exc(file=sys.stderr)
+                else:
+                    run_one(Path(job))
                 out.write(f"DONE {job}\n")
                 out.flush()
         finally:

@@ -79,6 +79,11 @@ def test_dask_grades_and_a_dead_worker_loses_no_grade(tmp_path):
         (tmp_path / "subs" / s / A / f"{A}.ipynb").write_bytes(gc.dump(sleeper))
     out = tmp_path / "out"
     with cluster.LoopbackCluster(2) as c:
+        from distributed import Client
+
+        with Client(c.address, timeout="60s") as client:  # the preload got each worker ready
+            ready = list(client.run(cluster.worker_ready).values())
+        assert [r["ready_slots"] for r in ready] == [1, 1], ready
         killer = Killer(c.address, {"killed_once": 1, "killed_twice": 2})
         killer.start()
         rep = autograde(tmp_path / "subs", out=out, timeout=30, root=gc.COURSE, progress=False,
