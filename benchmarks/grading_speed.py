@@ -7,11 +7,13 @@ The submissions are the demo's (``grading.demo.make_submissions``: the six perfe
 a partial and a blank one per assignment) in a throw-away course. Each configuration grades all of
 them from scratch (fresh output folder, fresh gradebook): local ``--jobs 1``, local ``--jobs 2``,
 and a Dask cluster of 1 and of 2 single-threaded workers on loopback (``grading.cluster.
-LoopbackCluster``; the cluster's start is not counted, a cluster outlives many runs). The time
+LoopbackCluster``; the cluster's start is not counted, its workers getting ready included, since a
+cluster outlives many runs). The time
 of a run is autograde's own (templates, the sandbox probe, every job, the CSVs).
 
 It prints notebooks per minute per configuration (with the cores the run kept busy, from
-``/proc/stat``: the coordinator, Dask's scheduler and workers and the kernels all count), the ratios, the per-core throughput against
+``/proc/stat``: the coordinator, Dask's scheduler and workers and the kernels all count, and the
+same by role from each process's CPU time: :func:`cpu_by_role`), the ratios, the per-core throughput against
 the issue's baseline (9.1 s per notebook at --jobs 2 on this 2-core machine), where the seconds
 of a job go (``Report.timings``, per job), and how many cores grade 6,000 notebooks in an hour.
 
@@ -63,6 +65,53 @@ def busy_cores() -> tuple[float, float]:
     fields = [float(x) for x in open("/proc/stat").readline().split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), time.monotonic()
+
+
+def _total(proc, with_children: bool = True) -> float:
+    """CPU seconds of ``proc`` (psutil): its own, plus its reaped children's and its live
+    descendants' when ``with_children`` (a process's time reaches its parent when it is reaped)."""
+    import psutil
+
+    try:
+        t = proc.cpu_times()
+        total = t.user + t.system
+        if with_children:
+            total += t.children_user + t.children_system
+            for child in proc.children():
+                total += _total(child)
+    except psutil.Error:  # it ended meanwhile: its time is in its parent's reaped children
+        return 0.0
+    return total
+
+
+def cpu_by_role(cluster=None) -> dict[str, float]:
+    """CPU seconds so far of the processes a run uses, by what they do (the difference of two
+    readings is the run's): this process (the coordinator: collecting, sanitizing, the
+    gradebook, the feedback pages), the grading (the slots' workers, their warm templates and
+    the kernels), and on a loopback cluster Dask's scheduler and its worker processes (nanny and
+    worker, not the grading they start)."""
+    import psutil
+
+    me = psutil.Process()
+    t = me.cpu_times()
+    roles = {"coordinator": t.user + t.system, "grading": 0.0}
+    dask_pids = {p.pid for p in cluster.procs} if cluster is not None else set()
+    roles["grading"] = t.children_user + t.children_system
+    for child in me.children():
+        if child.pid not in dask_pids:
+            roles["grading"] += _total(child)
+    if cluster is not None:
+        roles["dask scheduler"] = _total(psutil.Process(cluster.procs[0].pid))
+        roles["dask workers"] = 0.0
+        for p in cluster.procs[1:]:
+            nanny = psutil.Process(p.pid)
+            roles["dask workers"] += _total(nanny, with_children=False)
+            for worker in nanny.children():
+                roles["dask workers"] += _total(worker, with_children=False)
+                wt = worker.cpu_times()
+                roles["grading"] += wt.children_user + wt.children_system + sum(
+                    _total(c) for c in worker.children())
+    return roles
 
 
 def grade(subs: Path, root: Path, out: Path, **kw):
@@ -139,23 +188,30 @@ def main(argv=None) -> int:
             configs += [("dask 1 worker", {"workers": 1}), ("dask 2 workers", {"workers": 2})]
         for name, cfg in configs:
             out = tmp / f"out-{len(results)}"
-            busy0 = busy_cores()
             if "workers" in cfg:
                 from grading.cluster import LoopbackCluster
 
                 with LoopbackCluster(cfg["workers"]) as cluster:
+                    busy0, cpu0 = busy_cores(), cpu_by_role(cluster)
                     rep = grade(subs, tmp / "course", out, scheduler=cluster.address)
+                    busy1, cpu1 = busy_cores(), cpu_by_role(cluster)
             else:
+                busy0, cpu0 = busy_cores(), cpu_by_role()
                 rep = grade(subs, tmp / "course", out, jobs=cfg["jobs"])
+                busy1, cpu1 = busy_cores(), cpu_by_role()
             per_min = rep.graded / rep.seconds * 60
-            busy1 = busy_cores()
             cores = (busy1[0] - busy0[0]) / (busy1[1] - busy0[1])
+            wall = busy1[1] - busy0[1]
+            by_role = {k: round((cpu1[k] - cpu0[k]) / wall, 2) for k in cpu1}
             results[name] = {"graded": rep.graded, "seconds": round(rep.seconds, 1),
                              "notebooks_per_minute": round(per_min, 2), "cores_busy": round(cores, 2),
+                             "cores_by_role": by_role,
                              "per_job": {k: round(v / max(1, rep.graded), 3)
                                          for k, v in sorted(rep.timings.items())}}
             print(f"{name:>16}: {rep.graded} notebooks in {rep.seconds:6.1f} s = {per_min:5.2f} per minute "
                   f"({rep.seconds / rep.graded:.2f} s each; {cores:.2f} of {os.cpu_count()} cores busy)", flush=True)
+            print(" " * 18 + "cores busy by role: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in by_role.items()), flush=True)
         if args.baseline:
             base = grade_baseline(args.baseline, tmp, assignments, args.students, 2)
             per_min = base["graded"] / base["seconds"] * 60
