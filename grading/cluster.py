@@ -42,6 +42,7 @@ from typing import Callable
 from . import course, datacache, isolation, limits
 from .collect import Submission
 from .course import ToolError
+from .dask_scheduler import allow_one_retry
 from .jobs import Job, WorkerSlot, run_job_with_retry, warm_kernels
 from .template import Template
 from .worker import WorkerResult
@@ -50,9 +51,8 @@ log = logging.getLogger("grading.autograde")
 
 #: What ``dask worker --preload`` is given, so that a worker gets ready as it joins (:func:`dask_setup`).
 PRELOAD = "grading.cluster"
-#: How many workers may die while holding one job before it is reported (Dask's
-#: ``distributed.scheduler.allowed-failures``): one retry elsewhere.
-ALLOWED_FAILURES = 1
+#: The folder of the course's Dask settings (``grading.yaml``), for ``DASK_CONFIG``.
+DASK_CONFIG_DIR = Path(__file__).resolve().parent / "dask"
 KILLED_TWICE = ("the Dask workers grading it died twice (a problem of the grading cluster, not of "
                 "this notebook): run autograde again to grade it")
 
@@ -74,13 +74,6 @@ def job_payload(job: Job, template: dict, timeout: int | None, job_limits: limit
             "timeout": timeout, "limits": job_limits, "loaders": loaders}
 
 
-def _allow_one_retry(dask_scheduler=None, allowed: int = ALLOWED_FAILURES) -> int:
-    """Run on the scheduler: a task is retried on another worker at most ``allowed`` times."""
-    before = dask_scheduler.allowed_failures
-    dask_scheduler.allowed_failures = allowed
-    return before
-
-
 def task_key(job: Job) -> str:
     """The Dask key of a job: names the student and assignment (the scheduler's dashboard shows it)."""
     return f"grade-{job.sub.student}-{job.tpl.assignment}-{uuid.uuid4().hex[:8]}"
@@ -98,7 +91,7 @@ def run_on_cluster(address: str, jobs: list[Job], timeout: int | None,
     except (OSError, TimeoutError) as exc:
         raise ToolError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
     with client:
-        client.run_on_scheduler(_allow_one_retry)
+        client.run_on_scheduler(allow_one_retry)  # from a module light enough for the scheduler
         n = len(client.scheduler_info().get("workers", {}))
         log.info("Dask scheduler %s: %d worker(s) now; %d job(s) to grade", address, n, len(jobs))
         templates: dict[str, dict] = {}
@@ -313,11 +306,8 @@ class LoopbackCluster:
 
         self.dir = Path(tempfile.mkdtemp(prefix="dask-loopback-"))
         self.procs: list = []
-        env = {**os.environ, **(env or {})}
-        env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = str(ALLOWED_FAILURES)
-        # one job per worker thread at a time: a job waiting on a worker that dies would count
-        # that death against it too
-        env["DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"] = "1.0"
+        # the course's Dask settings (retries, one job per thread, less background sampling)
+        env = {**os.environ, "DASK_CONFIG": str(DASK_CONFIG_DIR), **(env or {})}
         sched_file = self.dir / "scheduler.json"
         logs = [open(self.dir / f"{n}.log", "wb") for n in ["scheduler"] + [f"worker-{i}" for i in range(n_workers)]]
         self._logs = logs
