@@ -8,13 +8,13 @@ a partial and a blank one per assignment) in a throw-away course. Each configura
 them from scratch (fresh output folder, fresh gradebook): local ``--jobs 1``, local ``--jobs 2``,
 and a Dask cluster of 1 and of 2 single-threaded workers on loopback (``grading.cluster.
 LoopbackCluster``; the cluster's start is not counted, its workers getting ready included, since a
-cluster outlives many runs). The time
-of a run is autograde's own (templates, the sandbox probe, every job, the CSVs).
+cluster outlives many runs). The time of a run is autograde's own (templates, the sandbox probe of
+a local run, every job, the CSVs).
 
 It prints notebooks per minute per configuration (with the cores the run kept busy, from
 ``/proc/stat``: the coordinator, Dask's scheduler and workers and the kernels all count, and the
-same by role from each process's CPU time: :func:`cpu_by_role`), the ratios, the per-core throughput against
-the issue's baseline (9.1 s per notebook at --jobs 2 on this 2-core machine), where the seconds
+same by role from each process's CPU time: :func:`cpu_by_role`), the ratios, the per-core
+throughput against the issue's baseline (9.1 s per notebook at --jobs 2 on this 2-core machine), where the seconds
 of a job go (``Report.timings``, per job), and how many cores grade 6,000 notebooks in an hour.
 
 ``--baseline REV`` also grades the same demo students with the code of commit ``REV`` (e.g. the
@@ -96,9 +96,8 @@ def cpu_by_role(cluster=None) -> dict[str, float]:
 
     me = psutil.Process()
     t = me.cpu_times()
-    roles = {"coordinator": t.user + t.system, "grading": 0.0}
+    roles = {"coordinator": t.user + t.system, "grading": t.children_user + t.children_system}
     dask_pids = {p.pid for p in cluster.procs} if cluster is not None else set()
-    roles["grading"] = t.children_user + t.children_system
     for child in me.children():
         if child.pid not in dask_pids:
             roles["grading"] += _total(child)

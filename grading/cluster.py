@@ -306,7 +306,7 @@ class LoopbackCluster:
 
         self.dir = Path(tempfile.mkdtemp(prefix="dask-loopback-"))
         self.procs: list = []
-        # the course's Dask settings (retries, one job per thread, less background sampling)
+        # the course's Dask settings (one job per thread, less background sampling)
         env = {**os.environ, "DASK_CONFIG": str(DASK_CONFIG_DIR), **(env or {})}
         sched_file = self.dir / "scheduler.json"
         logs = [open(self.dir / f"{n}.log", "wb") for n in ["scheduler"] + [f"worker-{i}" for i in range(n_workers)]]
